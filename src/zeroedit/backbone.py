@@ -1,0 +1,197 @@
+"""Backbone: one object hiding SD 1.x/2.x vs SDXL.
+
+Prompt encoding (including the empty/negative prompt and TF-ICON's exceptional prompt), VAE
+encode (posterior mean × scaling factor) and decode, and one UNet call with the right
+conditioning. Every UNet call of every method goes through `Backbone.unet`, which counts it in
+`stats.unet_calls` (sequential forward calls) and `stats.unet_evals` (sample-evaluations).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from diffusers import DDPMScheduler
+
+from .errors import ModelError
+from .loading import is_sdxl
+from .result import Stats
+
+EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
+
+
+@dataclasses.dataclass
+class Cond:
+    """Text conditioning of a batch: token embeddings (B, 77, D) and, for SDXL, pooled embeddings (B, P)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    @staticmethod
+    def cat(conds: list["Cond"]) -> "Cond":
+        pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
+        return Cond(torch.cat([c.embeds for c in conds]), pooled)
+
+    def repeat(self, n: int) -> "Cond":
+        return Cond(self.embeds.repeat_interleave(n, 0), None if self.pooled is None else self.pooled.repeat_interleave(n, 0))
+
+    def __getitem__(self, index) -> "Cond":
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return Cond(self.embeds[index], None if self.pooled is None else self.pooled[index])
+
+
+class Backbone:
+    """Wraps a diffusers SD/SDXL pipeline; see module docstring."""
+
+    def __init__(self, pipe, stats: Stats | None = None):
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if getattr(pipe, name, None) is None:
+                raise ModelError(f"the pipeline has no {name}; zeroedit needs a Stable Diffusion (1.x, 2.x or XL) "
+                                 f"text-to-image pipeline, got {type(pipe).__name__}.")
+        self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
+        self.is_xl = is_sdxl(pipe)
+        self.stats = stats if stats is not None else Stats()
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ModelError(f"prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction).")
+        self.alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(torch.float64)
+        self.num_train_timesteps = len(self.alphas_cumprod)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    # ---------------------------------------------------------------- text
+    def _tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: str | list[str]) -> Cond:
+        """Prompt(s) -> Cond, exactly as the diffusers pipeline encodes them (SD: last hidden state after the
+        final layer norm; SDXL: penultimate hidden states of both encoders concatenated, pooled from the second)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not self.is_xl:
+            ids = self._tokenize(self.pipe.tokenizer, prompts)
+            return Cond(self.pipe.text_encoder(ids)[0].to(self.dtype))
+        hidden, pooled = [], None
+        for tokenizer, encoder in ((self.pipe.tokenizer, self.pipe.text_encoder),
+                                   (self.pipe.tokenizer_2, self.pipe.text_encoder_2)):
+            out = encoder(self._tokenize(tokenizer, prompts), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # text_embeds of the projection model
+        return Cond(torch.cat(hidden, dim=-1).to(self.dtype), pooled.to(self.dtype))
+
+    @torch.no_grad()
+    def encode_negative(self, prompts: str | list[str]) -> Cond:
+        """Negative/unconditional prompt(s); for SDXL with `force_zeros_for_empty_prompt`, "" gives zeros as in diffusers."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        zeros = self.is_xl and self.pipe.config.get("force_zeros_for_empty_prompt", False)
+        if zeros and all(p == "" for p in prompts):
+            cond = self.encode_prompt(prompts)
+            return Cond(torch.zeros_like(cond.embeds), torch.zeros_like(cond.pooled))
+        return self.encode_prompt(prompts)
+
+    @torch.no_grad()
+    def exceptional_cond(self, batch: int = 1, token_id: int = EXCEPTIONAL_TOKEN_ID) -> Cond:
+        """TF-ICON's exceptional prompt (Sec. 3.2): all 77 input ids the same token, no BOS/EOS/pad, and no
+        positional embeddings (token embeddings go straight into the transformer layers). Every output row is
+        identical. Keeps each encoder's usual output layer (SD: final layer norm; SDXL: penultimate layer)."""
+        hidden, pooled = [], None
+        encoders = [self.pipe.text_encoder] + ([self.pipe.text_encoder_2] if self.is_xl else [])
+        for encoder in encoders:
+            model = getattr(encoder, "text_model", encoder)  # transformers 5: CLIPTextModel is flat
+            length = self.pipe.tokenizer.model_max_length
+            ids = torch.full((1, length), token_id % model.config.vocab_size, device=self.device)
+            states = [model.embeddings.token_embedding(ids)]
+            for layer in model.encoder.layers:
+                states.append(layer(states[-1], None))
+            final = model.final_layer_norm(states[-1])
+            hidden.append(states[-2] if self.is_xl else final)
+            if self.is_xl and encoder is self.pipe.text_encoder_2:
+                pooled = encoder.text_projection(final[:, 0])
+        embeds = torch.cat(hidden, dim=-1).to(self.dtype).expand(batch, -1, -1)
+        return Cond(embeds, None if pooled is None else pooled.to(self.dtype).expand(batch, -1))
+
+    # ---------------------------------------------------------------- VAE
+    def _vae_dtype(self):
+        return torch.float32 if (self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)) else self.vae.dtype
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> latents: posterior mean (or a seeded sample) × scaling factor."""
+        dtype = self._vae_dtype()
+        with _vae_in(self.vae, dtype):
+            dist = self.vae.encode(images.to(self.device, dtype)).latent_dist
+            latents = dist.sample(generator) if sample else dist.mean
+        shift = self.vae.config.get("shift_factor", None) or 0.0
+        return ((latents - shift) * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (B, 3, H, W) in [-1, 1]."""
+        dtype = self._vae_dtype()
+        shift = self.vae.config.get("shift_factor", None) or 0.0
+        with _vae_in(self.vae, dtype):
+            return self.vae.decode(latents.to(dtype) / self.vae.config.scaling_factor + shift).sample.float()
+
+    # ---------------------------------------------------------------- UNet
+    def unet_call(self, latents: torch.Tensor, t, cond: Cond, added: dict | None = None) -> torch.Tensor:
+        """One UNet forward with the right conditioning; counted in stats. `t` is a scalar or a per-sample
+        tensor (integer or continuous model times). Returns the raw model output (eps or v)."""
+        batch = latents.shape[0]
+        if len(cond) != batch:
+            raise RuntimeError(f"internal: {len(cond)} conditionings for a batch of {batch}")
+        t = torch.as_tensor(t, device=self.device)
+        t = t.to(torch.float32) if t.is_floating_point() else t
+        added = dict(added or {})
+        if self.is_xl:
+            h, w = latents.shape[-2] * self.vae_scale, latents.shape[-1] * self.vae_scale
+            time_ids = torch.tensor([h, w, 0, 0, h, w], device=self.device, dtype=self.dtype)
+            added.update(text_embeds=cond.pooled, time_ids=time_ids.expand(batch, -1))
+        self.stats.unet_calls += 1
+        self.stats.unet_evals += batch
+        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.embeds,
+                         added_cond_kwargs=added or None, return_dict=False)[0]
+
+    # ---------------------------------------------------------------- noise schedule
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(ᾱ_t), sqrt(1 − ᾱ_t) at an integer training timestep t (t < 0 means ᾱ = 1, the clean image)."""
+        t = int(t)
+        abar = self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def to_eps_x0(self, model_out: torch.Tensor, x: torch.Tensor, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model output -> (ε, x̂₀) for eps- or v-prediction, given x = α·x₀ + σ·ε."""
+        out, x = model_out.float(), x.float()
+        alpha, sigma = torch.as_tensor(alpha, dtype=torch.float32), torch.as_tensor(sigma, dtype=torch.float32)
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (x - sigma * eps) / alpha
+        else:
+            x0 = alpha * x - sigma * out
+            eps = sigma * x + alpha * out
+        return eps, x0
+
+
+class _vae_in:
+    """Temporarily run the VAE in `dtype` (diffusers' force_upcast for fp16 SDXL VAEs), then restore it."""
+
+    def __init__(self, vae, dtype):
+        self.vae, self.dtype, self.original = vae, dtype, vae.dtype
+
+    def __enter__(self):
+        if self.dtype != self.original:
+            self.vae.to(self.dtype)
+
+    def __exit__(self, *exc):
+        if self.dtype != self.original:
+            self.vae.to(self.original)
+        return False

@@ -1,0 +1,29 @@
+"""User-facing errors: one type per kind of user error, all subclasses of ValueError.
+
+Every check that can raise one of these runs before any model work, so a failed call leaves
+nothing half-written and the user's pipeline untouched.
+"""
+
+
+class ZeroEditError(ValueError):
+    """Base class of every user error raised by zeroedit."""
+
+
+class ImageError(ZeroEditError):
+    """An input image is missing, unreadable, empty or of an unusable shape."""
+
+
+class MaskError(ZeroEditError):
+    """A mask or region is empty, of the wrong size, or lies outside the image."""
+
+
+class ParameterError(ZeroEditError):
+    """A parameter has a value outside its allowed range or of the wrong type."""
+
+
+class ModelError(ZeroEditError):
+    """The pipeline or model is unsupported, cannot be found, or lacks a needed component."""
+
+
+class CheckpointError(ZeroEditError):
+    """A weights file is unsafe to load or does not match the model it is used with."""

@@ -1,0 +1,95 @@
+"""`load`: a standard diffusers pipeline (SD 1.x, SD 2.x or SDXL, auto-detected) from a hub id or a
+local folder, or an offline tiny random-weight one ("tiny", "tiny-xl").
+
+Safetensors only, no safety checker, never `trust_remote_code`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+
+from .errors import ModelError, ParameterError
+
+logger = logging.getLogger(__name__)
+
+TINY_MODELS = ("tiny", "tiny-xl")
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """None, a torch dtype, or a name such as "float16" -> torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in _DTYPES:
+        raise ParameterError(f"dtype {dtype!r} is not supported; use one of float16, bfloat16, float32.")
+    return _DTYPES[str(dtype).lower()]
+
+
+def _model_index(model: str) -> dict:
+    """model_index.json of a local folder or a hub repository (raises ModelError offline)."""
+    if os.path.isdir(model):
+        path = os.path.join(model, "model_index.json")
+        if not os.path.isfile(path):
+            raise ModelError(f"{model!r} is a folder but has no model_index.json: point at a diffusers-format "
+                             "pipeline folder (the one that holds unet/, vae/, text_encoder/, ...).")
+    elif os.path.exists(model):
+        raise ModelError(f"{model!r} is a file; zeroedit loads diffusers-format folders. Convert single-file "
+                         "checkpoints with diffusers' `from_single_file(...).save_pretrained(folder)` first.")
+    else:
+        from huggingface_hub import hf_hub_download
+        try:
+            path = hf_hub_download(model, "model_index.json")
+        except Exception as error:  # offline, unknown repo, gated repo, ...
+            raise ModelError(
+                f"could not fetch {model!r} from the Hugging Face Hub ({type(error).__name__}). If you are offline, "
+                "download the model on a connected machine (`huggingface-cli download "
+                f"{model} --local-dir DIR`) and pass the local folder: load('DIR'). Offline tests can use "
+                "load('tiny') or load('tiny-xl').") from None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def is_sdxl(pipe) -> bool:
+    """True for SDXL-style pipelines (two text encoders and text_time conditioning)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
+    """Return a standard diffusers pipeline.
+
+    model: "tiny" / "tiny-xl" (offline random weights built from `seed`), a hub id, or a local folder.
+    dtype: torch dtype or its name; device: where to move the pipeline.
+    ip_adapter: for `personalize`: True for the tiny models' random adapter, or a dict of arguments to
+    diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
+    "subfolder": "sdxl_models", "weight_name": "ip-adapter_sdxl.safetensors"}).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if model in TINY_MODELS:
+        from .tiny import build_tiny_sd, build_tiny_sdxl
+        pipe = build_tiny_sd(seed) if model == "tiny" else build_tiny_sdxl(seed)
+        if ip_adapter:
+            from .tiny_ip import add_tiny_ip_adapter
+            add_tiny_ip_adapter(pipe, seed=seed, **(ip_adapter if isinstance(ip_adapter, dict) else {}))
+    else:
+        index = _model_index(model)
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        sdxl = "text_encoder_2" in index or "XL" in index.get("_class_name", "")
+        kwargs = dict(torch_dtype=torch_dtype, use_safetensors=True)
+        if not sdxl:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        try:
+            pipe = (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).from_pretrained(model, **kwargs)
+        except OSError as error:
+            raise ModelError(f"could not load {model!r}: {error}. zeroedit loads safetensors weights only.") from None
+        pipe.set_progress_bar_config(disable=True)
+        if ip_adapter:
+            if not isinstance(ip_adapter, dict):
+                raise ParameterError("ip_adapter for a real model must be a dict of load_ip_adapter arguments.")
+            pipe.load_ip_adapter(**ip_adapter)
+    if torch_dtype is not None or device is not None:
+        pipe = pipe.to(device=device, dtype=torch_dtype)
+    return pipe

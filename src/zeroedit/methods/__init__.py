@@ -1,0 +1,1 @@
+"""Methods: each a short file that reads like its paper's algorithm box."""

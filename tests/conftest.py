@@ -1,0 +1,42 @@
+"""Shared fixtures: offline tiny pipelines (built once per session; methods must leave them unchanged)."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+import zeroedit as ze  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    return ze.load("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_pipe():
+    return ze.load("tiny-xl")
+
+
+def make_image(seed: int = 0, size=(128, 128)) -> np.ndarray:
+    """A smooth random RGB image (uint8 HxWx3) — structured enough that latents are not pure noise."""
+    rng = np.random.RandomState(seed)
+    h, w = size[1], size[0]
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    channels = [np.sin(2 * np.pi * (rng.rand() * 3 * xx + rng.rand() * 3 * yy) + rng.rand() * 6) for _ in range(3)]
+    return ((np.stack(channels, -1) * 0.5 + 0.5) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image():
+    return make_image(0)
+
+
+def processors_snapshot(pipe):
+    """Identity of every attention processor and the count of forward hooks: what 'restored' compares."""
+    procs = {name: id(proc) for name, proc in pipe.unet.attn_processors.items()}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in pipe.unet.modules())
+    return procs, hooks
