@@ -15,6 +15,7 @@ from zeroedit.inversion import ddim_invert, ddim_sample, ddim_timesteps, dpmpp_t
 from zeroedit.inversion.dpm_solver import VPSchedule
 
 from conftest import make_image, processors_snapshot
+from oracles import GaussianModel
 
 
 # ------------------------------------------------------------------ loading
@@ -225,29 +226,9 @@ def test_logit_rule_sees_nonsquare_grid(tiny_pipe):
 
 
 # ------------------------------------------------------------------ inversions
-class _GaussianBackbone:
-    """A backbone whose 'UNet' is the exact ε-predictor for data ~ N(0, s²): ε*(x, t) = σ x / (α² s² + σ²).
-    With an exact model, inversion then sampling must reconstruct the latent up to discretisation error."""
-
-    def __init__(self, pipe, s=0.7):
-        real = Backbone(pipe)
-        self.alphas_cumprod, self.num_train_timesteps, self.pipe, self.s = real.alphas_cumprod, 1000, pipe, s
-        self.to_eps_x0 = real.to_eps_x0
-        self.schedule = VPSchedule(self.alphas_cumprod)
-
-    def eps_discrete(self, x, t, i):
-        abar = float(self.alphas_cumprod[int(t)])
-        return (1 - abar) ** 0.5 * x / (abar * self.s ** 2 + 1 - abar)
-
-    def eps_continuous(self, x, model_time, i):
-        t = (float(model_time) / 1000.0) + 1.0 / 1000
-        alpha, sigma, _ = self.schedule.alpha_sigma_lambda(t)
-        return sigma * x / (alpha ** 2 * self.s ** 2 + sigma ** 2)
-
-
 @pytest.mark.parametrize("steps", [10, 50])
 def test_round_trip_is_exact_for_an_exact_model(tiny_pipe, steps):
-    gb = _GaussianBackbone(tiny_pipe)
+    gb = GaussianModel(tiny_pipe)
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * gb.s
     grid = ddim_timesteps(gb, steps)
     traj = ddim_invert(gb, gb.eps_discrete, x0, grid)

@@ -1,0 +1,166 @@
+"""Cost of every method at its defaults: sequential UNet calls, sample-evaluations, backward passes, wall
+seconds and peak memory.
+
+    python benchmarks/speed.py                        # tiny random-weight model on CPU
+    python benchmarks/speed.py --device cuda --md out.md   # SD-sized random weights at 512² fp16 (SDXL 1024²
+                                                           # for personalize), plus UNet per-call times
+
+On a GPU, methods run on `benchmarks/sized.py` pipelines: SD 2.1-sized for invert/compose/translate,
+SD 1.5-sized for edit (the paper's model), SDXL-sized at 1024² for personalize. Each method runs once to warm
+up and is then timed once (`--repeats` to change). Peak memory is CUDA max allocated during the timed run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import zeroedit as ze  # noqa: E402
+from zeroedit.cli import asset  # noqa: E402
+
+
+def _images(size: int):
+    from PIL import Image
+    def load(name, mode="RGB"):
+        return Image.open(asset(name)).convert(mode).resize((size, size))
+    return dict(background=load("background.png"), reference=load("reference.png"),
+                mask=load("reference_mask.png", "L"), cat=load("cat.png"))
+
+
+def cases(size: int):
+    """(name, model kind, callable(pipe) -> Result) for every method at its defaults."""
+    img = _images(size)
+    xl = 1024 if size == 512 else size  # SDXL runs at its native 1024² on a GPU
+    box = (size // 4, size // 3, size // 4 + size // 2, size // 3 + size // 2)
+    return [
+        ("invert ddim 50", "sd21", lambda p: ze.invert(p, img["background"], method="ddim", steps=50)),
+        ("invert dpmpp 20 exceptional", "sd21",
+         lambda p: ze.invert(p, img["background"], method="dpmpp", prompt="exceptional", steps=20)),
+        ("compose (20 steps, 1 object)", "sd21",
+         lambda p: ze.compose(p, img["background"], img["reference"], region=box, reference_mask=img["mask"],
+                              prompt="a red ball on a hill", seed=0)),
+        ("translate memory (50 steps)", "sd21",
+         lambda p: ze.translate(p, img["cat"], "a painting of a dog", seed=0, source_cache="memory")),
+        ("translate recompute (50 steps)", "sd21",
+         lambda p: ze.translate(p, img["cat"], "a painting of a dog", seed=0, source_cache="recompute")),
+        ("translate memory, 4 prompts", "sd21",
+         lambda p: ze.translate(p, img["cat"], ["a dog", "a fox", "a sketch of a cat", "a lion"], seed=0)),
+        ("edit cat->dog (50 steps)", "sd15",
+         lambda p: ze.edit(p, img["cat"], source="cat", target="dog", caption="a photo of a cat", seed=0)),
+        ("personalize 2 objects (30 steps)", "sdxl",
+         lambda p: ze.personalize(p, "a cat and a dog", {"cat": img["cat"], "dog": img["reference"]},
+                                  height=xl, width=xl, seed=0)),
+        ("personalize uniform 2 objects", "sdxl",
+         lambda p: ze.personalize(p, "a cat and a dog", {"cat": img["cat"], "dog": img["reference"]},
+                                  weighting="uniform", height=xl, width=xl, seed=0)),
+    ]
+
+
+def unet_call_times(pipe, size: int, batches=(1, 2, 4), repeats: int = 20) -> dict:
+    """Eager per-call time of the UNet at `size` px for several batch sizes (ms, median)."""
+    from zeroedit.backbone import Backbone
+    backbone = Backbone(pipe)
+    cond = backbone.encode_prompt("a photo")
+    h = size // backbone.vae_scale
+    out = {}
+    with torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, 4, h, h, device=backbone.device, dtype=backbone.dtype)
+            times = []
+            for i in range(repeats + 3):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                backbone.unet_call(x, 500, cond.repeat(b))
+                torch.cuda.synchronize()
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+            out[b] = round(sorted(times)[len(times) // 2] * 1000, 2)
+    return out
+
+
+def _pipe_for(kind: str, device: str, cache: dict):
+    if device == "cpu":
+        key = "tiny-xl" if kind == "sdxl" else "tiny"
+        if key not in cache:
+            cache.clear()
+            cache[key] = ze.load(key, ip_adapter=kind == "sdxl")
+        return cache[key]
+    if kind not in cache:
+        from benchmarks.sized import build_sized
+        cache.clear()
+        torch.cuda.empty_cache()
+        pipe = build_sized(kind, device)
+        if kind == "sdxl":
+            from zeroedit.tiny_ip import add_tiny_ip_adapter
+            add_tiny_ip_adapter(pipe)
+            pipe.to(device=device, dtype=torch.float16)
+        cache[kind] = pipe
+    return cache[kind]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--md", default=None, help="write a markdown table here")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--per-call", default="sd21,sdxl", help="model kinds whose UNet per-call time is measured")
+    args = parser.parse_args(argv)
+    rows, cache = [], {}
+    if args.device != "cpu":
+        gpu = torch.cuda.get_device_name()
+        per_call = {kind: unet_call_times(_pipe_for(kind, args.device, cache), 1024 if kind == "sdxl" else 512)
+                    for kind in filter(None, args.per_call.split(","))}
+        print("UNet eager per-call ms by batch:", json.dumps(per_call), flush=True)
+    else:
+        gpu, per_call = platform.processor() or "cpu", {}
+    for name, kind, run in cases(128 if args.device == "cpu" else 512):
+        if args.only and not any(s in name for s in args.only.split(",")):
+            continue
+        size_note = "1024²" if kind == "sdxl" and args.device != "cpu" else ("512²" if args.device != "cpu" else "128²")
+        try:
+            pipe = _pipe_for(kind, args.device, cache)
+            run(pipe)  # warm-up
+            for _ in range(args.repeats):
+                result = run(pipe)
+            s = result.stats
+            row = dict(case=name, model=("tiny" if args.device == "cpu" else kind) + " " + size_note,
+                       unet_calls=s.unet_calls, unet_evals=s.unet_evals, unet_backward=s.unet_backward,
+                       seconds=round(s.seconds, 2), peak_gib=round(s.peak_memory_bytes / 2**30, 2))
+        except Exception as error:  # noqa: BLE001 — report and go on with the other methods
+            row = dict(case=name, model=kind, error=f"{type(error).__name__}: {error}"[:300])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    stamp = datetime.date.today().isoformat()
+    lines = [f"### {stamp}, {gpu}, torch {torch.__version__}", "",
+             "| case | model | unet_calls | unet_evals | backward | seconds | peak GiB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['model']} | error: {r['error']} | | | | |")
+        else:
+            lines.append(f"| {r['case']} | {r['model']} | {r['unet_calls']} | {r['unet_evals']} | {r['unet_backward']} "
+                         f"| {r['seconds']} | {r['peak_gib']} |")
+    if per_call:
+        lines += ["", "UNet eager per-call time (ms, median of 20) by batch size: "
+                  + "; ".join(f"{k}: " + ", ".join(f"b{b} {ms}" for b, ms in v.items()) for k, v in per_call.items())]
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(rows=rows, per_call=per_call), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
