@@ -84,7 +84,24 @@ def unet_call_times(pipe, size: int, batches=(1, 2, 4), repeats: int = 20) -> di
                 if i >= 3:
                     times.append(time.perf_counter() - start)
             out[b] = round(sorted(times)[len(times) // 2] * 1000, 2)
+            times = []
+            for i in range(repeats + 3):  # diffusers' UNet called directly, for comparison
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                pipe.unet(x, torch.tensor(500, device=x.device), encoder_hidden_states=cond.repeat(b).embeds,
+                          added_cond_kwargs=_sdxl_added(backbone, cond.repeat(b), size), return_dict=False)
+                torch.cuda.synchronize()
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+            out[f"{b} raw unet"] = round(sorted(times)[len(times) // 2] * 1000, 2)
     return out
+
+
+def _sdxl_added(backbone, cond, size):
+    if not backbone.is_xl:
+        return None
+    ids = torch.tensor([size, size, 0, 0, size, size], device=backbone.device, dtype=backbone.dtype)
+    return dict(text_embeds=cond.pooled, time_ids=ids.expand(len(cond), -1))
 
 
 def _pipe_for(kind: str, device: str, cache: dict):

@@ -122,7 +122,9 @@ class Backbone:
 
     # ---------------------------------------------------------------- VAE
     def _vae_dtype(self):
-        return torch.float32 if (self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)) else self.vae.dtype
+        """diffusers upcasts an fp16 VAE only in SDXL pipelines (`force_upcast`); SD 1.x/2.x VAEs run in fp16."""
+        upcast = self.is_xl and self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
+        return torch.float32 if upcast else self.vae.dtype
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
