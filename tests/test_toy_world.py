@@ -62,3 +62,22 @@ def test_every_shape_colour_and_style_is_reachable():
             seen["shape"].add(obj.shape)
             seen["color"].add(obj.color)
     assert seen == {"shape": set(SHAPES), "color": set(COLORS), "style": set(STYLES)}
+
+
+def test_toy_model_follows_colour_and_shape():
+    """The trained toy model (ze.load("toy")) draws what the caption says, judged by the detectors."""
+    import torch
+
+    import zeroedit as ze
+    pipe = ze.load("toy")
+    pipe.set_progress_bar_config(disable=True)
+    captions = ["a red circle on a plain background, photo style", "a blue square on stripes, photo style",
+                "a yellow star on a gradient, photo style", "a green triangle on a plain background, photo style"]
+    images = pipe(captions, num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
+                  generator=torch.Generator().manual_seed(0)).images
+    correct = 0
+    for caption, image in zip(captions, images):
+        colour, shape = caption.split()[1:3]
+        found = {d.color: d.shape for d in detect_objects(image, "photo")}
+        correct += found.get(colour) == shape
+    assert correct >= 3, correct  # model card: colour 98.9 %, shape 78.5 % on held-out captions

@@ -1,5 +1,6 @@
 """`load`: a standard diffusers pipeline (SD 1.x, SD 2.x or SDXL, auto-detected) from a hub id or a
-local folder, or an offline tiny random-weight one ("tiny", "tiny-xl").
+local folder, an offline tiny random-weight one ("tiny", "tiny-xl"), or the project's own trained toy model
+("toy", see src/zeroedit/assets/toy/README.md).
 
 Safetensors only, no safety checker, never `trust_remote_code`.
 """
@@ -16,6 +17,7 @@ from .errors import ModelError, ParameterError
 logger = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny", "tiny-xl")
+TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
@@ -61,7 +63,8 @@ def is_sdxl(pipe) -> bool:
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
     """Return a standard diffusers pipeline.
 
-    model: "tiny" / "tiny-xl" (offline random weights built from `seed`), a hub id, or a local folder.
+    model: "tiny" / "tiny-xl" (offline random weights built from `seed`), "toy" (the trained toy-world model,
+    64 px, offline), a hub id, or a local folder.
     dtype: torch dtype or its name; device: where to move the pipeline.
     ip_adapter: for `personalize`: True for the tiny models' random adapter, or a dict of arguments to
     diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
@@ -75,10 +78,11 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
             from .tiny_ip import add_tiny_ip_adapter
             add_tiny_ip_adapter(pipe, seed=seed, **(ip_adapter if isinstance(ip_adapter, dict) else {}))
     else:
+        model = TOY_MODEL if model == "toy" else model
         index = _model_index(model)
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         sdxl = "text_encoder_2" in index or "XL" in index.get("_class_name", "")
-        kwargs = dict(torch_dtype=torch_dtype, use_safetensors=True)
+        kwargs = dict(dtype=torch_dtype or torch.float32, use_safetensors=True)  # fp16 files load as fp32 unless asked
         if not sdxl:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
