@@ -124,6 +124,12 @@ def _pipe_for(kind: str, device: str, cache: dict):
     return cache[kind]
 
 
+def _extra(extra: dict) -> str:
+    """Method-specific figures; byte counts in MiB."""
+    return ", ".join(f"{k.replace('_bytes', '')} {v / 2**20:.1f} MiB" if k.endswith("_bytes") else f"{k} {v}"
+                     for k, v in extra.items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -153,20 +159,22 @@ def main(argv=None) -> int:
             s = result.stats
             row = dict(case=name, model=("tiny" if args.device == "cpu" else kind) + " " + size_note,
                        unet_calls=s.unet_calls, unet_evals=s.unet_evals, unet_backward=s.unet_backward,
-                       seconds=round(s.seconds, 2), peak_gib=round(s.peak_memory_bytes / 2**30, 2))
+                       seconds=round(s.seconds, 2), peak_gib=round(s.peak_memory_bytes / 2**30, 2),
+                       extra={k: v for k, v in s.extra.items() if isinstance(v, (int, float, str))})
         except Exception as error:  # noqa: BLE001 — report and go on with the other methods
             row = dict(case=name, model=kind, error=f"{type(error).__name__}: {error}"[:300])
         print(json.dumps(row), flush=True)
         rows.append(row)
     stamp = datetime.date.today().isoformat()
     lines = [f"### {stamp}, {gpu}, torch {torch.__version__}", "",
-             "| case | model | unet_calls | unet_evals | backward | seconds | peak GiB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| case | model | unet_calls | unet_evals | backward | seconds | peak GiB | extra |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['model']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['case']} | {r['model']} | error: {r['error']} | | | | | |")
         else:
             lines.append(f"| {r['case']} | {r['model']} | {r['unet_calls']} | {r['unet_evals']} | {r['unet_backward']} "
-                         f"| {r['seconds']} | {r['peak_gib']} |")
+                         f"| {r['seconds']} | {r['peak_gib']} | {_extra(r['extra'])} |")
     if per_call:
         lines += ["", "UNet eager per-call time (ms, median of 20) by batch size: "
                   + "; ".join(f"{k}: " + ", ".join(f"b{b} {ms}" for b, ms in v.items()) for k, v in per_call.items())]

@@ -1,0 +1,194 @@
+"""translate: Plug-and-Play diffusion features (Tumanyan et al., CVPR 2023).
+
+Algorithm (pnp-diffusers behaviour, spec `methods/pnp.md`):
+1. VAE-encode the image (posterior mean × scaling factor) at its own size rounded to multiples of 64 px
+   (the aspect ratio is kept, as the reference's `T.Resize(512)`; resize to ~512 px yourself for SD).
+2. DDIM inversion with the source prompt (default ""), no CFG.
+3. 50 DDIM steps (η = 0) from the inverted latent at the top of the sampling grid, CFG on
+   [negative, prompt]; the source branch (inverted latent at this t, source prompt) provides
+   - the **features** of `up_blocks[1].resnets[1]`'s residual branch after `conv2` (before the skip add) for
+     the first `feature_steps` of the steps, and
+   - the **self-attention q and k** of the decoder layers 4–11 (ldm numbering: `up_blocks[1].attentions[1,2]`,
+     `up_blocks[2].attentions[*]`, `up_blocks[3].attentions[*]`) for the first `attention_steps`,
+   injected into both CFG branches of every target prompt.
+
+Source cache. DDIM inversion (inversion/ddim.py) evaluates the UNet on exactly the (latent, t, source
+prompt) inputs the source branch needs at every sampling step but the first. `source_cache="memory"`
+records the features and q/k during inversion and reuses them: one prompt costs steps + 1 + 2·P·steps
+sample-evaluations (151 at defaults) in `steps` + `steps` sequential calls (the first step's source
+evaluation rides in that step's call). `"recompute"` runs the source branch in-batch at every step:
+steps + 3·steps = 200 evaluations (the issue's "201" counts the first-step source evaluation twice),
+same calls, and no cache. Both give the same image to float tolerance.
+
+Choices and deviations (documented here, as the spec asks):
+- Windows: k = floor(steps · fraction + 1e-6) (so 0.29 · 100 gives 29, not 28); an int is a step count. The
+  first k sampling steps inject (features 40 of 50 at t = 981…201, q/k 25 of 50 at t = 981…501).
+- The source branch is conditioned on `source_prompt`, the same prompt as the inversion (the reference
+  always uses "" there even with another inversion prompt; with the default "" both agree).
+- DDIM inversion evaluates ε at the latent being moved (the reference's 999-step inversion evaluates at the
+  next t from the previous latent; at 999 steps the difference is negligible).
+- `preset="reference"`: 999 inversion steps (as the reference preprocessing; only the latents and features
+  on the sampling grid are kept, nothing is written to disk), its thresholds, guidance and negative prompt.
+  With 999 inversion steps the inversion also evaluates the first sampling step's source input, so memory
+  mode then needs no extra source evaluation at all.
+- SDXL: features at `up_blocks[0].resnets[1]` and q/k in the self-attention of `up_blocks[0].attentions[1,2]`
+  and `up_blocks[1].attentions[*]` (SDXL's decoder has two attention levels instead of three; these are the
+  decoder's attention layers after the first block, as 4–11 are on SD).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..backbone import Backbone, Cond
+from ..control import Controller, Inject, Record, decoder_self_attention_layers
+from ..errors import ParameterError
+from ..images import prepare_image, to_tensor
+from ..inversion import ddim_invert, ddim_timesteps
+from ..inversion.ddim import ddim_step
+from ..result import Result, Stats, Timer
+from .common import check_choice, check_prompts, check_steps, finish, step_end
+
+REFERENCE_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
+PRESETS = (None, "reference")
+CACHES = ("memory", "recompute")
+
+
+def injection_layers(unet) -> tuple[str, list[str]]:
+    """(feature module, q/k attention layers) for SD 1.x/2.x or SDXL (see module docstring)."""
+    names = dict(unet.named_modules())
+    if len(unet.config.block_out_channels) == 4:  # SD 1.x / 2.x: ldm output blocks 4–11
+        return "up_blocks.1.resnets.1.conv2", decoder_self_attention_layers(unet)[1:9]
+    layers = [n for n in decoder_self_attention_layers(unet) if not n.startswith("up_blocks.0.attentions.0.")]
+    feature = "up_blocks.0.resnets.1.conv2"
+    if feature not in names:
+        raise ParameterError("this UNet has no up_blocks[0].resnets[1]; translate supports SD 1.x/2.x and SDXL.")
+    return feature, layers
+
+
+def window(value, steps: int, name: str) -> int:
+    """Number of injected steps: a fraction of `steps` (floor, robust to 0.29·100) or an int count."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParameterError(f"{name} must be a fraction in [0, 1] or a number of steps, got {value!r}.")
+    if isinstance(value, int):
+        if not 0 <= value <= steps:
+            raise ParameterError(f"{name} as a step count must be in 0…{steps}, got {value}.")
+        return value
+    if not 0.0 <= value <= 1.0:
+        raise ParameterError(f"{name} must be a fraction in [0, 1] or a number of steps, got {value!r}.")
+    return int(math.floor(steps * value + 1e-6))
+
+
+def _cached_or_branch(store: dict):
+    """Injection source: the inversion's record for this layer and timestep, else the in-batch source branch."""
+    def source(ctx, kind, tensor):
+        key = (ctx.name, kind, ctx.controller.timestep)
+        return store[key] if key in store else tensor[ctx.branch("src")]
+    return source
+
+
+def _resolve(preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale):
+    check_choice(preset, "preset", PRESETS)
+    steps = check_steps(steps)
+    if preset == "reference" and inversion_steps is None:
+        inversion_steps = 999
+    inversion_steps = steps if inversion_steps is None else check_steps(inversion_steps, "inversion_steps")
+    if inversion_steps > 999 or 1000 // inversion_steps * steps > 1000 or (1000 // steps) % (1000 // inversion_steps):
+        raise ParameterError(f"inversion_steps={inversion_steps} does not contain the {steps}-step sampling grid; "
+                             f"use inversion_steps=None (= steps) or 999.")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise ParameterError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+    if not isinstance(negative_prompt, str):
+        raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
+    return (steps, inversion_steps, window(feature_steps, steps, "feature_steps"),
+            window(attention_steps, steps, "attention_steps"))
+
+
+def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str = REFERENCE_NEGATIVE, steps: int = 50,
+              inversion_steps: int | None = None, feature_steps=0.8, attention_steps=0.5, guidance_scale: float = 7.5,
+              seed: int | None = None, preset: str | None = None, source_cache: str = "memory",
+              output_type: str = "pil", callback_on_step_end=None) -> Result:
+    """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
+    its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
+    `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it."""
+    prompts = check_prompts(prompt)
+    if not isinstance(source_prompt, str):
+        raise ParameterError(f"source_prompt must be a string, got {source_prompt!r}.")
+    check_choice(source_cache, "source_cache", CACHES)
+    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
+    steps, inversion_steps, k_feature, k_attention = _resolve(
+        preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
+    picture = prepare_image(image)
+    stats = Stats(params=dict(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
+                              inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
+                              guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
+                              size=list(picture.size)))
+    backbone = Backbone(pipe, stats)
+    feature_layer, attention_layers = injection_layers(pipe.unet)
+    grid = ddim_timesteps(backbone, steps)
+    descending = list(reversed(grid))
+    feature_ts, attention_ts = set(descending[:k_feature]), set(descending[:k_attention])
+    with Timer(stats, backbone.device), torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(picture))
+        source_cond = backbone.encode_prompt(source_prompt)
+        store = {}
+        trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
+                             feature_ts, attention_ts, store if source_cache == "memory" else None)
+        stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
+        latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
+                          descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
+                          callback_on_step_end)
+        images = finish(backbone, latents, output_type)
+    return Result(images=images, stats=stats, latents=latents)
+
+
+def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_layers, feature_ts, attention_ts, store):
+    """DDIM inversion; returns {t: latent} on the sampling grid, and (memory mode) records the features and
+    q/k of the calls whose (latent, t) the source branch needs."""
+    controller = Controller()
+    if store is not None:
+        controller.add(Record([feature_layer], "feature", steps=lambda c: c.timestep in feature_ts, store=store,
+                              target="feature"))
+        controller.add(Record(attention_layers, ("q", "k"), steps=lambda c: c.timestep in attention_ts, store=store))
+    fine_grid = ddim_timesteps(backbone, inversion_steps)
+
+    def model_fn(x, t, j):
+        controller.set_call(t, t, [("src", 1)], x.shape[-2:])  # step = t: Record keys (layer, kind, t)
+        return backbone.unet_call(x, t, cond)
+
+    with controller.installed(backbone.unet):
+        path = ddim_invert(backbone, model_fn, x0, fine_grid)
+    levels = dict(zip(fine_grid, path[1:]))
+    return {t: levels[t] for t in grid}
+
+
+def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, guidance_scale, descending,
+            feature_layer, attention_layers, feature_ts, attention_ts, store, callback):
+    """DDIM sampling with CFG and PnP injection; every branch of a step in one UNet call."""
+    count = len(prompts)
+    negative = backbone.encode_negative([negative_prompt] * count)
+    conditional = backbone.encode_prompt(prompts)
+    source = _cached_or_branch(store)
+    controller = Controller()
+    controller.add(Inject([feature_layer], "feature", source, ("uncond", "cond"), target="feature",
+                          steps=lambda c: c.timestep in feature_ts))
+    controller.add(Inject(attention_layers, ("q", "k"), source, ("uncond", "cond"),
+                          steps=lambda c: c.timestep in attention_ts))
+    x = trajectory[descending[0]].float().expand(count, -1, -1, -1).clone()
+    with controller.installed(backbone.unet), pipe.progress_bar(total=len(descending)) as bar:
+        for i, t in enumerate(descending):
+            needs_source = (t in feature_ts and (feature_layer, "feature", t) not in store) or \
+                           (t in attention_ts and (attention_layers[0], "q", t) not in store)
+            branches = ([("src", 1)] if needs_source else []) + [("uncond", count), ("cond", count)]
+            latents = torch.cat(([trajectory[t]] if needs_source else []) + [x, x])
+            cond = Cond.cat(([source_cond] if needs_source else []) + [negative, conditional])
+            controller.set_call(i, t, branches, x.shape[-2:])
+            out = backbone.unet_call(latents, t, cond)[-2 * count:]
+            uncond, cond_out = out.chunk(2)
+            guided = uncond + guidance_scale * (cond_out - uncond)
+            t_to = descending[i + 1] if i + 1 < len(descending) else None
+            x = ddim_step(backbone, guided, x, t, t_to)
+            x = step_end(pipe, callback, i, t, x)
+            bar.update()
+    return x
