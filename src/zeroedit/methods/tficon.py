@@ -1,0 +1,334 @@
+"""compose: TF-ICON training-free cross-domain image composition (Lu et al., ICCV 2023).
+
+Algorithm (spec `methods/tficon.md`):
+1. Geometry. The background keeps its size and aspect ratio (rounded to multiples of 64 px; the reference
+   squashes it to 512²). The region's bounding box (from a mask, or a box) gives centre and long side; the
+   reference (and its segmentation) is resized to that long side keeping its aspect and pasted, centred on the
+   box centre, onto a black canvas of the background's size. The composition region R is the rectangle of the
+   pasted reference, clipped to the image — the same clipped rectangle at every resolution (pixels, latent,
+   attention grids), so regions at or across the border never crash.
+2. Exceptional-prompt DPM-Solver++ inversion (order 2, 20 steps, continuous time) of the background and every
+   reference canvas as ONE batched trajectory (`same` domain: also the pixel cut-and-paste composite).
+3. Noise incorporation: x_T = inverted background outside R; inverted reference in R ∩ segmentation
+   (`same`: the inverted composite); fresh noise (seeded) in R ∖ segmentation.
+4. Sampling with DPM-Solver++ and CFG (prompt vs ""): for the first tau_a of the model calls the conditional
+   branch's self-attention logits (every attn1 layer) are composited — background block (query and key
+   outside R) from the background's logits; pseudo cross-attention (all rows × foreground columns, and its
+   transpose for the foreground rows) and the foreground block from the reference's logits, with the
+   reference's queries as in the reference code. For the first tau_b of the updates the latent outside R is
+   replaced by the background's latent at the same time (background preservation).
+
+Cost. The inversion evaluates the UNet on exactly the background/reference inputs that the reconstruction
+branches need at every sampling step but the first (the times of the inverse and forward grids coincide), so
+their q and k are recorded during inversion (only for the injection steps) and the composite logits are
+built from them. Only the first sampling step carries the background and reference branches in its batch.
+Default (20 steps, one object): 20 + 20 sequential UNet calls, 2·20 + 2 + 2·20 = 82 sample-evaluations
+(reference: ~250, and 4 passes per step).
+
+Deviations from the reference code (`preset="reference"` reproduces what it can):
+- Reconstruction passes are replaced by the stored inversion trajectory (latents for background
+  preservation, q/k for the composite) — the spec allows it in the default preset; the reference
+  reconstructs with the same solver, which follows the inversion closely.
+- No one-step lag: the stored logits are those of the same time step (the reference reads attention stored
+  one model call earlier during the order-2 warm-up and for its pseudo-cross pass).
+- Background preservation replaces latents (not x₀-predictions after the warm-up) for updates 0 … k_b − 1,
+  k_b = int(tau_b·steps + 1 − 2) (15 at defaults, as the reference's window, which starts at update 2).
+- Injection on model calls 0 … k_a − 1, k_a = int(tau_a·steps + 1 − 2) (7 at defaults, as the reference).
+- The VAE encodes with the posterior mean (`preset="reference"`: a seeded posterior sample, and seed 3407).
+- The segmentation is thresholded at 0.5 (the reference's `convert("1")` dithers edges); masks at coarser
+  resolutions by nearest-neighbour resizing (the reference strides).
+- `reference_mask=None` makes the whole reference the object (R ∩ segmentation = R).
+- Several objects in one call: references, masks and regions as equal-length lists; each reference canvas is
+  inverted in the same batch and composited into its own region, in list order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..backbone import Backbone, Cond
+from ..control import Controller, Record, Rule, attention_layers
+from ..errors import MaskError, ParameterError
+from ..images import load_image, load_mask, prepare_image, to_tensor
+from ..inversion.dpm_solver import MultistepDPMSolverPP, VPSchedule, x0_from_model
+from ..result import Result, Stats, Timer
+from .common import check_choice, check_fraction, check_steps, finish, generator, randn, step_end
+
+DOMAINS = {"cross": 5.0, "same": 2.5}
+PRESETS = (None, "reference")
+REFERENCE_SEED = 3407
+
+
+# ----------------------------------------------------------------------------------------- geometry
+def region_box(region, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The user's region as a pixel box (x0, y0, x1, y1): a box as given, or a mask's bounding box
+    (a mask of another size is scaled to the background)."""
+    width, height = size
+    if isinstance(region, (tuple, list)) and len(region) == 4 and all(isinstance(v, (int, float, np.integer)) for v in region):
+        x0, y0, x1, y1 = (float(v) for v in region)
+        if x1 <= x0 or y1 <= y0:
+            raise MaskError(f"region box {tuple(region)} is empty: give (x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
+        return x0, y0, x1, y1
+    mask = load_mask(region, "region")
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise MaskError("the region mask is empty: mark where the object goes with white pixels.")
+    sx, sy = width / mask.shape[1], height / mask.shape[0]
+    return xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy
+
+
+def place_reference(reference: Image.Image, segmentation: np.ndarray, box, size) -> tuple[Image.Image, np.ndarray, tuple]:
+    """Resize the reference to the box's long side (keeping its aspect) and paste it centred on the box
+    centre onto a black canvas of `size`. Returns (canvas, segmentation on the canvas, clipped rectangle)."""
+    width, height = size
+    x0, y0, x1, y1 = box
+    long_side = max(x1 - x0, y1 - y0)
+    scale = long_side / max(reference.size)
+    w, h = max(1, round(reference.width * scale)), max(1, round(reference.height * scale))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - w / 2)), int(round(cy - h / 2))
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(reference.resize((w, h), Image.BICUBIC), (left, top))
+    seg = Image.fromarray(segmentation.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)
+    seg_canvas = Image.new("L", size, 0)
+    seg_canvas.paste(seg, (left, top))
+    rect = (max(left, 0), max(top, 0), min(left + w, width), min(top + h, height))
+    if rect[2] <= rect[0] or rect[3] <= rect[1]:
+        raise MaskError(f"the region {tuple(round(v) for v in box)} lies outside the {width}×{height} background.")
+    return canvas, np.asarray(seg_canvas) >= 128, rect
+
+
+def latent_masks(rect, segmentation: np.ndarray, size, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region R and segmentation S at latent resolution (1, 1, h, w) floats in {0, 1}; R covers every latent
+    pixel the clipped rectangle touches, S is R ∩ the nearest-sampled segmentation."""
+    width, height = size
+    h, w = height // scale, width // scale
+    region = torch.zeros(1, 1, h, w)
+    x0, y0 = rect[0] // scale, rect[1] // scale
+    x1, y1 = -(-rect[2] // scale), -(-rect[3] // scale)
+    region[..., y0:y1, x0:x1] = 1.0
+    seg = torch.from_numpy(segmentation.astype(np.float32))[None, None]
+    seg = F.interpolate(seg, size=(h, w), mode="nearest")
+    return region, region * seg
+
+
+# ----------------------------------------------------------------------------------------- attention
+class CompositeSelfAttention(Rule):
+    """TF-ICON's composite self-attention (Sec. 3.3) on the conditional branch's pre-softmax logits:
+    background block from the background, pseudo cross-attention and foreground block from each reference.
+    q/k of the background ("bg") and references ("ref0", …) come from the inversion's record for this time
+    or, when not recorded (the first step), from their branches in the same batch."""
+
+    needs_logits = True
+
+    def __init__(self, layers, steps, store: dict, masks: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__(layers, steps)
+        self.store, self.masks = store, masks  # masks: per object (R, R ∩ S) at latent resolution
+
+    def _qk(self, ctx, name: str, index: int, q, k):
+        key = (ctx.name, "q", ctx.controller.timestep)
+        if key in self.store:
+            return (self.store[(ctx.name, "q", ctx.controller.timestep)][index:index + 1],
+                    self.store[(ctx.name, "k", ctx.controller.timestep)][index:index + 1])
+        part = ctx.branch(name)
+        return q[part], k[part]
+
+    def _at(self, mask: torch.Tensor, grid, device) -> torch.Tensor:
+        return F.interpolate(mask, size=grid, mode="nearest").flatten().to(device).bool()
+
+    def logits(self, ctx, logits):
+        cond = ctx.branch("cond")
+        q, k = self._q, self._k
+        generated = logits[cond]
+        q_bg, k_bg = self._qk(ctx, "bg", 0, q, k)
+        outside = torch.ones(generated.shape[-1], dtype=torch.bool, device=logits.device)
+        for region, _ in self.masks:
+            outside &= ~self._at(region, ctx.grid, logits.device)
+        background = (q_bg @ k_bg.transpose(-1, -2)) * ctx.attn.scale
+        composite = torch.where(outside[:, None] & outside[None, :], background.to(generated.dtype), generated)
+        for index, (_, foreground) in enumerate(self.masks):
+            fg = self._at(foreground, ctx.grid, logits.device)
+            q_ref, k_ref = self._qk(ctx, f"ref{index}", 1 + index, q, k)
+            reference = ((q_ref @ k_ref.transpose(-1, -2)) * ctx.attn.scale).to(generated.dtype)
+            composite = torch.where(fg[None, :], reference, composite)  # all rows × foreground columns
+            composite = torch.where(fg[:, None], reference.transpose(-1, -2), composite)  # its transpose
+            composite = torch.where(fg[:, None] & fg[None, :], reference, composite)  # foreground block
+        out = logits.clone()
+        out[cond] = composite.expand_as(generated)
+        return out
+
+    def qkv(self, ctx, q, k, v):
+        self._q, self._k = q, k  # the batch's own q/k, for branches that ride in this call
+        return q, k, v
+
+
+# ----------------------------------------------------------------------------------------- method
+def _inputs(background, reference, region, reference_mask):
+    """Normalise single/list inputs to equal-length lists and validate them (before any model work)."""
+    many = isinstance(reference, (list, tuple))
+    references = list(reference) if many else [reference]
+    regions = list(region) if many else [region]
+    if not isinstance(region, (list, tuple)) and many:
+        raise ParameterError("with a list of references, region must be a list of the same length.")
+    masks = (list(reference_mask) if isinstance(reference_mask, (list, tuple)) else [reference_mask] * len(references)) \
+        if (many or reference_mask is None) else [reference_mask]
+    if not references or not (len(references) == len(regions) == len(masks)):
+        raise ParameterError(f"reference, region and reference_mask must have equal lengths, got {len(references)}, "
+                             f"{len(regions)} and {len(masks)}.")
+    picture = prepare_image(background, what="background")
+    refs = [load_image(r, "reference") for r in references]
+    segs = []
+    for ref, mask in zip(refs, masks):
+        seg = np.ones((ref.height, ref.width), bool) if mask is None else load_mask(mask, "reference_mask")
+        if seg.shape != (ref.height, ref.width):
+            raise MaskError(f"reference_mask is {seg.shape[1]}×{seg.shape[0]} but the reference is "
+                            f"{ref.width}×{ref.height}: give the segmentation of this reference image.")
+        if not seg.any():
+            raise MaskError("reference_mask is empty: mark the object's pixels in white.")
+        segs.append(seg)
+    boxes = [region_box(r, picture.size) for r in regions]
+    return picture, refs, segs, boxes
+
+
+def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
+            steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
+            seed: int | None = None, preset: str | None = None, output_type: str = "pil",
+            callback_on_step_end=None) -> Result:
+    """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
+    image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
+    masks and regions compose several objects in one call. See the module docstring."""
+    check_choice(domain, "domain", tuple(DOMAINS))
+    check_choice(preset, "preset", PRESETS)
+    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
+    steps = check_steps(steps, minimum=2)
+    if order not in (1, 2):
+        raise ParameterError(f"order must be 1 or 2, got {order!r}.")
+    tau_a, tau_b = check_fraction(tau_a, "tau_a"), check_fraction(tau_b, "tau_b")
+    if not isinstance(prompt, str):
+        raise ParameterError(f"prompt must be a string, got {prompt!r}.")
+    guidance = DOMAINS[domain] if guidance_scale is None else guidance_scale
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+        raise ParameterError(f"guidance_scale must be a number or None, got {guidance_scale!r}.")
+    seed = REFERENCE_SEED if (seed is None and preset == "reference") else seed
+    gen = generator(seed)
+    picture, refs, segs, boxes = _inputs(background, reference, region, reference_mask)
+    k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
+    stats = Stats(params=dict(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
+                              guidance_scale=float(guidance), seed=seed, preset=preset, size=list(picture.size),
+                              objects=len(refs), injection_calls=k_a, preservation_updates=k_b))
+    backbone = Backbone(pipe, stats)
+    placed = [place_reference(ref, seg, box, picture.size) for ref, seg, box in zip(refs, segs, boxes)]
+    stats.extra["regions"] = [list(rect) for _, _, rect in placed]
+    masks = [latent_masks(rect, seg, picture.size, backbone.vae_scale) for _, seg, rect in placed]
+    sources = [picture] + [canvas for canvas, _, _ in placed]
+    if domain == "same":
+        sources.append(_cut_and_paste(picture, placed))
+    with Timer(stats, backbone.device), torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(sources), generator=gen, sample=preset == "reference")
+        layers = attention_layers(pipe.unet, "attn1")
+        schedule = VPSchedule(backbone.alphas_cumprod)
+        times = schedule.times(steps)
+        injection_times = {round(t, 10) for t in times[:k_a]}
+        store: dict = {}
+        trajectory = _invert(backbone, schedule, x0, times[::-1], order, layers, injection_times, store, len(refs))
+        x = _starting_latent(trajectory[round(times[0], 10)], masks, domain, gen, backbone)
+        rule = CompositeSelfAttention(layers, lambda c: round(c.timestep, 10) in injection_times, store, masks)
+        latents = _sample(pipe, backbone, schedule, x, trajectory, times, order, rule, masks, prompt, float(guidance),
+                          k_b, len(refs), callback_on_step_end)
+        images = finish(backbone, latents, output_type)
+    return Result(images=images, stats=stats, latents=latents)
+
+
+def _cut_and_paste(picture: Image.Image, placed) -> Image.Image:
+    """The pixel-space composite (`same` domain): reference pixels where its segmentation is."""
+    out = np.asarray(picture).copy()
+    for canvas, seg, _ in placed:
+        out[seg] = np.asarray(canvas)[seg]
+    return Image.fromarray(out)
+
+
+def _invert(backbone, schedule, x0, times_up, order, layers, injection_times, store, objects):
+    """Exceptional-prompt DPM-Solver++ inversion of [background, references…(, composite)] as one batch;
+    records the background's and references' self-attention q/k at the injection times. Returns
+    {rounded time: latents}."""
+    cond = backbone.exceptional_cond(x0.shape[0])
+    controller = Controller()
+    keep = slice(0, 1 + objects)
+    controller.add(_RecordRows(layers, ("q", "k"), keep, steps=lambda c: round(c.timestep, 10) in injection_times,
+                               store=store))
+    solver = MultistepDPMSolverPP(schedule, order)
+    x, trajectory = x0, {round(times_up[0], 10): x0}
+    with controller.installed(backbone.unet):
+        for i, t in enumerate(times_up[:-1]):
+            controller.set_call(i, round(t, 10), [("all", x.shape[0])], x.shape[-2:])
+            model_time = torch.tensor(schedule.model_time(t), device=x.device, dtype=torch.float32)
+            solver.push(t, x0_from_model(backbone, schedule, backbone.unet_call(x, model_time, cond), x, t))
+            x = solver.step(x, times_up[i + 1])
+            trajectory[round(times_up[i + 1], 10)] = x
+    return trajectory
+
+
+class _RecordRows(Record):
+    """Record q/k of the first batch rows (background and references), keyed by (layer, kind, time)."""
+
+    def __init__(self, layers, what, rows: slice, **kwargs):
+        super().__init__(layers, what, **kwargs)
+        self.rows = rows
+
+    def _keep(self, ctx, kind, tensor):
+        self.store[(ctx.name, kind, ctx.controller.timestep)] = tensor[self.rows].detach()
+
+
+def _starting_latent(top, masks, domain, gen, backbone):
+    """Noise incorporation (Sec. 3.2): background outside the regions, the inverted reference (or the
+    composite, `same`) inside region ∩ segmentation, fresh noise in region ∖ segmentation."""
+    x = top[:1].float()
+    for index, (region, foreground) in enumerate(masks):
+        region, foreground = region.to(x.device), foreground.to(x.device)
+        inner = top[-1:] if domain == "same" else top[1 + index:2 + index]
+        noise = randn(x.shape, gen, x.device, torch.float32)
+        x = x * (1 - region) + foreground * inner.float() + (region - foreground) * noise
+    return x
+
+
+def _sample(pipe, backbone, schedule, x, trajectory, times, order, rule, masks, prompt, guidance, k_b, objects,
+            callback):
+    """DPM-Solver++ sampling with CFG, composite self-attention and background preservation; one UNet call
+    per step (the first also carries the background and reference branches)."""
+    text = backbone.encode_prompt(prompt)
+    empty = backbone.encode_negative("")
+    exceptional = backbone.exceptional_cond(1)
+    outside = torch.ones_like(masks[0][0])
+    for region, _ in masks:
+        outside = outside * (1 - region)
+    outside = outside.to(x.device)
+    controller = Controller()
+    controller.add(rule)
+    solver = MultistepDPMSolverPP(schedule, order)
+    with controller.installed(backbone.unet), pipe.progress_bar(total=len(times) - 1) as bar:
+        for i, t in enumerate(times[:-1]):
+            key = round(t, 10)
+            ride = rule.active(_Clock(key)) and (rule.layers[0], "q", key) not in rule.store
+            names = ([("bg", 1)] + [(f"ref{j}", 1) for j in range(objects)] if ride else []) + [("uncond", 1), ("cond", 1)]
+            latents = torch.cat(([trajectory[key][:1 + objects]] if ride else []) + [x, x])
+            cond = Cond.cat(([exceptional.repeat(1 + objects)] if ride else []) + [empty, text])
+            controller.set_call(i, key, names, x.shape[-2:])
+            model_time = torch.tensor(schedule.model_time(t), device=x.device, dtype=torch.float32)
+            out = backbone.unet_call(latents, model_time, cond)[-2:]
+            guided = out[:1] + guidance * (out[1:] - out[:1])
+            solver.push(t, x0_from_model(backbone, schedule, guided, x, t))
+            x = solver.step(x, times[i + 1])
+            if i < k_b:  # background preservation from the stored inversion trajectory
+                x = x * (1 - outside) + trajectory[round(times[i + 1], 10)][:1].float() * outside
+            x = step_end(pipe, callback, i, t, x)
+            bar.update()
+    return x
+
+
+class _Clock:
+    """A stand-in controller state for asking a rule whether it is active at a time."""
+
+    def __init__(self, timestep):
+        self.timestep = timestep
