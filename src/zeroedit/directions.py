@@ -1,0 +1,146 @@
+"""Edit directions for pix2pix-zero (Parmar et al. 2023, Sec. 3.1): Δ = mean embedding of sentences with the
+target concept − mean embedding of sentences with the source concept, for the pipeline's text encoder.
+
+    d = ze.directions.build(pipe, "cat", "dog")                      # built-in offline templates
+    d = ze.directions.build(pipe, "cat", "dog", sentences="s.txt")   # lines with "{}" for the concept
+    d = ze.directions.build(pipe, "cat", "dog", sentences={"cat": [...], "dog": [...]})
+    d = ze.directions.build(pipe, "cat", "dog", sentences=ze.directions.generate("path/to/local-lm", n=200))
+    ze.directions.save(d, "cat2dog.safetensors", pipe, "cat", "dog"); d = ze.directions.load("cat2dog.safetensors")
+
+Sentences are encoded as the pipeline encodes prompts (`text_encoder(ids)[0]`, 77 tokens) and averaged per
+concept; the direction has shape (1, 77, d). Built directions are cached in memory (and in `cache_dir` when
+given), keyed by the text encoder's weights, the concepts and the sentences.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbone import Backbone
+from .errors import CheckpointError, ParameterError
+
+TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}",
+             "a blurry photo of a {}", "a bright photo of a {}", "a dark photo of a {}", "a painting of a {}",
+             "a drawing of a {}", "a cropped photo of a {}", "a good photo of a {}", "a photo of the {}",
+             "a {} in the wild", "a {} on the grass", "a {} in a room", "a {} on the street", "a {} at the beach",
+             "a {} in the snow", "a {} in a garden", "a {} sitting on a sofa", "a {} lying on the floor",
+             "a {} looking at the camera", "a small {}", "a large {}", "a cute {}", "a {} in the sunlight")
+STYLES = ("", ", high resolution", ", studio lighting", ", in the evening", ", black and white", ", 35mm film")
+_CACHE: dict[str, torch.Tensor] = {}
+
+
+def template_sentences(concept: str) -> list[str]:
+    """Hundreds of varied sentences about `concept`, made offline from templates × styles (156)."""
+    return [template.format(concept) + style for template, style in itertools.product(TEMPLATES, STYLES)]
+
+
+def generate(model: str, concept: str | None = None, n: int = 100, seed: int = 0):
+    """Sentences from a local transformers text-generation model (a folder; nothing is downloaded).
+    Returns a function concept -> sentences when `concept` is None (pass it as `sentences=`)."""
+    from transformers import pipeline, set_seed
+
+    def sentences_for(name: str) -> list[str]:
+        set_seed(seed)
+        generator = pipeline("text-generation", model=model)
+        outputs = generator(f"a photo of a {name}", max_new_tokens=16, num_return_sequences=n, do_sample=True)
+        return [f"a photo of a {name} " + o["generated_text"].split(f"a photo of a {name}", 1)[-1].strip()
+                for o in outputs]
+
+    return sentences_for if concept is None else sentences_for(concept)
+
+
+def _sentences(sentences, concept: str) -> list[str]:
+    if sentences is None:
+        return template_sentences(concept)
+    if callable(sentences):
+        result = list(sentences(concept))
+    elif isinstance(sentences, dict):
+        if concept not in sentences:
+            raise ParameterError(f"sentences has no entry for {concept!r}; give a list for each concept.")
+        result = list(sentences[concept])
+    elif isinstance(sentences, (str, Path)):
+        path = Path(sentences)
+        if not path.is_file():
+            raise ParameterError(f"sentences file {str(path)!r} does not exist.")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not all("{}" in line for line in lines):
+            raise ParameterError(f"every line of {path} must contain '{{}}' where the concept goes.")
+        result = [line.format(concept) for line in lines]
+    else:
+        raise ParameterError("sentences must be None, a file path, a dict {concept: [sentences]} or a function.")
+    if not result or not all(isinstance(s, str) for s in result):
+        raise ParameterError(f"no sentences for {concept!r}.")
+    return result
+
+
+@torch.no_grad()
+def mean_embedding(pipe, sentences: list[str], batch: int = 64) -> torch.Tensor:
+    """Mean of the text encoder's embeddings (1, 77, d) over the sentences, in float32."""
+    backbone = Backbone(pipe)
+    total = None
+    for start in range(0, len(sentences), batch):
+        embeds = backbone.encode_prompt(sentences[start:start + batch]).embeds.float().sum(0, keepdim=True)
+        total = embeds if total is None else total + embeds
+    return total / len(sentences)
+
+
+def _fingerprint(pipe, source, target, src_sentences, tgt_sentences) -> str:
+    weights = pipe.text_encoder.get_input_embeddings().weight
+    digest = hashlib.sha1()
+    digest.update(json.dumps([source, target, src_sentences, tgt_sentences]).encode())
+    digest.update(str(tuple(weights.shape)).encode())
+    digest.update(weights.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build(pipe, source: str, target: str, sentences=None, cache_dir: str | None = None) -> torch.Tensor:
+    """The edit direction source → target for this pipeline's text encoder (see module docstring)."""
+    for name, value in (("source", source), ("target", target)):
+        if not isinstance(value, str) or not value.strip():
+            raise ParameterError(f"{name} must be a non-empty string, got {value!r}.")
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ParameterError("edit directions are built for SD 1.x/2.x text encoders; this is an SDXL pipeline.")
+    src, tgt = _sentences(sentences, source), _sentences(sentences, target)
+    key = _fingerprint(pipe, source, target, src, tgt)
+    if key in _CACHE:
+        return _CACHE[key].clone()
+    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        direction = load(path)
+    else:
+        direction = mean_embedding(pipe, tgt) - mean_embedding(pipe, src)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(direction, path, pipe, source, target, sentences=len(src) + len(tgt))
+    _CACHE[key] = direction.cpu()
+    return direction.clone()
+
+
+def save(direction: torch.Tensor, path, pipe=None, source: str = "", target: str = "", **metadata) -> None:
+    """Save a direction as safetensors with the model and concepts in its metadata (written atomically)."""
+    model = getattr(getattr(pipe, "config", None), "_name_or_path", None) or (type(pipe).__name__ if pipe else "")
+    meta = {"format": "zeroedit-direction", "model": str(model), "source": source, "target": target,
+            **{k: str(v) for k, v in metadata.items()}}
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({"direction": direction.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load(path) -> torch.Tensor:
+    """Load a direction saved by `save` (metadata in `metadata(path)`)."""
+    try:
+        return load_file(str(path))["direction"]
+    except Exception as error:  # noqa: BLE001 — any unreadable file is the user's to fix
+        raise CheckpointError(f"could not read a direction from {str(path)!r}: {error}") from None
+
+
+def metadata(path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as handle:
+        return dict(handle.metadata() or {})

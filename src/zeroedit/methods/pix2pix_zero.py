@@ -1,0 +1,240 @@
+"""edit: pix2pix-zero, zero-shot image-to-image translation along an edit direction (Parmar et al. 2023).
+
+Algorithm (spec `methods/pix2pix_zero.md`):
+1. Caption the image (a captioner, or "a photo of a {source}"), VAE-encode (posterior mean).
+2. Regularised DDIM inversion with the caption, 50 steps, no CFG: before each step the predicted noise ε is
+   pushed towards white Gaussian noise by `reg_steps` × (5 auto-correlation gradient steps, 1 KL step)
+   (Sec. 3.2). The auto-correlation loss sums, over an average-pool pyramid down to 8×8 and over channels,
+   mean(ε·roll(ε, δ))² along both axes with δ ∈ [1, H/2) drawn per channel and level (the 2024 official fix:
+   no δ = 0); all rolls of a level are one gather, no host syncs.
+3. Edit direction Δ (`ze.directions`) added to every token of the caption embedding, conditional branch only.
+4. Cross-attention guidance (Sec. 3.3): a reference branch denoises from the inverted latent with the
+   caption; at every step the edit latent (two copies: caption and caption + Δ) takes one gradient step of
+   size `xa_guidance` on Σ_layers ‖A_edit − A_ref‖² over the `attn2` probabilities, then the guided DDIM step
+   ε(x⁰, c) + s·(ε(x¹, c + Δ) − ε(x⁰, c)) is applied to copy 0 (the negative prompt is the caption, as the
+   reference does for real images, which makes the reference branch unguided).
+
+Cost. Per step two UNet calls: one with a gradient on [reference, edit copy 0, edit copy 1] (the reference
+branch's attention maps are the target of the same call's loss, so they are kept for one step only), and one
+without on the updated copies. At defaults: 50 + 2·50 = 150 sequential calls and 50 backward passes
+(diffusers' Pix2PixZero: 200 + 50, and it stores every step's maps of both CFG halves).
+
+Deviations and presets:
+- DDIM inversion on the sampling grid with ε at the latent being moved (inversion/ddim.py); the official
+  loop's 48 steps with `t − 1` indexing and diffusers' inverse scheduler are not reproduced.
+- `preset="reference"` encodes with a (seeded) posterior sample as the official code (which is unseeded).
+- v-prediction models: `xa_guidance=None` means 0.01 instead of 0.1 (diffusers #2577/#2619: larger values
+  make the gradient explode); the regulariser acts on ε converted from v.
+- SD 1.x/2.x only (directions are built for one CLIP text encoder).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import directions as edit_directions
+from ..backbone import Backbone, Cond
+from ..control import Controller, Rule, attention_layers
+from ..errors import ParameterError
+from ..images import prepare_image, to_tensor
+from ..inversion import ddim_invert, ddim_timesteps
+from ..inversion.ddim import ddim_step, level_alpha_sigma
+from ..result import Result, Stats, Timer
+from .common import check_choice, check_steps, finish, generator, step_end
+
+PRESETS = (None, "reference")
+AC_ROLLS = 5
+
+
+# ----------------------------------------------------------------------------------------- regulariser
+def pyramid_shifts(shape, levels: int, gen: torch.Generator, device) -> list[torch.Tensor]:
+    """Per-channel roll amounts δ ∈ [1, side/2) for every pyramid level (drawn on the CPU, moved once)."""
+    side, shifts = min(shape[-2:]), []
+    for _ in range(levels):
+        high = max(side // 2, 2)
+        shifts.append(torch.randint(1, high, (shape[1],), generator=gen).to(device, non_blocking=True))
+        side //= 2
+    return shifts
+
+
+def pyramid_levels(shape) -> int:
+    """Levels of the average-pool pyramid: full size, halved while the side is above 8 (8×8 included)."""
+    side, levels = min(shape[-2:]), 1
+    while side > 8:
+        side //= 2
+        levels += 1
+    return levels
+
+
+def _roll_channels(x: torch.Tensor, shifts: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.roll along `dim` with a different shift per channel (one gather)."""
+    size = x.shape[dim]
+    index = (torch.arange(size, device=x.device)[None, :] - shifts[:, None]) % size  # (C, size)
+    view = [1, x.shape[1], 1, 1]
+    view[dim] = size
+    index = index.reshape(view).expand_as(x)
+    return x.gather(dim, index)
+
+
+def auto_correlation_loss(eps: torch.Tensor, shifts: list[torch.Tensor]) -> torch.Tensor:
+    """Pairwise auto-correlation loss (Eq. 2): Σ_levels Σ_{b,c} mean(ε·roll_h(ε, δ))² + mean(ε·roll_w(ε, δ))²."""
+    loss, x = eps.new_zeros(()), eps
+    for level, delta in enumerate(shifts):
+        if level:
+            x = F.avg_pool2d(x, 2)
+        loss = loss + (x * _roll_channels(x, delta, 2)).mean((2, 3)).pow(2).sum()
+        loss = loss + (x * _roll_channels(x, delta, 3)).mean((2, 3)).pow(2).sum()
+    return loss
+
+
+def kl_loss(eps: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(mean, var) of the whole ε tensor to N(0, 1) (Sec. 3.2)."""
+    mean, var = eps.mean(), eps.var()
+    return var + mean.pow(2) - 1 - torch.log(var + 1e-7)
+
+
+def regularize(eps: torch.Tensor, reg_steps: int, lambda_ac: float, lambda_kl: float, gen: torch.Generator) -> torch.Tensor:
+    """Noise regularisation of one inversion step: reg_steps × (5 auto-correlation steps, 1 KL step), plain
+    gradient steps on ε with step sizes λ_ac/5 and λ_kl (the reference's update)."""
+    eps = eps.detach().float()
+    levels = pyramid_levels(eps.shape)
+    with torch.enable_grad():
+        for _ in range(reg_steps):
+            if lambda_ac > 0:
+                for _ in range(AC_ROLLS):
+                    var = eps.clone().requires_grad_(True)
+                    shifts = pyramid_shifts(eps.shape, levels, gen, eps.device)
+                    grad, = torch.autograd.grad(auto_correlation_loss(var, shifts), var)
+                    eps = eps - lambda_ac * grad / AC_ROLLS
+            if lambda_kl > 0:
+                var = eps.clone().requires_grad_(True)
+                grad, = torch.autograd.grad(kl_loss(var), var)
+                eps = eps - lambda_kl * grad
+    return eps
+
+
+# ----------------------------------------------------------------------------------------- guidance
+class CrossAttentionGuidance(Rule):
+    """Cross-attention loss of the edit branch against the reference branch in the same call (Sec. 3.3):
+    Σ_layers mean_{batch, heads} Σ_{pixels, tokens} (A_edit − A_ref)². Active only in the gradient call."""
+
+    needs_logits = True
+
+    def __init__(self, layers):
+        super().__init__(layers, steps=lambda controller: self.enabled)
+        self.enabled, self.loss, self.stored_bytes = False, None, 0
+
+    def probs(self, ctx, probs):
+        reference = probs[ctx.branch("ref")].detach()
+        edit = probs[ctx.branch("edit")]
+        term = (edit - reference).float().pow(2).sum((-1, -2)).mean()
+        self.loss = term if self.loss is None else self.loss + term
+        self.stored_bytes += reference.numel() * reference.element_size()
+        return probs
+
+
+# ----------------------------------------------------------------------------------------- method
+def _caption(image, caption, captioner, source):
+    if caption is not None:
+        if not isinstance(caption, str) or not caption.strip():
+            raise ParameterError(f"caption must be a non-empty string or None, got {caption!r}.")
+        return caption, "given"
+    if captioner is not None:
+        return captioner(image), "captioner"
+    return f"a photo of a {source}", "fallback"
+
+
+def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch.Tensor | None = None,
+         caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
+         reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
+         preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None) -> Result:
+    """Edit `image` from `source` towards `target` (or along a given `direction`, shape (1, 77, d)) keeping
+    its structure. `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
+    "a photo of a {source}" (recorded in stats.extra["caption_source"]). The result carries `.caption` and
+    `.inverted` (the regularised inverted latent). See the module docstring."""
+    check_choice(preset, "preset", PRESETS)
+    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
+    steps = check_steps(steps)
+    reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
+    for name, value in (("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ParameterError(f"{name} must be a non-negative number, got {value!r}.")
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ParameterError("edit supports SD 1.x/2.x pipelines (pix2pix-zero's directions are built for one CLIP "
+                             "text encoder); this is an SDXL pipeline.")
+    backbone_probe = Backbone(pipe)
+    if xa_guidance is None:
+        xa_guidance = 0.01 if backbone_probe.prediction_type == "v_prediction" else 0.1
+    if isinstance(xa_guidance, bool) or not isinstance(xa_guidance, (int, float)) or xa_guidance < 0:
+        raise ParameterError(f"xa_guidance must be a non-negative number or None, got {xa_guidance!r}.")
+    if direction is not None and (not isinstance(direction, torch.Tensor) or direction.ndim != 3
+                                  or direction.shape[-1] != pipe.text_encoder.config.hidden_size):
+        raise ParameterError(f"direction must be a tensor (1, 77, {pipe.text_encoder.config.hidden_size}) from "
+                             "ze.directions.build for this pipeline.")
+    picture = prepare_image(image)
+    caption, caption_source = _caption(picture, caption, captioner, source)
+    if direction is None:
+        direction = edit_directions.build(pipe, source, target)
+    gen = generator(seed)
+    stats = Stats(params=dict(source=source, target=target, caption=caption, steps=steps, xa_guidance=float(xa_guidance),
+                              guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),
+                              lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size)))
+    stats.extra["caption_source"] = caption_source
+    backbone = Backbone(pipe, stats)
+    with Timer(stats, backbone.device), torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(picture), generator=gen, sample=preset == "reference")
+        cond = backbone.encode_prompt(caption)
+        grid = ddim_timesteps(backbone, steps)
+        top = _regularized_inversion(backbone, cond, x0, grid, reg_steps, float(lambda_ac), float(lambda_kl), gen)
+        edited = Cond(cond.embeds + direction.to(cond.embeds.device, cond.embeds.dtype))
+        latents = _edit(pipe, backbone, top, cond, edited, list(reversed(grid)), float(xa_guidance),
+                        float(guidance_scale), callback_on_step_end)
+        images = finish(backbone, latents, output_type)
+    return Result(images=images, stats=stats, latents=latents, extra={"caption": caption, "inverted": top})
+
+
+def _regularized_inversion(backbone, cond, x0, grid, reg_steps, lambda_ac, lambda_kl, gen):
+    """DDIM inversion with the caption; ε regularised before every step (Sec. 3.2). Returns x_T."""
+    def model_fn(x, t, j):
+        out = backbone.unet_call(x, t, cond).float()
+        if reg_steps == 0:
+            return out
+        alpha, sigma = level_alpha_sigma(backbone, None if j == 0 else t)
+        eps, _ = backbone.to_eps_x0(out, x, alpha, sigma)
+        eps = regularize(eps, reg_steps, lambda_ac, lambda_kl, gen)
+        if backbone.prediction_type == "epsilon":
+            return eps
+        return (eps - sigma * x.float()) / alpha  # back to v
+
+    return ddim_invert(backbone, model_fn, x0, grid)[-1]
+
+
+def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance_scale, callback):
+    """Denoise with cross-attention guidance; two UNet calls per step (see module docstring)."""
+    rule = CrossAttentionGuidance(attention_layers(pipe.unet, "attn2"))
+    controller = Controller()
+    controller.add(rule)
+    x_ref = x_edit = x_top.float()
+    guided_cond = Cond.cat([cond, cond, edited])
+    pair_cond = Cond.cat([cond, edited])
+    with controller.installed(pipe.unet), pipe.progress_bar(total=len(descending)) as bar:
+        for i, t in enumerate(descending):
+            t_to = descending[i + 1] if i + 1 < len(descending) else None
+            pair = x_edit.repeat(2, 1, 1, 1).requires_grad_(True)
+            rule.enabled, rule.loss, rule.stored_bytes = True, None, 0
+            controller.set_call(i, t, [("ref", 1), ("edit", 2)], x_edit.shape[-2:])
+            with torch.enable_grad():
+                out = backbone.unet_call(torch.cat([x_ref, pair]), t, guided_cond)
+                grad, = torch.autograd.grad(rule.loss, pair)
+            backbone.stats.unet_backward += 1
+            backbone.stats.extra["xa_maps_bytes_per_step"] = rule.stored_bytes
+            rule.enabled, rule.loss = False, None
+            x_ref = ddim_step(backbone, out[:1].detach(), x_ref, t, t_to)  # negative = caption: unguided
+            pair = (pair - xa_guidance * grad).detach()
+            controller.set_call(i, t, [("pair", 2)], x_edit.shape[-2:])
+            eps = backbone.unet_call(pair, t, pair_cond).float()
+            guided = eps[:1] + guidance_scale * (eps[1:] - eps[:1])
+            x_edit = ddim_step(backbone, guided, pair[:1], t, t_to)
+            x_edit = step_end(pipe, callback, i, t, x_edit)
+            bar.update()
+    return x_edit
