@@ -71,3 +71,24 @@ def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str
     if out is not None:
         result.save(out)
     return result
+
+
+def relevance_heatmaps(result, image=None, out: str | None = None) -> Image.Image:
+    """personalize's per-object relevance maps (averaged over layers and steps) as heatmaps side by side,
+    over `image` (default: the result's image) — which reference went where. Saved as PNG when `out`."""
+    maps = result.extra.get("relevance_maps") if hasattr(result, "extra") else None
+    if maps is None:
+        raise ParameterError("this result has no relevance maps: use a personalize result with weighting='relevance'.")
+    base = (image if image is not None else result.image).convert("RGB")
+    tiles = []
+    for object_map in maps:
+        heat = object_map.clamp(0, 1).cpu().numpy()
+        red = Image.fromarray((heat * 255).astype("uint8")).resize(base.size, Image.BILINEAR)
+        overlay = Image.merge("RGB", (red, Image.new("L", base.size, 0), Image.new("L", base.size, 64)))
+        tiles.append(Image.blend(base, overlay, 0.6))
+    sheet = Image.new("RGB", (base.width * len(tiles), base.height))
+    for index, tile in enumerate(tiles):
+        sheet.paste(tile, (index * base.width, 0))
+    if out is not None:
+        sheet.save(out)
+    return sheet

@@ -1,0 +1,129 @@
+"""personalize (MIP-Adapter): relevance maps, budgets, equivalences, checkpoints, restoration, errors."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import zeroedit as ze
+from zeroedit.control import attention_layers
+from zeroedit.errors import CheckpointError, ModelError, ParameterError
+
+from conftest import make_image, processors_snapshot
+
+
+@pytest.fixture(scope="module")
+def ip_pipe():
+    return ze.load("tiny", ip_adapter=True)
+
+
+REFS = {"cat": make_image(0), "dog": make_image(1)}
+
+
+def test_relevance_maps_are_a_partition_and_calls_equal_plain_generation(ip_pipe):
+    out = ze.personalize(ip_pipe, "a cat and a dog", REFS, steps=30, seed=0, output_type="latent")
+    assert out.stats.unet_calls == 30 and out.stats.unet_evals == 60  # plain CFG generation: 30 calls, 60 evals
+    maps = out.relevance_maps
+    assert maps.shape == (2, 16, 16) and (maps >= 0).all()
+    assert torch.allclose(maps.sum(0), torch.ones(16, 16), atol=1e-5)
+    assert out.objects == ["cat", "dog"]
+
+
+def test_one_object_relevance_equals_uniform(ip_pipe):
+    kwargs = dict(steps=5, seed=1, output_type="latent")
+    relevance = ze.personalize(ip_pipe, "a photo of a cat", {"cat": make_image(3)}, **kwargs)
+    uniform = ze.personalize(ip_pipe, "a photo of a cat", {"cat": make_image(3)}, weighting="uniform", **kwargs)
+    assert torch.equal(relevance.images, uniform.images)
+
+
+def test_two_objects_differ_from_uniform_and_three_run(ip_pipe):
+    kwargs = dict(steps=5, seed=1, output_type="latent")
+    relevance = ze.personalize(ip_pipe, "a cat and a dog", REFS, **kwargs)
+    uniform = ze.personalize(ip_pipe, "a cat and a dog", REFS, weighting="uniform", **kwargs)
+    assert (relevance.images - uniform.images).abs().max() > 1e-3
+    three = ze.personalize(ip_pipe, "a cat, a dog and a hat", REFS | {"hat": make_image(4)}, **kwargs)
+    assert three.relevance_maps.shape[0] == 3 and torch.allclose(three.relevance_maps.sum(0), torch.ones(16, 16), atol=1e-5)
+
+
+def test_several_images_of_one_object_are_averaged(ip_pipe):
+    kwargs = dict(steps=3, seed=2, output_type="latent")
+    twice = ze.personalize(ip_pipe, "a cat", {"cat": [make_image(5), make_image(5)]}, **kwargs)
+    once = ze.personalize(ip_pipe, "a cat", {"cat": make_image(5)}, **kwargs)
+    assert torch.allclose(twice.images, once.images, atol=1e-5)
+    mixed = ze.personalize(ip_pipe, "a cat", {"cat": [make_image(5), make_image(6)]}, **kwargs)
+    assert not torch.allclose(mixed.images, once.images, atol=1e-3)
+
+
+def test_non_square_and_sdxl():
+    out = ze.personalize(ze.load("tiny", ip_adapter=True), "a cat", {"cat": make_image(0)}, steps=3, height=64, width=96)
+    assert out.image.size == (96, 64) and out.relevance_maps.shape == (1, 8, 12)
+    xl = ze.load("tiny-xl", ip_adapter=True)
+    out = ze.personalize(xl, "a cat and a dog", REFS, steps=3, seed=0)
+    assert out.image.size == (128, 128) and out.stats.unet_calls == 3
+
+
+def test_mip_checkpoint_gates(ip_pipe, tmp_path):
+    layers = attention_layers(ip_pipe.unet, "attn2")
+    modules = dict(ip_pipe.unet.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for index, name in enumerate(layers):
+        hidden, cross = modules[name].to_k.out_features, ip_pipe.unet.config.cross_attention_dim
+        key = 2 * index + 1
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.1
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=gen) * 0.1
+        state[f"ip_adapter.{key}.text_to_weight.weight"] = torch.randn(1, hidden, generator=gen)
+    path = tmp_path / "mip.safetensors"
+    save_file(state, str(path))
+    before = {k: v.clone() for k, v in ip_pipe.unet.state_dict().items() if "to_k_ip" in k}
+    kwargs = dict(steps=3, seed=0, output_type="latent")
+    gated = ze.personalize(ip_pipe, "a cat and a dog", REFS, mip_weights=str(path), **kwargs)
+    plain = ze.personalize(ip_pipe, "a cat and a dog", REFS, **kwargs)
+    assert (gated.images - plain.images).abs().max() > 1e-3
+    assert all(torch.equal(v, ip_pipe.unet.state_dict()[k]) for k, v in before.items())  # adapter untouched
+    pickled = tmp_path / "mip.bin"
+    torch.save({"ip_adapter": {k[len("ip_adapter."):]: v for k, v in state.items()}}, str(pickled))
+    again = ze.personalize(ip_pipe, "a cat and a dog", REFS, mip_weights=str(pickled), **kwargs)
+    assert torch.allclose(again.images, gated.images, atol=1e-6)
+    state.pop(next(iter(state)))
+    save_file(state, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(CheckpointError):
+        ze.personalize(ip_pipe, "a cat and a dog", REFS, mip_weights=str(tmp_path / "broken.safetensors"), **kwargs)
+
+
+def test_pipeline_restored_also_after_an_error(ip_pipe):
+    before = processors_snapshot(ip_pipe)
+    scheduler_state = dict(ip_pipe.scheduler.config)
+
+    def boom(pipe, step, t, kwargs):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        ze.personalize(ip_pipe, "a cat", {"cat": make_image(0)}, steps=3, callback_on_step_end=boom)
+    assert processors_snapshot(ip_pipe) == before and dict(ip_pipe.scheduler.config) == scheduler_state
+
+
+def test_heatmaps(ip_pipe, tmp_path):
+    out = ze.personalize(ip_pipe, "a cat and a dog", REFS, steps=2, seed=0)
+    sheet = ze.visualize.relevance_heatmaps(out, out=str(tmp_path / "maps.png"))
+    assert sheet.size == (256, 128) and (tmp_path / "maps.png").exists()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(references={"horse": make_image(0)}), ParameterError), (dict(references={}), ParameterError),
+    (dict(references={"ca": make_image(0)}), ParameterError), (dict(weighting="max"), ParameterError),
+    (dict(height=100), ParameterError), (dict(steps=0), ParameterError), (dict(mip_weights="/none.bin"), CheckpointError),
+    (dict(scale="big"), ParameterError)])
+def test_bad_input_is_refused_before_model_work(ip_pipe, kwargs, error):
+    calls = []
+    handle = ip_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        args = dict(references={"cat": make_image(0)}) | kwargs
+        with pytest.raises(error):
+            ze.personalize(ip_pipe, "a cat on a sofa", args.pop("references"), **args)
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_pipeline_without_adapter_is_refused(tiny_pipe):
+    with pytest.raises(ModelError, match="load_ip_adapter"):
+        ze.personalize(tiny_pipe, "a cat", {"cat": make_image(0)})
