@@ -1,5 +1,4 @@
 """translate (Plug-and-Play): budgets, memory == recompute, injection, restoration, errors, visualisation."""
-import numpy as np
 import pytest
 import torch
 
@@ -21,13 +20,34 @@ def runs(tiny_pipe):
 def test_budget_at_defaults(runs):
     _, memory, recompute = runs
     assert memory.stats.unet_evals == 151 and memory.stats.unet_calls == 100  # 50 + 1 + 2·50
-    assert recompute.stats.unet_evals == 190 and recompute.stats.unet_calls == 100  # source in-batch while injecting
+    assert recompute.stats.unet_evals == 200 and recompute.stats.unet_calls == 100  # 50 + 3·50: source in-batch every step
     assert memory.stats.extra["cache_bytes"] > 0 and recompute.stats.extra["cache_bytes"] == 0
 
 
 def test_memory_and_recompute_give_the_same_image(runs):
     _, memory, recompute = runs
     assert memory.images.shape == (1, 4, 16, 16)
+    assert torch.allclose(memory.images, recompute.images, atol=2e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_memory_equals_recompute_at_few_steps(tiny_pipe, steps):
+    image = make_image(3)
+    kwargs = dict(steps=steps, feature_steps=1.0, attention_steps=1.0, output_type="latent")
+    memory = ze.translate(tiny_pipe, image, ["a dog", "a cat"], **kwargs)
+    recompute = ze.translate(tiny_pipe, image, ["a dog", "a cat"], source_cache="recompute", **kwargs)
+    assert memory.stats.unet_evals == steps + 1 + 2 * 2 * steps and recompute.stats.unet_evals == steps + 5 * steps
+    assert torch.allclose(memory.images, recompute.images, atol=2e-3)
+
+
+def test_finer_inversion_grid_caches_every_source_step(tiny_pipe):
+    """inversion_steps a multiple of steps (preset="reference" uses 999): the inversion also evaluates the
+    first sampling step's source input, so memory mode needs no in-batch source at all."""
+    image = make_image(5)
+    kwargs = dict(steps=2, inversion_steps=4, feature_steps=1.0, attention_steps=1.0, output_type="latent")
+    memory = ze.translate(tiny_pipe, image, "a dog", **kwargs)
+    recompute = ze.translate(tiny_pipe, image, "a dog", source_cache="recompute", **kwargs)
+    assert memory.stats.unet_evals == 4 + 2 * 2 and recompute.stats.unet_evals == 4 + 3 * 2
     assert torch.allclose(memory.images, recompute.images, atol=2e-3)
 
 
@@ -46,6 +66,32 @@ def test_injection_changes_the_result_and_is_deterministic(tiny_pipe):
     assert torch.equal(a.images, b.images)
     assert (a.images - plain.images).abs().max() > 0.1
     assert plain.stats.unet_evals == 10 + 2 * 10  # nothing injected: no source evaluation, empty cache
+
+
+def test_no_injection_equals_plain_inversion_and_regeneration(tiny_pipe):
+    """feature_steps = attention_steps = 0: DDIM inversion with "" then CFG DDIM sampling with the prompt,
+    written out here with the foundation's pure functions — injection is the only thing PnP adds."""
+    from zeroedit.backbone import Backbone, Cond
+    from zeroedit.images import prepare_image, to_tensor
+    from zeroedit.inversion import ddim_invert, ddim_sample, ddim_timesteps
+
+    image, steps = make_image(4), 4
+    out = ze.translate(tiny_pipe, image, "a dog", steps=steps, feature_steps=0, attention_steps=0,
+                       output_type="latent")
+    backbone = Backbone(tiny_pipe)
+    with torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(prepare_image(image)))
+        source, grid = backbone.encode_prompt(""), ddim_timesteps(backbone, steps)
+        x_top = ddim_invert(backbone, lambda x, t, j: backbone.unet_call(x, t, source), x0, grid)[-1]
+        cond = Cond.cat([backbone.encode_negative(["ugly, blurry, black, low res, unrealistic"]),
+                         backbone.encode_prompt(["a dog"])])
+
+        def cfg(x, t, i):
+            uncond, text = backbone.unet_call(torch.cat([x, x]), t, cond).chunk(2)
+            return uncond + 7.5 * (text - uncond)
+
+        expected = ddim_sample(backbone, cfg, x_top.float(), grid)
+    assert torch.allclose(out.images, expected, atol=1e-4)
 
 
 def test_injecting_the_source_into_an_identical_branch_changes_nothing(tiny_pipe):
@@ -101,13 +147,3 @@ def test_bad_input_is_refused_before_model_work(tiny_pipe, kwargs, error):
     finally:
         handle.remove()
     assert not calls
-
-
-def test_features_pca_picture(tiny_pipe, tmp_path):
-    out = tmp_path / "pca.png"
-    picture = ze.visualize.features_pca(tiny_pipe, make_image(0), step=0, steps=5, out=str(out))
-    assert out.exists() and picture.size == (128, 128) and len(np.unique(np.asarray(picture).reshape(-1, 3), axis=0)) > 4
-    attention = ze.visualize.features_pca(tiny_pipe, make_image(0), step=2, steps=5, what="q")
-    assert attention.size == (128, 128)
-    with pytest.raises(ParameterError):
-        ze.visualize.features_pca(tiny_pipe, make_image(0), step=5, steps=5)

@@ -56,7 +56,7 @@ def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str
         return backbone.unet_call(x, t, cond)
 
     with torch.no_grad(), controller.installed(pipe.unet):
-        x0 = backbone.encode_image(to_tensor(picture))
+        x0 = backbone.encode_image(to_tensor(picture)).float()  # DDIM arithmetic in float32
         trajectory = ddim_invert(backbone, model_fn, x0, grid)
         if not store:  # the top of the grid is never an inversion input: evaluate it once
             model_fn(trajectory[-1], t_wanted, steps)

@@ -16,8 +16,9 @@ Source cache. DDIM inversion (inversion/ddim.py) evaluates the UNet on exactly t
 prompt) inputs the source branch needs at every sampling step but the first. `source_cache="memory"`
 records the features and q/k during inversion and reuses them: one prompt costs steps + 1 + 2·P·steps
 sample-evaluations (151 at defaults) in `steps` + `steps` sequential calls (the first step's source
-evaluation rides in that step's call). `"recompute"` runs the source branch in-batch at every step:
-steps + 3·steps = 200 evaluations (the issue's "201" counts the first-step source evaluation twice),
+evaluation rides in that step's call). `"recompute"` runs the source branch in-batch at every step (as the
+reference, also outside the injection windows):
+steps + (2·P + 1)·steps evaluations (200 at defaults, P = 1; the issue's "201" counts the first-step source evaluation twice),
 same calls, and no cache. Both give the same image to float tolerance.
 
 Choices and deviations (documented here, as the spec asks):
@@ -130,7 +131,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     descending = list(reversed(grid))
     feature_ts, attention_ts = set(descending[:k_feature]), set(descending[:k_attention])
     with Timer(stats, backbone.device), torch.no_grad():
-        x0 = backbone.encode_image(to_tensor(picture))
+        x0 = backbone.encode_image(to_tensor(picture)).float()  # DDIM arithmetic in float32
         source_cond = backbone.encode_prompt(source_prompt)
         store = {}
         trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
@@ -138,7 +139,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
                           descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
-                          callback_on_step_end)
+                          callback_on_step_end, always_source=source_cache == "recompute")
         images = finish(backbone, latents, output_type)
     return Result(images=images, stats=stats, latents=latents)
 
@@ -164,8 +165,10 @@ def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_
 
 
 def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, guidance_scale, descending,
-            feature_layer, attention_layers, feature_ts, attention_ts, store, callback):
-    """DDIM sampling with CFG and PnP injection; every branch of a step in one UNet call."""
+            feature_layer, attention_layers, feature_ts, attention_ts, store, callback, always_source=False):
+    """DDIM sampling with CFG and PnP injection; every branch of a step in one UNet call. The source branch
+    rides in the batch at every step (`always_source`, recompute mode, as the reference) or only where an
+    injected tensor is not in the inversion's cache (memory mode: the first step)."""
     count = len(prompts)
     negative = backbone.encode_negative([negative_prompt] * count)
     conditional = backbone.encode_prompt(prompts)
@@ -178,7 +181,7 @@ def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, g
     x = trajectory[descending[0]].float().expand(count, -1, -1, -1).clone()
     with controller.installed(backbone.unet), pipe.progress_bar(total=len(descending)) as bar:
         for i, t in enumerate(descending):
-            needs_source = (t in feature_ts and (feature_layer, "feature", t) not in store) or \
+            needs_source = always_source or (t in feature_ts and (feature_layer, "feature", t) not in store) or \
                            (t in attention_ts and (attention_layers[0], "q", t) not in store)
             branches = ([("src", 1)] if needs_source else []) + [("uncond", count), ("cond", count)]
             latents = torch.cat(([trajectory[t]] if needs_source else []) + [x, x])
