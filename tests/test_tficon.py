@@ -106,7 +106,9 @@ def test_mask_region_equals_its_box(tiny_pipe):
 def test_seed_determines_the_noise(tiny_pipe):
     run = lambda seed: ze.compose(tiny_pipe, BG, REF, region=BOX, reference_mask=SEG, steps=4, seed=seed,  # noqa: E731
                                   output_type="latent").images
-    assert torch.equal(run(3), run(3))
+    first = run(3)
+    assert first.shape == (1, 4, 128 // 8, 192 // 8)  # output_type="latent": the background's latent grid
+    assert torch.equal(first, run(3))
     assert not torch.equal(run(3), run(4))
 
 

@@ -8,7 +8,8 @@ Algorithm (spec `methods/tficon.md`):
    pasted reference, clipped to the image — the same clipped rectangle at every resolution (pixels, latent,
    attention grids), so regions at or across the border never crash.
 2. Exceptional-prompt DPM-Solver++ inversion (order 2, 20 steps, continuous time) of the background and every
-   reference canvas as ONE batched trajectory (`same` domain: also the pixel cut-and-paste composite).
+   reference canvas as ONE batched trajectory (`same` domain: also the pixel cut-and-paste composite); the
+   trajectory is kept in float32 (the UNet runs in the model's dtype).
 3. Noise incorporation: x_T = inverted background outside R; inverted reference in R ∩ segmentation
    (`same`: the inverted composite); fresh noise (seeded) in R ∖ segmentation.
 4. Sampling with DPM-Solver++ and CFG (prompt vs ""): for the first tau_a of the model calls the conditional
@@ -226,7 +227,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     if domain == "same":
         sources.append(_cut_and_paste(picture, placed))
     with Timer(stats, backbone.device), torch.no_grad():
-        x0 = backbone.encode_image(to_tensor(sources), generator=gen, sample=preset == "reference")
+        x0 = backbone.encode_image(to_tensor(sources), generator=gen, sample=preset == "reference").float()
         layers = attention_layers(pipe.unet, "attn1")
         schedule = VPSchedule(backbone.alphas_cumprod)
         times = schedule.times(steps)
