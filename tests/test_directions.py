@@ -60,3 +60,22 @@ def test_bad_arguments(tiny_pipe, tiny_xl_pipe):
         ze.directions.build(tiny_pipe, "cat", "dog", sentences={"cat": ["a cat"]})
     with pytest.raises(ParameterError):
         ze.directions.build(tiny_xl_pipe, "cat", "dog")
+
+
+def test_sentences_from_a_local_text_generation_model(tiny_pipe, tmp_path):
+    """(c) a local transformers text-generation model: a tiny random GPT-2 written offline."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(["<|endoftext|>"] + [chr(c) for c in range(32, 127)])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = GPT2TokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    sentences = ze.directions.generate(str(tmp_path), "cat", n=4)
+    assert len(sentences) == 4 and all(s.startswith("a photo of a cat") for s in sentences)
+    assert sentences == ze.directions.generate(str(tmp_path), "cat", n=4)  # seeded
+    d = ze.directions.build(tiny_pipe, "cat", "dog", sentences=ze.directions.generate(str(tmp_path), n=4))
+    assert d.shape == (1, 77, tiny_pipe.text_encoder.config.hidden_size) and torch.isfinite(d).all()

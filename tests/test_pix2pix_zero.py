@@ -106,3 +106,40 @@ def test_bad_input_is_refused_before_model_work(tiny_pipe, kwargs):
 def test_sdxl_is_refused(tiny_xl_pipe):
     with pytest.raises(ParameterError, match="SD 1.x/2.x"):
         ze.edit(tiny_xl_pipe, make_image(0))
+
+
+def _tiny_blip(folder):
+    """A random-weight BLIP captioner (32² images, 2 layers, a 37-token BERT vocabulary) written offline."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + list("bcdefghijklmnopqrstuvwxyz") + [
+        "a", "photo", "of", "cat", "dog"]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=64, bos_token_id=5, pad_token_id=0,
+                sep_token_id=3, eos_token_id=3)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32)).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_tiny_blip_captioner_feeds_the_caption(tiny_pipe, tmp_path):
+    captioner = ze.captioners.blip(_tiny_blip(tmp_path), max_new_tokens=5)
+    caption = captioner(make_image(0))
+    assert isinstance(caption, str) and caption and caption == captioner(make_image(0))  # greedy: deterministic
+    out = ze.edit(tiny_pipe, make_image(0), steps=2, reg_steps=0, captioner=captioner, output_type="latent")
+    assert out.caption == caption and out.stats.extra["caption_source"] == "captioner"
+    given = ze.edit(tiny_pipe, make_image(0), steps=2, reg_steps=0, caption="a cat", captioner=captioner,
+                    output_type="latent")
+    assert given.caption == "a cat" and given.stats.extra["caption_source"] == "given"
+
+
+def test_blip_refuses_a_missing_model(tmp_path):
+    from zeroedit.errors import ModelError
+    with pytest.raises(ModelError, match="BLIP"):
+        ze.captioners.blip(str(tmp_path / "nothing"))

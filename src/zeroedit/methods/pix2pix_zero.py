@@ -22,7 +22,11 @@ without on the updated copies. At defaults: 50 + 2·50 = 150 sequential calls an
 Deviations and presets:
 - DDIM inversion on the sampling grid with ε at the latent being moved (inversion/ddim.py); the official
   loop's 48 steps with `t − 1` indexing and diffusers' inverse scheduler are not reproduced.
-- `preset="reference"` encodes with a (seeded) posterior sample as the official code (which is unseeded).
+- `preset="reference"` encodes with a (seeded) posterior sample as the official code (which is unseeded). The
+  official 48-of-50 inversion steps and its `t − 1` indexing are NOT reproduced (not even under the preset);
+  the DDIM step is taken from the caption copy x⁰ of the pair (the reference's "uncond copy") in every preset.
+- The reference branch is one batch element (its negative prompt is the caption, so its two CFG halves are
+  equal), and its maps are kept for the current call only, in the model dtype.
 - v-prediction models: `xa_guidance=None` means 0.01 instead of 0.1 (diffusers #2577/#2619: larger values
   make the gradient explode); the regulariser acts on ε converted from v.
 - SD 1.x/2.x only (directions are built for one CLIP text encoder).
