@@ -21,7 +21,10 @@ import zeroedit as ze  # noqa: E402
 from zeroedit.cli import asset  # noqa: E402
 
 
-def run(pipe, size: int, repeats: int = 5, steps: int = 30) -> dict:
+def run(pipe, size: int | None = None, repeats: int = 5, steps: int = 30) -> dict:
+    """Median seconds of relevance vs uniform weighting with 2 objects (first round = warm-up, not counted);
+    `size` = height = width in px (None: the pipeline's default)."""
+    repeats = max(int(repeats), 1)
     refs = {"cat": Image.open(asset("cat.png")), "ball": Image.open(asset("reference.png"))}
     times = {"relevance": [], "uniform": []}
     for _ in range(repeats + 1):  # the first round warms up
@@ -39,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     if args.device == "cpu":
         pipe, size = ze.load("tiny", ip_adapter=True), 128
@@ -47,7 +51,7 @@ def main():
         from zeroedit.tiny_ip import add_tiny_ip_adapter
         pipe, size = add_tiny_ip_adapter(build_sized("sdxl", args.device)), 1024
         pipe.to(args.device, torch.float16)
-    print(run(pipe, size, args.repeats))
+    print(run(pipe, size, args.repeats, args.steps))
 
 
 if __name__ == "__main__":

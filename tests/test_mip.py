@@ -34,6 +34,23 @@ def test_one_object_relevance_equals_uniform(ip_pipe):
     assert torch.equal(relevance.images, uniform.images)
 
 
+def test_uniform_one_object_equals_diffusers_ip_adapter_pipeline(ip_pipe):
+    """The baseline is exactly diffusers' own IP-Adapter generation (same scheduler, noise, CFG, scale)."""
+    from zeroedit.methods.mip import REFERENCE_NEGATIVE
+    ours = ze.personalize(ip_pipe, "a cat", {"cat": make_image(0)}, weighting="uniform", scale=1.0, steps=4, seed=0,
+                          output_type="latent")
+    theirs = ip_pipe(prompt="a cat", negative_prompt=REFERENCE_NEGATIVE, ip_adapter_image=make_image(0),
+                     num_inference_steps=4, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
+                     output_type="latent").images
+    assert torch.allclose(ours.images, theirs, atol=1e-5)
+
+
+def test_deterministic(ip_pipe):
+    kwargs = dict(steps=3, seed=7, output_type="latent")
+    first = ze.personalize(ip_pipe, "a cat and a dog", REFS, **kwargs)
+    assert torch.equal(first.images, ze.personalize(ip_pipe, "a cat and a dog", REFS, **kwargs).images)
+
+
 def test_two_objects_differ_from_uniform_and_three_run(ip_pipe):
     kwargs = dict(steps=5, seed=1, output_type="latent")
     relevance = ze.personalize(ip_pipe, "a cat and a dog", REFS, **kwargs)
@@ -60,6 +77,16 @@ def test_non_square_and_sdxl():
     assert out.image.size == (128, 128) and out.stats.unet_calls == 3
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny-xl"])
+def test_plus_adapters(model):
+    pipe = ze.load(model, ip_adapter={"plus": True})
+    assert type(pipe.unet.encoder_hid_proj.image_projection_layers[0]).__name__ == "IPAdapterPlusImageProjection"
+    before = processors_snapshot(pipe)
+    out = ze.personalize(pipe, "a cat and a dog", REFS, steps=2, seed=0, output_type="latent")
+    assert torch.allclose(out.relevance_maps.sum(0), torch.ones(16, 16), atol=1e-5) and out.stats.unet_evals == 4
+    assert processors_snapshot(pipe) == before
+
+
 def test_mip_checkpoint_gates(ip_pipe, tmp_path):
     layers = attention_layers(ip_pipe.unet, "attn2")
     modules = dict(ip_pipe.unet.named_modules())
@@ -83,6 +110,10 @@ def test_mip_checkpoint_gates(ip_pipe, tmp_path):
     torch.save({"ip_adapter": {k[len("ip_adapter."):]: v for k, v in state.items()}}, str(pickled))
     again = ze.personalize(ip_pipe, "a cat and a dog", REFS, mip_weights=str(pickled), **kwargs)
     assert torch.allclose(again.images, gated.images, atol=1e-6)
+    evil = tmp_path / "evil.bin"
+    torch.save({"ip_adapter": {"1.to_k_ip.weight": torch.zeros(1)}, "payload": Exception("not a tensor")}, str(evil))
+    with pytest.raises(CheckpointError):
+        ze.personalize(ip_pipe, "a cat and a dog", REFS, mip_weights=str(evil), **kwargs)
     state.pop(next(iter(state)))
     save_file(state, str(tmp_path / "broken.safetensors"))
     with pytest.raises(CheckpointError):
