@@ -1,0 +1,153 @@
+"""`zeroedit batch jobs.jsonl --out DIR`: run many jobs, resumably, on one or many processes.
+
+One job per line: {"method": "translate", "id": "cat1", "model": "tiny", "image": "cat.png", "prompt": "..."}
+(paths relative to the jobs file; "id" defaults to the line number; "model" to --model or the method's paper
+model). Every image and sidecar is written atomically (tmp + os.replace); each finished job appends one record
+{"id", "status": "ok"|"error", "outputs", "stats" | "error"} to its process's shard `results.part<rank>.jsonl`;
+at the end the main process merges all shards into `results.jsonl` (one record per job, in job order). A re-run
+skips every job that already has a record, so a crash or Ctrl-C loses nothing and duplicates nothing. Under
+`accelerate launch` the jobs are split with `PartialState().split_between_processes`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from .errors import ZeroEditError
+
+logger = logging.getLogger(__name__)
+RESULTS = "results.jsonl"
+METHODS = ("compose", "translate", "edit", "personalize", "invert")
+
+
+def read_jobs(path: Path) -> list[dict]:
+    """Parse the jobs file; a line that is not a JSON object becomes a job that fails with the parse error."""
+    from .cli import UserError
+    if not path.is_file():
+        raise UserError(f"jobs file {str(path)!r} does not exist.")
+    jobs, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            job = json.loads(line)
+            if not isinstance(job, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            job = {"_error": f"line {number} is not a JSON object: {error}"}
+        job_id = re.sub(r"[^A-Za-z0-9._-]", "_", str(job.get("id", f"job{number:05d}")))
+        if job_id in seen:
+            job, job_id = {"_error": f"line {number}: duplicate id {job_id!r}"}, f"job{number:05d}"
+        seen.add(job_id)
+        jobs.append(dict(job, id=job_id))
+    return jobs
+
+
+def read_records(out: Path) -> dict[str, dict]:
+    """Every record already written (merged file and shards); a torn last line (killed mid-write) is ignored."""
+    records = {}
+    for file in [out / RESULTS] + sorted(out.glob("results.part*.jsonl")):
+        if not file.is_file():
+            continue
+        for line in file.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["id"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return records
+
+
+def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True) -> dict:
+    """Run one job; user and internal errors become an error record (one bad job never stops the others)."""
+    from . import cli
+    record = {"id": job["id"], "method": job.get("method")}
+    try:
+        if "_error" in job:
+            raise cli.UserError(job["_error"])
+        method = job.get("method")
+        if method not in METHODS:
+            raise cli.UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+        config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
+        values = cli.resolve_arguments(method, {}, config, base)
+        job_model = job.get("model") or model or cli.DEFAULT_MODELS[method]
+        sidecar = cli.run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet)
+        record.update(status="ok", model=job_model, outputs=sidecar["outputs"] + [f"{job['id']}.json"],
+                      stats=sidecar["stats"])
+    except KeyboardInterrupt:
+        raise
+    except (ZeroEditError, FileNotFoundError) as error:
+        record.update(status="error", kind="user", error=str(error).splitlines()[0] if str(error) else repr(error))
+    except Exception as error:  # noqa: BLE001 — internal failure of this job only
+        logger.exception("job %s failed", job["id"])
+        record.update(status="error", kind="internal", error=f"{type(error).__name__}: {error}")
+    return record
+
+
+def _append(shard: Path, record: dict):
+    """Append one record line and flush it to disk (a kill can at most tear this line, which reads skip)."""
+    with open(shard, "a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def merge(out: Path, jobs: list[dict]) -> list[dict]:
+    """Merge shards and the previous results into results.jsonl (job order), then remove the shards."""
+    from .cli import write_atomically
+    records = read_records(out)
+    order = {job["id"]: i for i, job in enumerate(jobs)}
+    merged = sorted(records.values(), key=lambda r: (order.get(r["id"], len(order)), r["id"]))
+    text = "".join(json.dumps(r) + "\n" for r in merged)
+    write_atomically(out / RESULTS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    for shard in out.glob("results.part*.jsonl"):
+        shard.unlink()
+    return merged
+
+
+def _state():
+    """accelerate's PartialState when launched with several processes, else None (plain single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available())  # CPU processes (tests) use gloo
+
+
+def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool = True) -> int:
+    """Run every unfinished job of `jobs_path` into `out`; return the number of failed jobs (all records)."""
+    jobs_path, out = Path(jobs_path), Path(out)
+    jobs = read_jobs(jobs_path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _state()
+    rank = state.process_index if state else 0
+    done = read_records(out)
+    todo = [job for job in jobs if job["id"] not in done]
+    todo.sort(key=lambda job: (str(job.get("model") or model or ""), job.get("method") == "personalize"))  # fewer loads
+    device = None
+    if state is not None:
+        state.wait_for_everyone()  # every process has read the same records before any writes one
+        if state.device.type == "cuda":
+            device = str(state.device)
+        with state.split_between_processes(todo) as mine:
+            todo = list(mine)
+    shard = out / f"results.part{rank}.jsonl"
+    from tqdm.auto import tqdm
+    for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
+        _append(shard, dict(run_job(job, jobs_path.parent.resolve(), out, model, device, quiet=True), process=rank))
+    if state is not None:
+        state.wait_for_everyone()
+    failed = 0
+    if state is None or state.is_main_process:
+        merged = merge(out, jobs)
+        failed = sum(r["status"] != "ok" for r in merged)
+        if not quiet:
+            print(f"batch: {len(merged) - failed} ok, {failed} failed, {len(todo)} run now; records in {out / RESULTS}")
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            failed = sum(r["status"] != "ok" for r in read_records(out).values())
+    return failed

@@ -1,0 +1,137 @@
+"""CLI: every subcommand on tiny, sidecars reproduce bit for bit, user errors exit 2 with one line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zeroedit import cli
+
+ASSETS = Path(cli.asset("cat.png")).parent
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), HF_HUB_OFFLINE="1",
+           OMP_NUM_THREADS="1")
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_invert_from_the_shell_and_sidecar_reproduces(tmp_path):
+    """A real subprocess: outputs + sidecar written; the sidecar alone reproduces the image bit for bit."""
+    cmd = [sys.executable, "-m", "zeroedit.cli", "invert", "--image", str(ASSETS / "cat.png"), "--steps", "3",
+           "--model", "tiny", "--quiet", "--out", str(tmp_path / "a")]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    sidecar = json.loads((tmp_path / "a" / "invert.json").read_text())
+    assert sidecar["model"] == "tiny" and sidecar["stats"]["unet_calls"] == 3 and "torch" in sidecar["versions"]
+    bad = subprocess.run([sys.executable, "-m", "zeroedit.cli", "invert", "--image", str(tmp_path / "no.png"),
+                          "--model", "tiny"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len([l for l in bad.stderr.splitlines() if l.startswith("zeroedit: error")]) == 1
+
+
+@pytest.mark.parametrize("method,argv", [
+    ("compose", ["--background", "background.png", "--reference", "reference.png", "--reference-mask",
+                 "reference_mask.png", "--region", "40,40,100,100", "--prompt", "a ball", "--steps", "2"]),
+    ("translate", ["--image", "cat.png", "--prompt", "a dog", "--steps", "2"]),
+    ("edit", ["--image", "cat.png", "--caption", "a cat", "--steps", "2", "--reg-steps", "1"]),
+    ("personalize", ["--prompt", "a cat and a ball", "--references", "cat=cat.png", "ball=reference.png",
+                     "--steps", "2"]),
+])
+def test_method_sidecar_reproduces_bit_for_bit(method, argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ASSETS)  # relative paths on the command line
+    code, err = run([method, *argv, "--model", "tiny", "--quiet", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "a" / f"{method}.json").read_text())
+    assert isinstance(sidecar["seed"], int) and sidecar["args"]["seed"] == sidecar["seed"]
+    assert sidecar["stats"]["unet_calls"] > 0 and sidecar["stats"]["params"]
+    monkeypatch.chdir(tmp_path)  # the sidecar's paths work from anywhere
+    code, err = run([method, "--config", str(tmp_path / "a" / f"{method}.json"), "--quiet", "--out", "b"], capsys)
+    assert code == 0, err
+    assert np.array_equal(pixels(tmp_path / "a" / f"{method}.png"), pixels(tmp_path / "b" / f"{method}.png"))
+
+
+def test_flags_override_config(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"image: {ASSETS / 'cat.png'}\nsteps: 4\nmodel: tiny\n")
+    code, err = run(["invert", "--config", str(config), "--steps", "2", "--quiet", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "invert.json").read_text())["stats"]["unet_calls"] == 2
+
+
+def test_direction_subcommand(tmp_path, capsys):
+    out = tmp_path / "c2d.safetensors"
+    code, err = run(["direction", "--source", "cat", "--target", "dog", "--model", "tiny", "--quiet",
+                     "--out", str(out)], capsys)
+    assert code == 0, err and out.is_file()
+    from zeroedit import directions
+    assert directions.load(out).ndim >= 1
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    text = tmp_path / "not_image.png"
+    text.write_text("hello")
+    small = tmp_path / "small_mask.png"
+    Image.new("L", (32, 48), 255).save(small)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("steps: [1, 2\n")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    unknown_key = tmp_path / "unknown.yaml"
+    unknown_key.write_text("image: x.png\nstepz: 3\n")
+    cat = str(ASSETS / "cat.png")
+    compose = ["compose", "--background", str(ASSETS / "background.png"), "--reference", str(ASSETS / "reference.png"),
+               "--region", "40,40,100,100", "--model", "tiny", "--steps", "2"]
+    cases = [
+        ["invert", "--image", str(tmp_path / "missing.png"), "--model", "tiny"],    # missing file
+        ["invert", "--image", str(text), "--model", "tiny"],                        # not an image
+        compose + ["--reference-mask", str(small)],                                  # mask of another size
+        ["frobnicate"],                                                              # unknown method
+        ["invert", "--config", str(bad_yaml)],                                       # bad YAML
+        ["invert", "--image", cat, "--steps", "-3", "--model", "tiny"],             # negative steps
+        ["invert", "--image", cat, "--bogus", "1"],                                  # unknown flag
+        ["invert", "--config", str(listing)],                                        # config not a mapping
+        ["invert", "--config", str(unknown_key)],                                    # unknown key
+        ["invert", "--config", str(tmp_path / "nope.yaml")],                         # missing config
+        ["translate", "--image", cat, "--model", "tiny"],                            # missing --prompt
+        compose[:6] + ["--region", "1,2,x,4", "--model", "tiny"],                    # bad region
+        ["personalize", "--prompt", "a cat", "--references", cat, "--model", "tiny"],  # references without =
+        compose + ["--domain", "sideways"],                                          # bad choice
+        ["invert", "--image", cat, "--method", "euler", "--model", "tiny"],          # bad inversion method
+        [],                                                                           # no subcommand
+    ]
+    for argv in cases:
+        code, err = run(argv, capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (argv, code, err)
+        assert len(lines) == 1 and lines[0].startswith("zeroedit: error") and "Traceback" not in err, (argv, err)
+
+
+def test_internal_error_exits_1(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "run_method", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    code, err = run(["invert", "--image", str(ASSETS / "cat.png"), "--model", "tiny"], capsys)
+    assert code == 1 and "internal error" in err and "Traceback" not in err
+
+
+def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
+    code, err = run(["invert", "--image", str(ASSETS / "cat.png")], capsys)  # default: the paper's hub model
+    assert code == 2 and "folder" in err.lower(), err
+
+
+def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys):
+    code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "index.html").read_text()
+    for name in ("invert", "compose", "translate", "edit", "personalize"):
+        assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.json").is_file()
+        assert f'src="{name}.png"' in page
+    assert "steps" in page and "inputs/cat.png" in page
