@@ -80,3 +80,30 @@ def test_two_process_accelerate_covers_every_job_once(tmp_path):
     assert sorted(r["id"] for r in recs) == ["j0", "j1", "j2", "j3"]
     assert {r["process"] for r in recs} == {0, 1}
     assert not list(out.glob("results.part*"))
+
+
+def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, monkeypatch):
+    """A real kill -9 of `zeroedit batch` while it works; the re-run runs only the jobs without a record."""
+    import signal
+    import time
+    jobs, out = write_jobs(tmp_path, n=8, corrupt=0), tmp_path / "out"
+    jobs.write_text(jobs.read_text().replace('"steps": 2', '"steps": 20'))
+    process = subprocess.Popen([sys.executable, "-m", "zeroedit.cli", "batch", str(jobs), "--out", str(out), "--quiet"],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shard, deadline = out / "results.part0.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if shard.is_file() and len(shard.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    finished = {json.loads(line)["id"] for line in shard.read_text().splitlines()}
+    assert 2 <= len(finished) < 8, "the kill should land mid-run"
+    real, calls = cli.run_method, []
+    monkeypatch.setattr(cli, "run_method", lambda *a, **k: (calls.append(k.get("name")), real(*a, **k))[1])
+    assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
+    recs = records(out)
+    assert [r["id"] for r in recs] == [f"j{i}" for i in range(8)] and all(r["status"] == "ok" for r in recs)
+    assert sorted(calls) == sorted(set(f"j{i}" for i in range(8)) - finished)  # nothing run twice
+    assert sorted(p.name for p in out.glob("*.png")) == [f"j{i}.png" for i in range(8)]
+    assert not list(out.glob(".*tmp*"))

@@ -48,9 +48,12 @@ def test_invert_from_the_shell_and_sidecar_reproduces(tmp_path):
                      "--steps", "2"]),
 ])
 def test_method_sidecar_reproduces_bit_for_bit(method, argv, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(ASSETS)  # relative paths on the command line
-    code, err = run([method, *argv, "--model", "tiny", "--quiet", "--out", str(tmp_path / "a")], capsys)
-    assert code == 0, err
+    """Each subcommand from the shell (a real subprocess, relative paths from its working directory); then
+    its sidecar alone, from another directory, reproduces the image bit for bit."""
+    done = subprocess.run([sys.executable, "-m", "zeroedit.cli", method, *argv, "--model", "tiny", "--quiet",
+                           "--out", str(tmp_path / "a")], cwd=ASSETS, env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
     sidecar = json.loads((tmp_path / "a" / f"{method}.json").read_text())
     assert isinstance(sidecar["seed"], int) and sidecar["args"]["seed"] == sidecar["seed"]
     assert sidecar["stats"]["unet_calls"] > 0 and sidecar["stats"]["params"]
