@@ -1,6 +1,7 @@
 """Edit directions: templates, user sentences, cache, save/load with metadata."""
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,23 @@ def test_sentences_from_a_local_text_generation_model(tiny_pipe, tmp_path):
     assert sentences == ze.directions.generate(str(tmp_path), "cat", n=4)  # seeded
     d = ze.directions.build(tiny_pipe, "cat", "dog", sentences=ze.directions.generate(str(tmp_path), n=4))
     assert d.shape == (1, 77, tiny_pipe.text_encoder.config.hidden_size) and torch.isfinite(d).all()
+
+
+def test_a_direction_for_another_text_encoder_is_refused(tiny_pipe, tmp_path):
+    """Same width, other weights: loading it for this pipeline (or passing its path to ze.edit) raises a clear
+    error before any model work; loading it for its own pipeline works."""
+    other = ze.load("tiny", seed=1)
+    assert other.text_encoder.config.hidden_size == tiny_pipe.text_encoder.config.hidden_size
+    path = tmp_path / "c2d.safetensors"
+    ze.directions.save(ze.directions.build(other, "cat", "dog"), path, other, "cat", "dog")
+    assert ze.directions.load(path, other).shape == (1, 77, other.text_encoder.config.hidden_size)
+    with pytest.raises(CheckpointError, match="another text encoder"):
+        ze.directions.load(path, tiny_pipe)
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(CheckpointError, match="rebuild it"):
+            ze.edit(tiny_pipe, np.zeros((64, 64, 3), np.uint8), direction=str(path), steps=2)
+    finally:
+        handle.remove()
+    assert not calls

@@ -143,3 +143,17 @@ def test_blip_refuses_a_missing_model(tmp_path):
     from zeroedit.errors import ModelError
     with pytest.raises(ModelError, match="BLIP"):
         ze.captioners.blip(str(tmp_path / "nothing"))
+
+
+def test_no_safety_checker_in_the_path():
+    """The methods never run the pipeline's __call__, so a safety checker (here one that would black out every
+    image, as diffusers' does on a false positive) is never consulted: the edit is not black."""
+    pipe = ze.load("tiny")
+
+    class Blackout(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the safety checker was called")
+
+    pipe.register_modules(safety_checker=Blackout())
+    out = ze.edit(pipe, make_image(0), caption="a cat", steps=2, reg_steps=0, output_type="np")
+    assert out.images.std() > 0.01 and out.images.max() > 0.05

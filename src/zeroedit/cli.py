@@ -191,13 +191,6 @@ def versions() -> dict:
             "transformers": transformers.__version__}
 
 
-def _api_arguments(method: str, values: dict) -> dict:
-    """CLI values -> API call arguments (loads a saved direction)."""
-    args = dict(values)
-    if method == "edit" and isinstance(args.get("direction"), str):
-        from . import directions
-        args["direction"] = directions.load(args["direction"])
-    return args
 
 
 def write_atomically(path: Path, write):
@@ -220,12 +213,12 @@ def run_method(method: str, values: dict, model: str, out: Path, name: str | Non
     function = method_function(method)
     name = name or method
     if method == "invert":
-        inversion = invert(pipe, **_api_arguments(method, values))
+        inversion = invert(pipe, **values)
         result = reconstruct(pipe, inversion)
         stats = inversion.stats.to_dict()
         stats["reconstruction"] = result.stats.to_dict()
     else:
-        result = function(pipe, **_api_arguments(method, values))
+        result = function(pipe, **values)
         stats = result.stats.to_dict()
     outputs = []
     for index, image in enumerate(result.images):

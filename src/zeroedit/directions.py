@@ -89,12 +89,18 @@ def mean_embedding(pipe, sentences: list[str], batch: int = 64) -> torch.Tensor:
     return total / len(sentences)
 
 
-def _fingerprint(pipe, source, target, src_sentences, tgt_sentences) -> str:
+def text_encoder_fingerprint(pipe) -> str:
+    """A short hash of the text encoder's token-embedding table (its shape and first 4096 values): which
+    text encoder a direction belongs to."""
     weights = pipe.text_encoder.get_input_embeddings().weight
-    digest = hashlib.sha1()
-    digest.update(json.dumps([source, target, src_sentences, tgt_sentences]).encode())
-    digest.update(str(tuple(weights.shape)).encode())
+    digest = hashlib.sha1(str(tuple(weights.shape)).encode())
     digest.update(weights.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(pipe, source, target, src_sentences, tgt_sentences) -> str:
+    digest = hashlib.sha1(json.dumps([source, target, src_sentences, tgt_sentences]).encode())
+    digest.update(text_encoder_fingerprint(pipe).encode())
     return digest.hexdigest()
 
 
@@ -125,6 +131,7 @@ def save(direction: torch.Tensor, path, pipe=None, source: str = "", target: str
     """Save a direction as safetensors with the model and concepts in its metadata (written atomically)."""
     model = getattr(getattr(pipe, "config", None), "_name_or_path", None) or (type(pipe).__name__ if pipe else "")
     meta = {"format": "zeroedit-direction", "model": str(model), "source": source, "target": target,
+            **({"text_encoder": text_encoder_fingerprint(pipe)} if pipe is not None else {}),
             **{k: str(v) for k, v in metadata.items()}}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -132,12 +139,20 @@ def save(direction: torch.Tensor, path, pipe=None, source: str = "", target: str
     tmp.replace(path)
 
 
-def load(path) -> torch.Tensor:
-    """Load a direction saved by `save` (metadata in `metadata(path)`)."""
+def load(path, pipe=None) -> torch.Tensor:
+    """Load a direction saved by `save` (metadata in `metadata(path)`). With `pipe`, refuse a direction that
+    was built for another text encoder (its recorded fingerprint differs from this pipeline's)."""
     try:
-        return load_file(str(path))["direction"]
+        direction = load_file(str(path))["direction"]
+        meta = metadata(path)
     except Exception as error:  # noqa: BLE001 — any unreadable file is the user's to fix
         raise CheckpointError(f"could not read a direction from {str(path)!r}: {error}") from None
+    recorded = meta.get("text_encoder")
+    if pipe is not None and recorded and recorded != text_encoder_fingerprint(pipe):
+        raise CheckpointError(f"the direction {str(path)!r} was built for another text encoder (model "
+                              f"{meta.get('model') or 'unknown'}); rebuild it for this pipeline with "
+                              f"ze.directions.build(pipe, {meta.get('source')!r}, {meta.get('target')!r}).")
+    return direction
 
 
 def metadata(path) -> dict:

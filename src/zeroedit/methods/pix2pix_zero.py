@@ -33,6 +33,8 @@ Deviations and presets:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -152,8 +154,8 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None) -> Result:
-    """Edit `image` from `source` towards `target` (or along a given `direction`, shape (1, 77, d)) keeping
-    its structure. `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
+    """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
+    path of a saved one, checked against this pipeline's text encoder) keeping its structure. `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
     "a photo of a {source}" (recorded in stats.extra["caption_source"]). The result carries `.caption` and
     `.inverted` (the regularised inverted latent). See the module docstring."""
     check_choice(preset, "preset", PRESETS)
@@ -171,6 +173,8 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         xa_guidance = 0.01 if backbone_probe.prediction_type == "v_prediction" else 0.1
     if isinstance(xa_guidance, bool) or not isinstance(xa_guidance, (int, float)) or xa_guidance < 0:
         raise ParameterError(f"xa_guidance must be a non-negative number or None, got {xa_guidance!r}.")
+    if isinstance(direction, (str, Path)):
+        direction = edit_directions.load(direction, pipe)  # refuses one built for another text encoder
     if direction is not None and (not isinstance(direction, torch.Tensor) or direction.ndim != 3
                                   or direction.shape[-1] != pipe.text_encoder.config.hidden_size):
         raise ParameterError(f"direction must be a tensor (1, 77, {pipe.text_encoder.config.hidden_size}) from "
