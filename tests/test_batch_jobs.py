@@ -58,7 +58,7 @@ def test_translate_batched_equals_single(tiny_pipe):
 def test_compose_batched_equals_single(tiny_pipe):
     bg, seg = make_image(0, (192, 128)), np.ones((64, 64), bool)
     jobs = [lambda i=i: ze.compose(tiny_pipe, bg if i else make_image(5, (192, 128)), make_image(i + 1, (64, 64)),
-                                   region=(40, 30, 100, 90), reference_mask=seg, prompt=f"painting {i}", steps=4,
+                                   region=(40, 30, 100, 90), reference_mask=seg, prompt=f"painting {i}", steps=4, tau_a=1.0,
                                    seed=i, output_type="latent") for i in range(2)]
     batched_equals_single(tiny_pipe, jobs)
 
@@ -71,8 +71,9 @@ def test_edit_batched_equals_single_one_backward_per_step(tiny_pipe):
 
 
 def test_personalize_batched_equals_single(ip_pipe):
-    jobs = [lambda i=i: ze.personalize(ip_pipe, "a cat and a dog", {"cat": make_image(i), "dog": make_image(i + 2)},
-                                       steps=3, seed=i, output_type="latent") for i in range(2)]
+    objects = [("cat", "dog"), ("bird", "tree")]  # different phrases: each job's relevance rule is its own
+    jobs = [lambda i=i, a=a, b=b: ze.personalize(ip_pipe, f"a {a} and a {b}", {a: make_image(i), b: make_image(i + 2)},
+                                                 steps=3, seed=i, output_type="latent") for i, (a, b) in enumerate(objects)]
     batched_equals_single(ip_pipe, jobs)
 
 

@@ -87,12 +87,14 @@ def _slice(value, start: int, stop: int, batch: int):
 class JobSession:
     """One sampling batch of jobs on `unet`; see module docstring."""
 
-    def __init__(self, unet):
-        self.unet = unet
+    def __init__(self, unet, model=None):
+        self.unet = unet  # identifies the session's UNet (processors, hooks, Backbone routing)
+        self.model = model if model is not None else unet  # what runs the combined forward (e.g. a compiled unet)
         self.cond = threading.Condition()  # its lock is the baton
         self.live: list[_Member] = []
         self.segments: list[tuple[_Member, int, int]] = []  # layout of the running call
         self.calls = self.evals = self.backward = 0
+        self.cancelled = False
         self._saved_processors = None
         self._hooks: dict[str, Any] = {}
 
@@ -121,8 +123,16 @@ class JobSession:
                 thread.start()
             for thread in threads:
                 thread.join()
+        except BaseException:  # Ctrl-C in the caller: every job stops at its next UNet call
+            with self.cond:
+                self.cancelled = True
+                self.cond.notify_all()
+            for thread in threads:
+                thread.join()
+            raise
         finally:
-            self._restore()
+            with self.cond:
+                self._restore()
         return outcomes
 
     def _leave(self, member: _Member):
@@ -148,6 +158,8 @@ class JobSession:
         request = member.request = _Request(member, kind, payload)
         self._serve_if_ready()
         while not request.done:
+            if self.cancelled:
+                raise KeyboardInterrupt("job batch cancelled")
             self.cond.wait()
         if request.error is not None:
             raise request.error
@@ -156,7 +168,7 @@ class JobSession:
     def _serve_if_ready(self):
         """When every live job waits on a request, serve them all (combined) and wake everyone."""
         pending = [m.request for m in self.live if m.request is not None and not m.request.done]
-        if not pending or len(pending) < len(self.live):
+        if self.cancelled or not pending or len(pending) < len(self.live):
             return
         forwards = [r for r in pending if r.kind == "forward"]
         groups: dict = {}
@@ -198,7 +210,7 @@ class JobSession:
         self.segments = [(r.member, o, s) for r, o, s in zip(group, offsets, sizes)]
         try:
             with torch.set_grad_enabled(payloads[0]["grad"]):
-                out = self.unet(_cat([p["latents"] for p in payloads]), _cat([p["t"] for p in payloads]),
+                out = self.model(_cat([p["latents"] for p in payloads]), _cat([p["t"] for p in payloads]),
                                 encoder_hidden_states=_cat([p["ehs"] for p in payloads]),
                                 added_cond_kwargs=added or None, return_dict=False)[0]
         finally:
