@@ -39,8 +39,9 @@ def _job(pipe, method: str, index: int, size: int, steps: int):
         return lambda: ze.compose(pipe, image, _image(100 + index, size // 2), region=box, prompt=prompt, steps=steps,
                                   seed=index)
     if method == "personalize":
-        return lambda: ze.personalize(pipe, "a cat and a dog", {"cat": _image(index, 224), "dog": _image(50 + index, 224)},
-                                      steps=steps, height=size, width=size, seed=index)
+        references = {"cat": _image(index, 224), "dog": _image(50 + index, 224)}
+        return lambda: ze.personalize(pipe, "a cat and a dog", references, steps=steps, height=size, width=size,
+                                      seed=index)
     raise ValueError(f"unknown method {method!r}")
 
 

@@ -58,8 +58,8 @@ def test_translate_batched_equals_single(tiny_pipe):
 def test_compose_batched_equals_single(tiny_pipe):
     bg, seg = make_image(0, (192, 128)), np.ones((64, 64), bool)
     jobs = [lambda i=i: ze.compose(tiny_pipe, bg if i else make_image(5, (192, 128)), make_image(i + 1, (64, 64)),
-                                   region=(40, 30, 100, 90), reference_mask=seg, prompt=f"painting {i}", steps=4, tau_a=1.0,
-                                   seed=i, output_type="latent") for i in range(2)]
+                                   region=(40, 30, 100, 90), reference_mask=seg, prompt=f"painting {i}", steps=4,
+                                   tau_a=1.0, seed=i, output_type="latent") for i in range(2)]  # tau_a: inject
     batched_equals_single(tiny_pipe, jobs)
 
 
@@ -73,8 +73,21 @@ def test_edit_batched_equals_single_one_backward_per_step(tiny_pipe):
 def test_personalize_batched_equals_single(ip_pipe):
     objects = [("cat", "dog"), ("bird", "tree")]  # different phrases: each job's relevance rule is its own
     jobs = [lambda i=i, a=a, b=b: ze.personalize(ip_pipe, f"a {a} and a {b}", {a: make_image(i), b: make_image(i + 2)},
-                                                 steps=3, seed=i, output_type="latent") for i, (a, b) in enumerate(objects)]
+                                                 steps=3, seed=i, output_type="latent")
+            for i, (a, b) in enumerate(objects)]
     batched_equals_single(ip_pipe, jobs)
+
+
+def test_incompatible_requests_run_as_separate_calls_never_padded(tiny_pipe):
+    sizes = [(128, 128), (192, 128)]  # one session, two latent sizes: two calls per step, each exact
+    jobs = [lambda size=size: ze.translate(tiny_pipe, make_image(0, size), "a dog", steps=3, output_type="latent")
+            for size in sizes]
+    singles = [job() for job in jobs]
+    session = JobSession(tiny_pipe.unet)
+    outcomes = session.run(jobs)
+    for (result, error), single in zip(outcomes, singles):
+        assert error is None and (result.latents - single.latents).abs().max() <= TOL
+    assert session.calls == 2 * singles[0].stats.unet_calls
 
 
 def test_a_job_raising_mid_run_leaves_the_others_alone(tiny_pipe):

@@ -17,7 +17,8 @@ has an active rule there, and otherwise each job's rules on its own batch slice 
 layout stays relative to its own slice). Attention and GroupNorm act per sample, so slicing is exact.
 
 A job that finishes or raises leaves the session, so nobody waits forever and the others go on (an error
-inside a combined UNet call itself, an internal failure, goes to every job of that call). Processors and hooks are restored at the end.
+inside a combined UNet call itself, an internal failure, goes to every job of that call). Processors and
+hooks are restored at the end; Ctrl-C in the caller stops every job at its next UNet call.
 `calls`, `evals`, `backward` count the session's shared UNet work (each job's own `stats` still count
 that job's calls as if it ran alone).
 """
@@ -50,10 +51,6 @@ class _Request:
     def __init__(self, member: _Member, kind: str, payload: dict):
         self.member, self.kind, self.payload = member, kind, payload
         self.done, self.result, self.error = False, None, None
-
-
-def _batch_of(value):
-    return value.shape[0] if isinstance(value, torch.Tensor) and value.ndim else None
 
 
 def _signature(value):
