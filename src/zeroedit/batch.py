@@ -149,7 +149,10 @@ def run_group(group: list[dict], base: Path, out: Path, model: str | None, devic
     from . import cli
     from .jobs import JobSession
     method, _, job_model = _arguments(group[0], base, model)
-    pipe = cli.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
+    try:
+        pipe = cli.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
+    except Exception:  # noqa: BLE001 — e.g. a missing model: every job gets its own error record, as unbatched
+        return [run_job(job, base, out, model, device) for job in group]
     session = JobSession(pipe.unet)
     outcomes = session.run([lambda job=job: run_job(job, base, out, model, device) for job in group])
     for _, error in outcomes:
