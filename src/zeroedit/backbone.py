@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from diffusers import DDPMScheduler
 
+from . import jobs
 from .errors import ModelError
 from .loading import is_sdxl
 from .result import Stats
@@ -160,8 +161,21 @@ class Backbone:
             added.update(text_embeds=cond.pooled, time_ids=time_ids.expand(batch, -1))
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
+        session = jobs.current(self.unet)
+        if session is not None:  # a job of a batch: one forward for every job of the session
+            return session.forward(latents.to(self.dtype), t, cond.embeds, added)
         return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=added or None, return_dict=False)[0]
+
+    def unet_grad(self, loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
+        """d loss / d inputs through the UNet graph of this job's last call(s); counted in stats.unet_backward.
+        In a job batch (zeroedit.jobs) the jobs' losses share ONE backward pass."""
+        self.stats.unet_backward += 1
+        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        session = jobs.current(self.unet)
+        if session is not None:
+            return session.grad(loss, inputs)
+        return torch.autograd.grad(loss, inputs)
 
     # ---------------------------------------------------------------- noise schedule
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,14 @@ model). Every image and sidecar is written atomically (tmp + os.replace); each f
 at the end the main process merges all shards into `results.jsonl` (one record per job, in job order). A re-run
 skips every job that already has a record, so a crash or Ctrl-C loses nothing and duplicates nothing. Under
 `accelerate launch` the jobs are split with `PartialState().split_between_processes`.
+
+`--max-batch N` (N > 1): each process groups its unfinished jobs by a compatibility key (method, model, image
+size after loading, steps and every other flag; jobs may differ in images, prompts and seeds), chunks each group
+by N and runs every chunk as one `zeroedit.jobs.JobSession`: N jobs share every UNet call (N jobs cost the
+sequential calls of one), each output equals that job run alone (to float tolerance: kernels depend on the
+batch size). Jobs of different sizes are never padded into one batch. A job whose inputs are bad fails alone
+before its chunk starts. Records are appended when the chunk ends (each with "batch": the chunk's job ids and
+its shared UNet calls); a chunk interrupted midway is run again on resume.
 """
 from __future__ import annotations
 
@@ -61,22 +69,28 @@ def read_records(out: Path) -> dict[str, dict]:
     return records
 
 
-def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True) -> dict:
-    """Run one job; user and internal errors become an error record (one bad job never stops the others)."""
+PER_JOB = {"image", "background", "reference", "reference_mask", "region", "references", "prompt", "source_prompt",
+           "negative_prompt", "caption", "source", "target", "direction", "seed"}  # may differ inside one batch
+
+
+def _arguments(job: dict, base: Path, model: str | None) -> tuple[str, dict, str]:
+    """(method, resolved values, model) of a job; raises a user error for a bad job."""
     from . import cli
+    if "_error" in job:
+        raise cli.UserError(job["_error"])
+    method = job.get("method")
+    if method not in METHODS:
+        raise cli.UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
+    values = cli.resolve_arguments(method, {}, config, base)
+    return method, values, job.get("model") or model or cli.DEFAULT_MODELS[method]
+
+
+def _guarded(job: dict, work) -> dict:
+    """Run `work(record)`; user and internal errors become an error record (one bad job never stops the others)."""
     record = {"id": job["id"], "method": job.get("method")}
     try:
-        if "_error" in job:
-            raise cli.UserError(job["_error"])
-        method = job.get("method")
-        if method not in METHODS:
-            raise cli.UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
-        config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
-        values = cli.resolve_arguments(method, {}, config, base)
-        job_model = job.get("model") or model or cli.DEFAULT_MODELS[method]
-        sidecar = cli.run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet)
-        record.update(status="ok", model=job_model, outputs=sidecar["outputs"] + [f"{job['id']}.json"],
-                      stats=sidecar["stats"])
+        work(record)
     except KeyboardInterrupt:
         raise
     except (ZeroEditError, FileNotFoundError) as error:
@@ -85,6 +99,68 @@ def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, qu
         logger.exception("job %s failed", job["id"])
         record.update(status="error", kind="internal", error=f"{type(error).__name__}: {error}")
     return record
+
+
+def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True) -> dict:
+    """Run one job; user and internal errors become an error record (one bad job never stops the others)."""
+    from . import cli
+
+    def work(record):
+        method, values, job_model = _arguments(job, base, model)
+        sidecar = cli.run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet)
+        record.update(status="ok", model=job_model, outputs=sidecar["outputs"] + [f"{job['id']}.json"],
+                      stats=sidecar["stats"])
+    return _guarded(job, work)
+
+
+def batch_key(job: dict, base: Path, model: str | None) -> tuple:
+    """Compatibility key: jobs with equal keys run in one sampling batch. Method, model, the loaded size of
+    the main image(s), and every argument except the per-job inputs (PER_JOB). Validates the job's images."""
+    from .images import prepare_image
+    method, values, job_model = _arguments(job, base, model)
+    sizes = []
+    for name in ("image", "background"):
+        if values.get(name) is not None:
+            items = values[name] if isinstance(values[name], list) else [values[name]]
+            sizes.append(tuple(prepare_image(item, values.get("size") if method == "invert" else None).size
+                               for item in items))
+    flags = {k: v for k, v in values.items() if k not in PER_JOB}
+    return method, job_model, tuple(sizes), json.dumps(flags, sort_keys=True, default=str)
+
+
+def plan(todo: list[dict], base: Path, model: str | None, max_batch: int) -> tuple[list[list[dict]], list[dict]]:
+    """Group jobs by `batch_key` (first appearance order) in chunks of at most `max_batch`; jobs whose
+    inputs are bad come back as error records instead."""
+    groups: dict = {}
+    failed = []
+    for job in todo:
+        keys = []
+        record = _guarded(job, lambda record: keys.append(batch_key(job, base, model)))
+        if keys:
+            groups.setdefault(keys[0], []).append(job)
+        else:
+            failed.append(record)
+    chunks = [group[i:i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
+    return chunks, failed
+
+
+def run_group(group: list[dict], base: Path, out: Path, model: str | None, device=None) -> list[dict]:
+    """Run compatible jobs as one JobSession (one sampling batch); one record per job, in group order."""
+    from . import cli
+    from .jobs import JobSession
+    method, _, job_model = _arguments(group[0], base, model)
+    try:
+        pipe = cli.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
+    except Exception:  # noqa: BLE001 — e.g. a missing model: every job gets its own error record, as unbatched
+        return [run_job(job, base, out, model, device) for job in group]
+    session = JobSession(pipe.unet)
+    outcomes = session.run([lambda job=job: run_job(job, base, out, model, device) for job in group])
+    for _, error in outcomes:
+        if error is not None:
+            raise error  # only KeyboardInterrupt/SystemExit get here: run_job turns the rest into records
+    shared = {"jobs": [job["id"] for job in group], "unet_calls": session.calls, "unet_evals": session.evals,
+              "unet_backward": session.backward}
+    return [dict(record, batch=shared) for record, _ in outcomes]
 
 
 def _append(shard: Path, record: dict):
@@ -117,8 +193,17 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())  # CPU processes (tests) use gloo
 
 
-def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool = True) -> int:
-    """Run every unfinished job of `jobs_path` into `out`; return the number of failed jobs (all records)."""
+def check_max_batch(max_batch) -> int:
+    from .cli import UserError
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise UserError(f"--max-batch must be a whole number ≥ 1 (jobs per sampling batch), got {max_batch!r}.")
+    return max_batch
+
+
+def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool = True, max_batch: int = 1) -> int:
+    """Run every unfinished job of `jobs_path` into `out`, up to `max_batch` compatible jobs per sampling
+    batch; return the number of failed jobs (all records)."""
+    max_batch = check_max_batch(max_batch)
     jobs_path, out = Path(jobs_path), Path(out)
     jobs = read_jobs(jobs_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,8 +221,17 @@ def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool 
             todo = list(mine)
     shard = out / f"results.part{rank}.jsonl"
     from tqdm.auto import tqdm
-    for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
-        _append(shard, dict(run_job(job, jobs_path.parent.resolve(), out, model, device, quiet=True), process=rank))
+    base = jobs_path.parent.resolve()
+    if max_batch == 1:
+        for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
+            _append(shard, dict(run_job(job, base, out, model, device, quiet=True), process=rank))
+    else:
+        groups, failed = plan(todo, base, model, max_batch)
+        for record in failed:
+            _append(shard, dict(record, process=rank))
+        for group in tqdm(groups, desc=f"batch[{rank}] groups", disable=quiet):
+            for record in run_group(group, base, out, model, device):
+                _append(shard, dict(record, process=rank))
     if state is not None:
         state.wait_for_everyone()
     failed = 0

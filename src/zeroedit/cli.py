@@ -283,7 +283,8 @@ def run_demo(args) -> int:
 
 def run_batch(args) -> int:
     from .batch import run_batch as batch
-    failed = batch(Path(args.jobs), Path(args.out or "batch-out"), model=args.model, quiet=args.quiet)
+    failed = batch(Path(args.jobs), Path(args.out or "batch-out"), model=args.model, quiet=args.quiet,
+                   max_batch=args.max_batch)
     return 3 if failed else 0
 
 
@@ -313,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=run_demo)
     batch = sub.add_parser("batch", help="run a JSONL file of jobs (resumable; accelerate launch for many GPUs)")
     batch.add_argument("jobs")
+    batch.add_argument("--max-batch", type=int, default=1, help="run up to N compatible jobs (same method, model, "
+                       "size, steps and flags) as one sampling batch (default 1: one job at a time)")
     _common_flags(batch, "batch-out")
     batch.set_defaults(func=run_batch)
     return parser

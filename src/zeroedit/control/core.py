@@ -137,7 +137,9 @@ class Controller:
 
     @contextlib.contextmanager
     def installed(self, unet):
-        """Install processors and hooks for the rules' layers; always restore on exit."""
+        """Install processors and hooks for the rules' layers; always restore on exit. Inside a job of a
+        `zeroedit.jobs.JobSession` on this UNet, attach to the session instead (it runs this controller's
+        rules on the job's own batch slice of the combined call)."""
         saved = unet.attn_processors
         attn_layers = {name for r in self.rules if r.target == "attention" for name in r.layers}
         feature_layers = {name for r in self.rules if r.target == "feature" for name in r.layers}
@@ -149,6 +151,15 @@ class Controller:
         missing = sorted(feature_layers - set(modules))
         if missing:
             raise ModelError(f"this UNet has no module(s) {missing[:3]}: the method does not support this model.")
+        from ..jobs import current
+        session = current(unet)
+        if session is not None:  # a job of a JobSession: the session dispatches every job's rules on its slice
+            member = session.attach(self, bool(attn_layers), sorted(feature_layers), modules)
+            try:
+                yield self
+            finally:
+                session.detach(member, self)
+            return
         hooks = []
         try:
             processors = {key: (ControlledAttnProcessor(self, key[: -len(".processor")], proc)

@@ -233,8 +233,7 @@ def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance
             controller.set_call(i, t, [("ref", 1), ("edit", 2)], x_edit.shape[-2:])
             with torch.enable_grad():
                 out = backbone.unet_call(torch.cat([x_ref, pair]), t, guided_cond)
-                grad, = torch.autograd.grad(rule.loss, pair)
-            backbone.stats.unet_backward += 1
+                grad, = backbone.unet_grad(rule.loss, pair)
             backbone.stats.extra["xa_maps_bytes_per_step"] = rule.stored_bytes
             rule.enabled, rule.loss = False, None
             x_ref = ddim_step(backbone, out[:1].detach(), x_ref, t, t_to)  # negative = caption: unguided
