@@ -12,8 +12,9 @@ from PIL import Image
 from zeroedit import cli
 
 ASSETS = Path(cli.asset("cat.png")).parent
-ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), HF_HUB_OFFLINE="1",
-           OMP_NUM_THREADS="1")
+# Subprocesses keep this process's thread settings: a bit-for-bit comparison between a subprocess run and an
+# in-process one needs the same number of intra-op threads (float sums depend on it).
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), HF_HUB_OFFLINE="1")
 
 
 def pixels(path):
