@@ -8,11 +8,13 @@ conditioning. Every UNet call of every method goes through `Backbone.unet`, whic
 from __future__ import annotations
 
 import dataclasses
+import warnings
+import weakref
 
 import torch
 from diffusers import DDPMScheduler
 
-from .errors import ModelError
+from .errors import ModelError, ParameterError
 from .loading import is_sdxl
 from .result import Stats
 
@@ -45,7 +47,7 @@ class Cond:
 class Backbone:
     """Wraps a diffusers SD/SDXL pipeline; see module docstring."""
 
-    def __init__(self, pipe, stats: Stats | None = None):
+    def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ModelError(f"the pipeline has no {name}; zeroedit needs a Stable Diffusion (1.x, 2.x or XL) "
@@ -59,6 +61,10 @@ class Backbone:
             raise ModelError(f"prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction).")
         self.alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = len(self.alphas_cumprod)
+        self.compile_options = compile_options(compile)
+        self.stats.params.setdefault("compile", compile)
+        if self.compile_options is not None and not _dynamo_supported():
+            self.compile_options = None
 
     @property
     def device(self) -> torch.device:
@@ -160,8 +166,18 @@ class Backbone:
             added.update(text_embeds=cond.pooled, time_ids=time_ids.expand(batch, -1))
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
-        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.embeds,
-                         added_cond_kwargs=added or None, return_dict=False)[0]
+        args = (self.unet, latents.to(self.dtype), t, cond.embeds, added or None)
+        if self.compile_options is None:
+            return _unet_forward(*args)
+        compiled = compiled_unet(self.unet, self.compile_options)
+        if compiled is not None:
+            try:
+                with torch._dynamo.config.patch(_dynamo_config()):
+                    return compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                _compile_failed(self.unet, self.compile_options, error)
+        self.compile_options = None  # this backend cannot build here: eager from now on
+        return _unet_forward(*args)
 
     # ---------------------------------------------------------------- noise schedule
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +197,74 @@ class Backbone:
             x0 = alpha * x - sigma * out
             eps = sigma * x + alpha * out
         return eps, x0
+
+
+# ---------------------------------------------------------------------------------------- compiled path
+def _unet_forward(unet, latents, t, embeds, added):
+    """The UNet forward every call runs (eagerly, or traced by torch.compile)."""
+    return unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+
+COMPILE_DEFAULTS = {"dynamic": False}  # static shapes: one graph per batch layout, as the methods call it
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {options key: callable | None}
+
+
+def compile_options(value) -> dict | None:
+    """Check a method's `compile` argument: False/None -> None (eager); True -> torch.compile's defaults
+    (inductor) with static shapes; a dict -> those torch.compile keyword arguments over the defaults
+    (e.g. {"backend": "aot_eager"}, {"mode": "reduce-overhead"}). Raises ParameterError otherwise."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(COMPILE_DEFAULTS)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {**COMPILE_DEFAULTS, **value}
+    raise ParameterError(f"compile must be True, False or a dict of torch.compile keyword arguments "
+                         f"(e.g. {{'mode': 'reduce-overhead'}}), got {value!r}.")
+
+
+def compiled_unet(unet, options: dict):
+    """The compiled forward for this UNet and options, built once and reused by every later call (None after
+    a failed build). torch.compile wraps `_unet_forward`, never the module: the user's UNet is not changed
+    (no `_compiled_call_impl`, no hooks), and the cache holds the UNet only weakly."""
+    per_unet = _COMPILED.setdefault(unet, {})
+    key = repr(sorted(options.items()))
+    if key not in per_unet:
+        per_unet[key] = torch.compile(_unet_forward, **options)
+    return per_unet[key]
+
+
+def _dynamo_config() -> dict:
+    """Dynamo settings for our compiled calls (patched only around them): guard on module hooks, so a graph
+    traced without feature hooks is never reused with them (dynamo skips those guards by default); and room
+    for one cache entry per layer shape × batch layout × set of controlled layers, over all methods of a
+    process, before dynamo would fall back to eager."""
+    config = torch._dynamo.config
+    return dict(skip_nnmodule_hook_guards=False, nested_graph_breaks=True, recompile_limit=max(config.recompile_limit, 64),
+                accumulated_recompile_limit=max(config.accumulated_recompile_limit, 1024))
+
+
+def _dynamo_supported() -> bool:
+    if torch._dynamo.is_dynamo_supported():
+        return True
+    try:
+        torch._dynamo.eval_frame.check_if_dynamo_supported()
+        reason = "torch._dynamo reports this platform as unsupported"
+    except Exception as error:  # noqa: BLE001 — the reason torch gives
+        reason = str(error)
+    warnings.warn(f"compile=True: torch.compile is not available here ({reason}); running the UNet eagerly.",
+                  RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _compile_failed(unet, options: dict, error: Exception):
+    """The backend could not build the graph (e.g. inductor without a C compiler): warn once per UNet and
+    options, remember it, and run eagerly from now on."""
+    _COMPILED.setdefault(unet, {})[repr(sorted(options.items()))] = None
+    cause = getattr(error, "inner_exception", None) or error
+    reason = (str(cause).strip().splitlines() or [""])[0]
+    warnings.warn(f"compile: the torch.compile backend failed ({type(cause).__name__}: {reason}); running the UNet "
+                  "eagerly.", RuntimeWarning, stacklevel=4)
 
 
 class _vae_in:
