@@ -92,13 +92,14 @@ def test_compose_compiled_equals_eager_and_stops_compiling(lean_pipe, monkeypatc
     counter = CompileCounter()
     background, reference = make_image(0), make_image(1)
     def compose(compile):
-        return ze.compose(lean_pipe, background, reference, region=(30, 30, 90, 90), steps=3, seed=0,
+        return ze.compose(lean_pipe, background, reference, region=(30, 30, 90, 90), steps=5, seed=0,
                           output_type="latent", compile=compile)
     eager, first, second = _run_twice(monkeypatch, lean_pipe, compose, counter)
     torch.testing.assert_close(first.latents, eager.latents, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(second.latents, eager.latents, atol=1e-4, rtol=1e-4)
     assert first.stats.params["compile"] == {"backend": counter}
     assert first.stats.unet_calls == eager.stats.unet_calls
+    assert eager.stats.unet_evals == 2 * 5 + 4 + 2 * 4  # the first sampling step has batch 4: two shapes
 
 
 def test_translate_compiled_equals_eager_and_stops_compiling(lean_pipe, monkeypatch):

@@ -171,6 +171,7 @@ class Backbone:
             return _unet_forward(*args)
         compiled = compiled_unet(self.unet, self.compile_options)
         if compiled is not None:
+            args = _contiguous(args)  # graphs specialise on strides: an expanded conditioning would recompile
             try:
                 with torch._dynamo.config.patch(_dynamo_config()):
                     return compiled(*args)
@@ -203,6 +204,16 @@ class Backbone:
 def _unet_forward(unet, latents, t, embeds, added):
     """The UNet forward every call runs (eagerly, or traced by torch.compile)."""
     return unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def _contiguous(value):
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_contiguous(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _contiguous(v) for k, v in value.items()}
+    return value
 
 
 COMPILE_DEFAULTS = {"dynamic": False}  # static shapes: one graph per batch layout, as the methods call it
