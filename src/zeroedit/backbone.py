@@ -4,6 +4,24 @@ Prompt encoding (including the empty/negative prompt and TF-ICON's exceptional p
 encode (posterior mean × scaling factor) and decode, and one UNet call with the right
 conditioning. Every UNet call of every method goes through `Backbone.unet`, which counts it in
 `stats.unet_calls` (sequential forward calls) and `stats.unet_evals` (sample-evaluations).
+
+Compiled path (`Backbone(pipe, stats, compile=True | {torch.compile kwargs})`, every method's `compile=`):
+- torch.compile wraps a plain function of (unet, inputs), built once per UNet and options and cached weakly
+  per UNet; the user's UNet is never replaced or modified (no `_compiled_call_impl`, hooks or processors
+  left behind).
+- Control rules stay active: the controlled attention processors and feature hooks run eagerly between
+  graphs (control/core.py `eager_under_compile`), so their decisions (step, timestep, windows, stores) never
+  become guards. Dynamo guards on the processor/hook *types*, not on the objects, so the new processors every
+  call installs reuse the graphs: graphs are built on the first call of each batch shape and never again for
+  the same shapes (counted in tests/test_compile.py). Dynamo runs with nested graph breaks (a break inside
+  an attention layer does not split its parents into separately cached frames, which made the cache depend
+  on call order), with guards on module hooks (by default dynamo ignores hooks added after compiling), and
+  with room for the graphs of all methods, shapes and controlled-layer sets of a process — patched only
+  around our calls.
+- Static shapes by default (`dynamic=False`): one graph set per batch layout, as CUDA graphs need.
+- Gradients flow through the compiled graphs (pix2pix-zero's guided call; AOT autograd).
+- No torch.compile here (`torch._dynamo.is_dynamo_supported()` false) or a backend that cannot build (e.g.
+  inductor without a C compiler): a RuntimeWarning says why and the UNet runs eagerly.
 """
 from __future__ import annotations
 
@@ -167,18 +185,28 @@ class Backbone:
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
         args = (self.unet, latents.to(self.dtype), t, cond.embeds, added or None)
-        if self.compile_options is None:
-            return _unet_forward(*args)
+        if self.compile_options is not None:
+            out = self._compiled_forward(args)
+            if out is not None:
+                return out
+        return _unet_forward(*args)
+
+    def _compiled_forward(self, args) -> torch.Tensor | None:
+        """The UNet forward through torch.compile (cached per UNet and options, see `compiled_unet`); None when
+        the backend cannot build here (warned once, eager from then on)."""
         compiled = compiled_unet(self.unet, self.compile_options)
         if compiled is not None:
-            args = _contiguous(args)  # graphs specialise on strides: an expanded conditioning would recompile
+            if self.compile_options.get("mode") == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # outputs of the previous call may be overwritten
             try:
                 with torch._dynamo.config.patch(_dynamo_config()):
-                    return compiled(*args)
+                    # contiguous: graphs specialise on strides (an expanded conditioning would recompile);
+                    # clone: the caller owns the output, also when it lives in CUDA-graph memory
+                    return compiled(*_contiguous(args)).clone()
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 _compile_failed(self.unet, self.compile_options, error)
-        self.compile_options = None  # this backend cannot build here: eager from now on
-        return _unet_forward(*args)
+        self.compile_options = None
+        return None
 
     # ---------------------------------------------------------------- noise schedule
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ def invert(pipe, image: ImageInput | list[ImageInput], method: str = "ddim", pro
     exceptional prompt). size: long side in px (default: the image's own size, rounded to multiples of 64).
     Returns a Result whose `latents` is the trajectory (steps + 1, B, C, h, w), clean first, and whose
     `extra["times"]` gives the time of each entry. All images of a list must have the same size.
-    compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments).
+    compile: run the UNet under torch.compile (True, or a dict of its arguments).
     """
     compile_options(compile)
     check_choice(method, "method", METHODS)

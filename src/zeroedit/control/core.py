@@ -172,10 +172,19 @@ class Controller:
                 unet.set_attn_processor(saved)
 
 
-def eager_under_compile(method):
+def eager_under_compile(method=None, *, own_tensors: bool = False):
     """Run `method` eagerly when torch.compile traces its caller (a graph break: the rules see the real
-    tensors and Python state, no guard on them); a plain call otherwise."""
-    eager = torch._dynamo.disable(method)
+    tensors and Python state, no guard on them); a plain call otherwise. `own_tensors`: between graphs, pass
+    copies of the tensor arguments, since a graph's outputs may live in CUDA-graph memory that the next call
+    overwrites (mode="reduce-overhead") and a rule may keep them (Record of a feature)."""
+    if method is None:
+        return functools.partial(eager_under_compile, own_tensors=own_tensors)
+
+    def between_graphs(*args, **kwargs):
+        if own_tensors:
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+        return method(*args, **kwargs)
+    eager = torch._dynamo.disable(between_graphs)
 
     @functools.wraps(method)
     def call(*args, **kwargs):
@@ -189,7 +198,7 @@ class _FeatureHook:
     def __init__(self, controller: Controller, name: str):
         self.controller, self.name = controller, name
 
-    @eager_under_compile
+    @eager_under_compile(own_tensors=True)
     def __call__(self, module, inputs, output):
         rules = self.controller._rules(self.name, "feature")
         if not rules:

@@ -194,8 +194,8 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
                 callback_on_step_end=None, compile=False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
-    defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's. compile: run the UNet under
-    torch.compile (True, or a dict of torch.compile arguments)."""
+    defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
     compile_options(compile)
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)

@@ -156,9 +156,8 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
     """Edit `image` from `source` towards `target` (or along a given `direction`, shape (1, 77, d)) keeping
     its structure. `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
     "a photo of a {source}" (recorded in stats.extra["caption_source"]). The result carries `.caption` and
-    `.inverted` (the regularised inverted latent). compile: run the UNet under torch.compile (True, or a dict of
-    torch.compile arguments); the guided call's gradient flows through the compiled graphs. See the module
-    docstring."""
+    `.inverted` (the regularised inverted latent). See the module docstring.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments). The guided call's gradient flows through the compiled graphs."""
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))

@@ -113,7 +113,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
     `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it.
-    compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments)."""
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
     compile_options(compile)
     prompts = check_prompts(prompt)
     if not isinstance(source_prompt, str):

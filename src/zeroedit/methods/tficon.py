@@ -199,8 +199,8 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
             callback_on_step_end=None, compile=False) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
-    masks and regions compose several objects in one call. compile: run the UNet under torch.compile (True, or
-    a dict of torch.compile arguments; see backbone.compile_options). See the module docstring."""
+    masks and regions compose several objects in one call. See the module docstring.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
