@@ -85,22 +85,22 @@ def unet_call_times(pipe, size: int, batches=(1, 2, 4), repeats: int = 20, compi
             x = torch.randn(b, 4, h, h, device=backbone.device, dtype=backbone.dtype)
             times = []
             for i in range(repeats + 3):
-                torch.cuda.synchronize()
+                _sync(backbone.device)
                 start = time.perf_counter()
                 backbone.unet_call(x, 500, cond.repeat(b))
-                torch.cuda.synchronize()
+                _sync(backbone.device)
                 if i >= 3:
                     times.append(time.perf_counter() - start)
-            out[b] = round(sorted(times)[len(times) // 2] * 1000, 2)
-            if compile:
+            out[b] = round(sorted(times)[len(times) // 2] * 1000, 2) if times else None
+            if compile or not times:
                 continue
             times = []
             for i in range(repeats + 3):  # diffusers' UNet called directly, for comparison
-                torch.cuda.synchronize()
+                _sync(backbone.device)
                 start = time.perf_counter()
                 pipe.unet(x, torch.tensor(500, device=x.device), encoder_hidden_states=cond.repeat(b).embeds,
                           added_cond_kwargs=_sdxl_added(backbone, cond.repeat(b), size), return_dict=False)
-                torch.cuda.synchronize()
+                _sync(backbone.device)
                 if i >= 3:
                     times.append(time.perf_counter() - start)
             out[f"{b} raw unet"] = round(sorted(times)[len(times) // 2] * 1000, 2)
@@ -136,6 +136,11 @@ def compile_run(pipe, method, compile) -> dict:
                 compiled_ms_per_call=round(1000 * steady.stats.seconds / calls, 2),
                 speedup=round(eager.stats.seconds / steady.stats.seconds, 2),
                 max_abs_diff=float((steady.latents.float() - eager.latents.float()).abs().max()))
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _sdxl_added(backbone, cond, size):
@@ -184,6 +189,9 @@ def main(argv=None) -> int:
                         help="torch.compile mode (default: reduce-overhead on CUDA, inductor's default on CPU)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
     parser.add_argument("--steps", type=int, default=10, help="steps of the compiled-vs-eager comparison")
+    parser.add_argument("--batches", default=None,
+                        help="--compile: batch sizes of the per-call times (default 1,2,4 on CUDA, none on CPU)")
+    parser.add_argument("--skip-methods", action="store_true", help="--compile: per-call times only")
     args = parser.parse_args(argv)
     if args.compile:
         return compile_main(args)
@@ -244,20 +252,25 @@ def compile_main(args) -> int:
     cache, lines = {}, [f"### {datetime.date.today().isoformat()}, "
                         f"{torch.cuda.get_device_name() if cuda else platform.processor() or 'cpu'}, torch "
                         f"{torch.__version__}, compile={compile}", ""]
-    if cuda:
-        for kind in filter(None, args.per_call.split(",")):
-            pipe, size = _pipe_for(kind, args.device, cache), 1024 if kind == "sdxl" else 512
-            eager, compiled = unet_call_times(pipe, size), unet_call_times(pipe, size, compile=compile)
-            row = {"kind": kind, **{f"b{b} eager ms": eager[b] for b in (1, 2, 4)},
-                   **{f"b{b} compiled ms": compiled[b] for b in (1, 2, 4)}}
-            print(json.dumps(row), flush=True)
-            lines.append(f"UNet per call, {kind} {size}²: " + ", ".join(
-                f"b{b} {eager[b]} → {compiled[b]} ms" for b in (1, 2, 4)))
-        lines.append("")
+    batches = [int(b) for b in (args.batches or ("1,2,4" if cuda else "")).split(",") if b]
+    for kind in filter(None, args.per_call.split(",")) if batches else []:
+        pipe = _pipe_for(kind, args.device, cache)
+        size = (1024 if kind == "sdxl" else 512) if cuda else 128
+        eager = unet_call_times(pipe, size, batches)
+        start = time.perf_counter()
+        unet_call_times(pipe, size, batches, repeats=0, compile=compile)  # compiles every batch shape
+        compile_s = time.perf_counter() - start
+        compiled = unet_call_times(pipe, size, batches, compile=compile)
+        row = {"kind": kind, "size": size, "compile_s": round(compile_s, 1),
+               **{f"b{b} eager ms": eager[b] for b in batches}, **{f"b{b} compiled ms": compiled[b] for b in batches}}
+        print(json.dumps(row), flush=True)
+        lines.append(f"UNet per call (no rules), {'tiny' if not cuda else kind} {size}², eager → compiled (median of 20; "
+                     f"compiling took {compile_s:.0f} s): " + ", ".join(f"b{b} {eager[b]} → {compiled[b]} ms" for b in batches))
+    lines.append("")
     lines += ["| case | model | unet_calls | eager s | compiled first call s | compiled steady s | compile s | "
               "eager ms/call | compiled ms/call | speed-up | max abs diff |", "|" + " --- |" * 11]
     size = 512 if cuda else 128
-    runs = cases(size) if cuda else compile_cases(size, args.steps)  # GPU: every method at its defaults
+    runs = [] if args.skip_methods else cases(size) if cuda else compile_cases(size, args.steps)  # GPU: defaults
     for name, kind, method in runs:
         if args.only and not any(s in name for s in args.only.split(",")):
             continue
