@@ -149,7 +149,7 @@ def test_inductor_invert_equals_eager(tiny_pipe):
                                atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("value", ["yes", 1, ["mode"], {1: "x"}])
+@pytest.mark.parametrize("value", ["yes", 1, ["mode"], {1: "x"}, {"fullgraph": True}])
 def test_bad_compile_value_is_a_parameter_error(tiny_pipe, value, monkeypatch):
     monkeypatch.setattr(Backbone, "unet_call", lambda *a, **k: pytest.fail("model work before validation"))
     image = make_image(0)

@@ -257,6 +257,9 @@ def compile_options(value) -> dict | None:
     if value is True:
         return dict(COMPILE_DEFAULTS)
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if value.get("fullgraph"):
+            raise ParameterError("compile: fullgraph=True cannot hold, the control rules run eagerly between graphs; "
+                                 "leave fullgraph out.")
         return {**COMPILE_DEFAULTS, **value}
     raise ParameterError(f"compile must be True, False or a dict of torch.compile keyword arguments "
                          f"(e.g. {{'mode': 'reduce-overhead'}}), got {value!r}.")
