@@ -175,3 +175,23 @@ def test_max_batch_must_be_positive(tmp_path, capsys, value):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--max-batch" in err
     assert not (tmp_path / "o" / batch.RESULTS).exists()
+
+
+def test_compiled_jobs_share_a_compiled_forward(tiny_pipe):
+    """compile= inside a job batch: the combined forward runs through torch.compile (a counting backend
+    here) with every job's rules active, and gives the eager batch's outputs."""
+    from torch._dynamo.testing import CompileCounter
+    counter = CompileCounter()
+    jobs = [lambda i=i: ze.translate(tiny_pipe, make_image(i), "a dog", steps=2, output_type="latent")
+            for i in range(2)]
+    eager = [result for result, _ in JobSession(tiny_pipe.unet).run(jobs)]
+    compiled_jobs = [lambda i=i: ze.translate(tiny_pipe, make_image(i), "a dog", steps=2, output_type="latent",
+                                              compile={"backend": counter}) for i in range(2)]
+    before = processors_snapshot(tiny_pipe)
+    session = JobSession(tiny_pipe.unet)
+    outcomes = session.run(compiled_jobs)
+    assert processors_snapshot(tiny_pipe) == before and counter.frame_count > 0
+    assert session.calls == eager[0].stats.unet_calls
+    for (result, error), reference in zip(outcomes, eager):
+        assert error is None, error
+        assert (result.latents - reference.latents).abs().max() <= TOL

@@ -4,16 +4,36 @@ Prompt encoding (including the empty/negative prompt and TF-ICON's exceptional p
 encode (posterior mean × scaling factor) and decode, and one UNet call with the right
 conditioning. Every UNet call of every method goes through `Backbone.unet`, which counts it in
 `stats.unet_calls` (sequential forward calls) and `stats.unet_evals` (sample-evaluations).
+
+Compiled path (`Backbone(pipe, stats, compile=True | {torch.compile kwargs})`, every method's `compile=`):
+- torch.compile wraps a plain function of (unet, inputs), built once per UNet and options and cached weakly
+  per UNet; the user's UNet is never replaced or modified (no `_compiled_call_impl`, hooks or processors
+  left behind).
+- Control rules stay active: the controlled attention processors and feature hooks run eagerly between
+  graphs (control/core.py `eager_under_compile`), so their decisions (step, timestep, windows, stores) never
+  become guards. Dynamo guards on the processor/hook *types*, not on the objects, so the new processors every
+  call installs reuse the graphs: graphs are built on the first call of each batch shape and never again for
+  the same shapes (counted in tests/test_compile.py). Dynamo runs with nested graph breaks (a break inside
+  an attention layer does not split its parents into separately cached frames, which made the cache depend
+  on call order), with guards on module hooks (by default dynamo ignores hooks added after compiling), and
+  with room for the graphs of all methods, shapes and controlled-layer sets of a process — patched only
+  around our calls.
+- Static shapes by default (`dynamic=False`): one graph set per batch layout, as CUDA graphs need.
+- Gradients flow through the compiled graphs (pix2pix-zero's guided call; AOT autograd).
+- No torch.compile here (`torch._dynamo.is_dynamo_supported()` false) or a backend that cannot build (e.g.
+  inductor without a C compiler): a RuntimeWarning says why and the UNet runs eagerly.
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
+import weakref
 
 import torch
 from diffusers import DDPMScheduler
 
 from . import jobs
-from .errors import ModelError
+from .errors import ModelError, ParameterError
 from .loading import is_sdxl
 from .result import Stats
 
@@ -46,7 +66,7 @@ class Cond:
 class Backbone:
     """Wraps a diffusers SD/SDXL pipeline; see module docstring."""
 
-    def __init__(self, pipe, stats: Stats | None = None):
+    def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ModelError(f"the pipeline has no {name}; zeroedit needs a Stable Diffusion (1.x, 2.x or XL) "
@@ -60,6 +80,10 @@ class Backbone:
             raise ModelError(f"prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction).")
         self.alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = len(self.alphas_cumprod)
+        self.compile_options = compile_options(compile)
+        self.stats.params.setdefault("compile", compile)
+        if self.compile_options is not None and not _dynamo_supported():
+            self.compile_options = None
 
     @property
     def device(self) -> torch.device:
@@ -161,11 +185,16 @@ class Backbone:
             added.update(text_embeds=cond.pooled, time_ids=time_ids.expand(batch, -1))
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
+        args = (self.unet, latents.to(self.dtype), t, cond.embeds, added or None)
         session = jobs.current(self.unet)
         if session is not None:  # a job of a batch: one forward for every job of the session
-            return session.forward(latents.to(self.dtype), t, cond.embeds, added)
-        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.embeds,
-                         added_cond_kwargs=added or None, return_dict=False)[0]
+            return session.forward(*args[1:], compile_options=self.compile_options)
+        if self.compile_options is not None:
+            out = compiled_forward(args, self.compile_options)
+            if out is not None:
+                return out
+            self.compile_options = None  # the backend cannot build here (warned once): eager from now on
+        return _unet_forward(*args)
 
     def unet_grad(self, loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
         """d loss / d inputs through the UNet graph of this job's last call(s); counted in stats.unet_backward.
@@ -195,6 +224,106 @@ class Backbone:
             x0 = alpha * x - sigma * out
             eps = sigma * x + alpha * out
         return eps, x0
+
+
+# ---------------------------------------------------------------------------------------- compiled path
+def _unet_forward(unet, latents, t, embeds, added):
+    """The UNet forward every call runs (eagerly, or traced by torch.compile)."""
+    return unet(latents, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def _contiguous(value):
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_contiguous(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _contiguous(v) for k, v in value.items()}
+    return value
+
+
+COMPILE_DEFAULTS = {"dynamic": False}  # static shapes: one graph per batch layout, as the methods call it
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # unet -> {options key: callable | None}
+
+
+def compile_options(value) -> dict | None:
+    """Check a method's `compile` argument: False/None -> None (eager); True -> torch.compile's defaults
+    (inductor) with static shapes; a dict -> those torch.compile keyword arguments over the defaults
+    (e.g. {"backend": "aot_eager"}, {"mode": "reduce-overhead"}). Raises ParameterError otherwise."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(COMPILE_DEFAULTS)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if value.get("fullgraph"):
+            raise ParameterError("compile: fullgraph=True cannot hold, the control rules run eagerly between graphs; "
+                                 "leave fullgraph out.")
+        return {**COMPILE_DEFAULTS, **value}
+    raise ParameterError(f"compile must be True, False or a dict of torch.compile keyword arguments "
+                         f"(e.g. {{'mode': 'reduce-overhead'}}), got {value!r}.")
+
+
+def compiled_forward(args, options: dict) -> torch.Tensor | None:
+    """`_unet_forward(*args)` through torch.compile (cached per UNet and options, see `compiled_unet`); None
+    when the backend cannot build here (warned once)."""
+    unet = args[0]
+    compiled = compiled_unet(unet, options)
+    if compiled is None:
+        return None
+    if options.get("mode") == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # outputs of the previous call may be overwritten
+    try:
+        with torch._dynamo.config.patch(_dynamo_config()):
+            # contiguous: graphs specialise on strides (an expanded conditioning would recompile);
+            # clone: the caller owns the output, also when it lives in CUDA-graph memory
+            return compiled(*_contiguous(args)).clone()
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        _compile_failed(unet, options, error)
+        return None
+
+
+def compiled_unet(unet, options: dict):
+    """The compiled forward for this UNet and options, built once and reused by every later call (None after
+    a failed build). torch.compile wraps `_unet_forward`, never the module: the user's UNet is not changed
+    (no `_compiled_call_impl`, no hooks), and the cache holds the UNet only weakly."""
+    per_unet = _COMPILED.setdefault(unet, {})
+    key = repr(sorted(options.items()))
+    if key not in per_unet:
+        per_unet[key] = torch.compile(_unet_forward, **options)
+    return per_unet[key]
+
+
+def _dynamo_config() -> dict:
+    """Dynamo settings for our compiled calls (patched only around them): guard on module hooks, so a graph
+    traced without feature hooks is never reused with them (dynamo skips those guards by default); and room
+    for one cache entry per layer shape × batch layout × set of controlled layers, over all methods of a
+    process, before dynamo would fall back to eager."""
+    config = torch._dynamo.config
+    return dict(skip_nnmodule_hook_guards=False, nested_graph_breaks=True, recompile_limit=max(config.recompile_limit, 64),
+                accumulated_recompile_limit=max(config.accumulated_recompile_limit, 1024))
+
+
+def _dynamo_supported() -> bool:
+    if torch._dynamo.is_dynamo_supported():
+        return True
+    try:
+        torch._dynamo.eval_frame.check_if_dynamo_supported()
+        reason = "torch._dynamo reports this platform as unsupported"
+    except Exception as error:  # noqa: BLE001 — the reason torch gives
+        reason = str(error)
+    warnings.warn(f"compile=True: torch.compile is not available here ({reason}); running the UNet eagerly.",
+                  RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _compile_failed(unet, options: dict, error: Exception):
+    """The backend could not build the graph (e.g. inductor without a C compiler): warn once per UNet and
+    options, remember it, and run eagerly from now on."""
+    _COMPILED.setdefault(unet, {})[repr(sorted(options.items()))] = None
+    cause = getattr(error, "inner_exception", None) or error
+    reason = (str(cause).strip().splitlines() or [""])[0]
+    warnings.warn(f"compile: the torch.compile backend failed ({type(cause).__name__}: {reason}); running the UNet "
+                  "eagerly.", RuntimeWarning, stacklevel=4)
 
 
 class _vae_in:

@@ -104,6 +104,10 @@ def _add_method_flags(parser: argparse.ArgumentParser, function):
             continue
         many = name in ("prompt", "references", "reference", "reference_mask", "region") or \
             (name == "image" and function.__name__ == "invert")
+        if isinstance(param.default, bool):  # an on/off switch, e.g. --compile (a config may give a dict)
+            parser.add_argument(_flag(name), dest=name, action="store_true", default=None,
+                                help=_doc_of(function, name) + f"(API: {name}=True)")
+            continue
         parser.add_argument(_flag(name), dest=name, nargs="+" if many else None, default=None,
                             help=_doc_of(function, name) + f"(API: {name}" + ("" if param.default is inspect.Parameter.empty
                                                     else f", default {param.default!r}") + ")")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .backbone import Backbone, Cond
+from .backbone import Backbone, Cond, compile_options
 from .images import ImageInput, prepare_image, to_tensor
 from .inversion import ddim_invert, ddim_sample, ddim_timesteps, dpmpp_trajectory
 from .inversion.dpm_solver import VPSchedule
@@ -26,7 +26,7 @@ def _model_fn(backbone: Backbone, cond: Cond):
 
 
 def invert(pipe, image: ImageInput | list[ImageInput], method: str = "ddim", prompt: str = "", steps: int = 50,
-           order: int = 2, size: int | tuple[int, int] | None = None, callback=None) -> Result:
+           order: int = 2, size: int | tuple[int, int] | None = None, callback=None, compile=False) -> Result:
     """Invert one image or a list of images (one batched trajectory) to noise.
 
     method: "ddim" (grid t = 1…981 for 50 steps; see inversion/ddim.py) or "dpmpp" (DPM-Solver++ order
@@ -34,7 +34,9 @@ def invert(pipe, image: ImageInput | list[ImageInput], method: str = "ddim", pro
     exceptional prompt). size: long side in px (default: the image's own size, rounded to multiples of 64).
     Returns a Result whose `latents` is the trajectory (steps + 1, B, C, h, w), clean first, and whose
     `extra["times"]` gives the time of each entry. All images of a list must have the same size.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments).
     """
+    compile_options(compile)
     check_choice(method, "method", METHODS)
     steps = check_steps(steps)
     if not isinstance(prompt, str):
@@ -46,8 +48,9 @@ def invert(pipe, image: ImageInput | list[ImageInput], method: str = "ddim", pro
         raise ImageError("image: the list of images is empty.")
     if len({img.size for img in images}) > 1:
         raise ImageError(f"images of one inversion must share a size, got {sorted({img.size for img in images})}; pass size=.")
-    stats = Stats(params=dict(method=method, prompt=prompt, steps=steps, order=order, size=list(images[0].size)))
-    backbone = Backbone(pipe, stats)
+    stats = Stats(params=dict(method=method, prompt=prompt, steps=steps, order=order, size=list(images[0].size),
+                              compile=compile))
+    backbone = Backbone(pipe, stats, compile)
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(images))
         model_fn = _model_fn(backbone, _conditioning(backbone, prompt, len(images)))
@@ -60,11 +63,14 @@ def invert(pipe, image: ImageInput | list[ImageInput], method: str = "ddim", pro
     return Result(images=None, latents=torch.stack(trajectory), stats=stats, extra={"times": times})
 
 
-def reconstruct(pipe, inversion: Result, output_type: str = "pil") -> Result:
-    """Sample back from the noisy end of an `invert` result with the same method, prompt, steps and order."""
+def reconstruct(pipe, inversion: Result, output_type: str = "pil", compile=None) -> Result:
+    """Sample back from the noisy end of an `invert` result with the same method, prompt, steps and order.
+    compile: as `invert`; None (default) compiles as the inversion did."""
     params = inversion.stats.params
-    stats = Stats(params=dict(params))
-    backbone = Backbone(pipe, stats)
+    compile = params.get("compile", False) if compile is None else compile
+    compile_options(compile)
+    stats = Stats(params=dict(params, compile=compile))
+    backbone = Backbone(pipe, stats, compile)
     x_top = inversion.latents[-1]
     with Timer(stats, backbone.device), torch.no_grad():
         model_fn = _model_fn(backbone, _conditioning(backbone, params["prompt"], x_top.shape[0]))

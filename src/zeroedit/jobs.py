@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from .control.core import eager_under_compile
+
 _local = threading.local()
 
 
@@ -84,9 +86,8 @@ def _slice(value, start: int, stop: int, batch: int):
 class JobSession:
     """One sampling batch of jobs on `unet`; see module docstring."""
 
-    def __init__(self, unet, model=None):
-        self.unet = unet  # identifies the session's UNet (processors, hooks, Backbone routing)
-        self.model = model if model is not None else unet  # what runs the combined forward (e.g. a compiled unet)
+    def __init__(self, unet):
+        self.unet = unet
         self.cond = threading.Condition()  # its lock is the baton
         self.live: list[_Member] = []
         self.segments: list[tuple[_Member, int, int]] = []  # layout of the running call
@@ -138,12 +139,13 @@ class JobSession:
         self._serve_if_ready()
 
     # ------------------------------------------------------------------ requests
-    def forward(self, latents, t, encoder_hidden_states, added: dict | None):
-        """Submit one UNet forward of the calling job and wait for its output (called by Backbone.unet_call)."""
+    def forward(self, latents, t, encoder_hidden_states, added: dict | None, compile_options: dict | None = None):
+        """Submit one UNet forward of the calling job and wait for its output (called by Backbone.unet_call;
+        `compile_options`: run the combined forward through torch.compile, as the job asked)."""
         t = torch.as_tensor(t, device=latents.device)
         t = t.reshape(1).expand(latents.shape[0]) if t.numel() == 1 else t
         payload = dict(latents=latents, t=t, ehs=encoder_hidden_states, added=dict(added or {}),
-                       grad=torch.is_grad_enabled())
+                       grad=torch.is_grad_enabled(), compile=compile_options)
         return self._submit("forward", payload)
 
     def grad(self, loss, inputs):
@@ -171,7 +173,7 @@ class JobSession:
         groups: dict = {}
         for request in forwards:
             p = request.payload
-            key = (_signature(p["latents"]), _signature(p["t"]), _signature(p["ehs"]), p["grad"],
+            key = (_signature(p["latents"]), _signature(p["t"]), _signature(p["ehs"]), p["grad"], repr(p["compile"]),
                    tuple(sorted((k, _signature(v)) for k, v in p["added"].items())))
             groups.setdefault(key, []).append(request)
         for group in groups.values():
@@ -206,10 +208,13 @@ class JobSession:
             start += size
         self.segments = [(r.member, o, s) for r, o, s in zip(group, offsets, sizes)]
         try:
+            from .backbone import _unet_forward, compiled_forward
+            args = (self.unet, _cat([p["latents"] for p in payloads]), _cat([p["t"] for p in payloads]),
+                    _cat([p["ehs"] for p in payloads]), added or None)
+            options = payloads[0]["compile"]
             with torch.set_grad_enabled(payloads[0]["grad"]):
-                out = self.model(_cat([p["latents"] for p in payloads]), _cat([p["t"] for p in payloads]),
-                                encoder_hidden_states=_cat([p["ehs"] for p in payloads]),
-                                added_cond_kwargs=added or None, return_dict=False)[0]
+                out = compiled_forward(args, options) if options is not None else None
+                out = _unet_forward(*args) if out is None else out
         finally:
             self.segments = []
         self.calls += 1
@@ -264,6 +269,7 @@ class _DispatchProcessor:
     def __init__(self, session: JobSession, name: str, original):
         self.session, self.name, self.original = session, name, original
 
+    @eager_under_compile
     def __call__(self, attn, hidden_states, *args, **kwargs):
         from .control.core import ControlledAttnProcessor
         segments = self.session.segments
@@ -287,6 +293,7 @@ class _DispatchHook:
     def __init__(self, session: JobSession, name: str):
         self.session, self.name = session, name
 
+    @eager_under_compile(own_tensors=True)
     def __call__(self, module, inputs, output):
         from .control.core import FeatureContext
         segments = self.session.segments

@@ -8,11 +8,18 @@ and before every UNet call tells it which step it is and how the batch is laid o
 Installation points are diffusers' own: `unet.set_attn_processor` for attention layers and
 `register_forward_hook` for modules. Only layers that some rule names get a `ControlledAttnProcessor`;
 every other layer keeps the processor it had (SDPA). Everything is restored on exit, also on error.
+
+Under torch.compile (Backbone(compile=...)) the controlled processors and feature hooks run eagerly
+(`eager_under_compile`): rule decisions read Python state (step, timestep, windows, stores), and traced they
+would become guards that recompile the UNet at every step. Dynamo breaks the graph at each controlled layer
+and compiles everything else; it guards only on the processor's and hook's type, so the new objects every
+method call installs reuse the graphs compiled before.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import Any, Iterable
 
@@ -176,10 +183,33 @@ class Controller:
                 unet.set_attn_processor(saved)
 
 
+def eager_under_compile(method=None, *, own_tensors: bool = False):
+    """Run `method` eagerly when torch.compile traces its caller (a graph break: the rules see the real
+    tensors and Python state, no guard on them); a plain call otherwise. `own_tensors`: between graphs, pass
+    copies of the tensor arguments, since a graph's outputs may live in CUDA-graph memory that the next call
+    overwrites (mode="reduce-overhead") and a rule may keep them (Record of a feature)."""
+    if method is None:
+        return functools.partial(eager_under_compile, own_tensors=own_tensors)
+
+    def between_graphs(*args, **kwargs):
+        if own_tensors:
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+        return method(*args, **kwargs)
+    eager = torch._dynamo.disable(between_graphs)
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return eager(*args, **kwargs)
+        return method(*args, **kwargs)
+    return call
+
+
 class _FeatureHook:
     def __init__(self, controller: Controller, name: str):
         self.controller, self.name = controller, name
 
+    @eager_under_compile(own_tensors=True)
     def __call__(self, module, inputs, output):
         rules = self.controller._rules(self.name, "feature")
         if not rules:
@@ -212,6 +242,7 @@ class ControlledAttnProcessor:
     def __init__(self, controller: Controller, name: str, original):
         self.controller, self.name, self.original = controller, name, original
 
+    @eager_under_compile
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         rules = self.controller._rules(self.name, "attention")
         if not rules:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone, Cond
+from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, ModelError, ParameterError
@@ -191,10 +191,12 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
                 mip_weights=None, steps: int = 30, guidance_scale: float | None = None, negative_prompt: str | None = None,
                 height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
-                callback_on_step_end=None) -> Result:
+                callback_on_step_end=None, compile=False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
-    defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's."""
+    defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+    compile_options(compile)
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
@@ -208,7 +210,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     if not isinstance(negative, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
     _check_adapter(pipe)
-    backbone = Backbone(pipe)
+    backbone = Backbone(pipe, compile=compile)
     unit = backbone.vae_scale  # as diffusers: multiples of the VAE factor; the UNet pads odd levels
     height = height or pipe.unet.config.sample_size * backbone.vae_scale
     width = width or pipe.unet.config.sample_size * backbone.vae_scale
@@ -221,7 +223,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     stats = Stats(params=dict(prompt=prompt, objects=[p for p, _ in objects], images=[len(i) for _, i in objects],
                               scale=float(scale), weighting=weighting, mip_weights=None if mip_weights is None else str(mip_weights),
                               steps=steps, guidance_scale=float(guidance), negative_prompt=negative, height=height,
-                              width=width, seed=seed))
+                              width=width, seed=seed, compile=compile))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         text = Cond.cat([backbone.encode_negative(negative), backbone.encode_prompt(prompt)])

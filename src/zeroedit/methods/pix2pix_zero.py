@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import directions as edit_directions
-from ..backbone import Backbone, Cond
+from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor
@@ -153,11 +153,15 @@ def _caption(image, caption, captioner, source):
 def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch.Tensor | None = None,
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
-         preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None) -> Result:
+         preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
+         compile=False) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
-    path of a saved one, checked against this pipeline's text encoder) keeping its structure. `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
+    path of a saved one, checked against this pipeline's text encoder) keeping its structure.
+    `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
     "a photo of a {source}" (recorded in stats.extra["caption_source"]). The result carries `.caption` and
-    `.inverted` (the regularised inverted latent). See the module docstring."""
+    `.inverted` (the regularised inverted latent). See the module docstring.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments). The guided call's gradient flows through the compiled graphs."""
+    compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
     steps = check_steps(steps)
@@ -186,9 +190,10 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
     gen = generator(seed)
     stats = Stats(params=dict(source=source, target=target, caption=caption, steps=steps, xa_guidance=float(xa_guidance),
                               guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),
-                              lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size)))
+                              lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size),
+                              compile=compile))
     stats.extra["caption_source"] = caption_source
-    backbone = Backbone(pipe, stats)
+    backbone = Backbone(pipe, stats, compile)
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture), generator=gen, sample=preset == "reference")
         cond = backbone.encode_prompt(caption)

@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from ..backbone import Backbone, Cond
+from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor
@@ -109,10 +109,12 @@ def _resolve(preset, steps, inversion_steps, feature_steps, attention_steps, neg
 def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str = REFERENCE_NEGATIVE, steps: int = 50,
               inversion_steps: int | None = None, feature_steps=0.8, attention_steps=0.5, guidance_scale: float = 7.5,
               seed: int | None = None, preset: str | None = None, source_cache: str = "memory",
-              output_type: str = "pil", callback_on_step_end=None) -> Result:
+              output_type: str = "pil", callback_on_step_end=None, compile=False) -> Result:
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
-    `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it."""
+    `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+    compile_options(compile)
     prompts = check_prompts(prompt)
     if not isinstance(source_prompt, str):
         raise ParameterError(f"source_prompt must be a string, got {source_prompt!r}.")
@@ -124,8 +126,8 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     stats = Stats(params=dict(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
                               inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
                               guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
-                              size=list(picture.size)))
-    backbone = Backbone(pipe, stats)
+                              size=list(picture.size), compile=compile))
+    backbone = Backbone(pipe, stats, compile)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
     descending = list(reversed(grid))

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..backbone import Backbone, Cond
+from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, prepare_image, to_tensor
@@ -196,10 +196,12 @@ def _inputs(background, reference, region, reference_mask):
 def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
-            callback_on_step_end=None) -> Result:
+            callback_on_step_end=None, compile=False) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
-    masks and regions compose several objects in one call. See the module docstring."""
+    masks and regions compose several objects in one call. See the module docstring.
+    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+    compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
@@ -218,8 +220,8 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
     stats = Stats(params=dict(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
                               guidance_scale=float(guidance), seed=seed, preset=preset, size=list(picture.size),
-                              objects=len(refs), injection_calls=k_a, preservation_updates=k_b))
-    backbone = Backbone(pipe, stats)
+                              objects=len(refs), injection_calls=k_a, preservation_updates=k_b, compile=compile))
+    backbone = Backbone(pipe, stats, compile)
     placed = [place_reference(ref, seg, box, picture.size) for ref, seg, box in zip(refs, segs, boxes)]
     stats.extra["regions"] = [list(rect) for _, _, rect in placed]
     masks = [latent_masks(rect, seg, picture.size, backbone.vae_scale) for _, seg, rect in placed]
