@@ -105,6 +105,16 @@ if __name__ == "__main__":
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args()
-    model = ze.load(args.model, device=args.device, dtype=args.dtype,
-                    ip_adapter=True if args.method == "personalize" and args.model in ("tiny", "tiny-xl") else None)
+    if args.model in ("sd15", "sd21", "sdxl"):  # random weights of the real sizes (speed does not depend on them)
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks.sized import build_sized
+        model = build_sized(args.model, args.device or "cuda")
+        if args.method == "personalize":
+            from zeroedit.tiny_ip import add_tiny_ip_adapter
+            add_tiny_ip_adapter(model).to(device=args.device or "cuda", dtype=torch.float16)
+    else:
+        model = ze.load(args.model, device=args.device, dtype=args.dtype,
+                        ip_adapter=True if args.method == "personalize" and args.model in ("tiny", "tiny-xl") else None)
     print(json.dumps(run(model, args.method, args.jobs, args.steps, args.max_batch, args.size, args.repeats), indent=1))
