@@ -195,7 +195,23 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
     defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's.
-    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+
+    Args:
+        prompt: the text; it must name every object of references.
+        references: {phrase in the prompt: image or [images]}, e.g. {"cat": "cat.png", "dog": ["d1.png", "d2.png"]}.
+        scale: IP-Adapter scale (None: 0.75).
+        weighting: "relevance" (the MIP merge) or "uniform" (plain IP-Adapter summation, the baseline).
+        mip_weights: path of the trained MIP checkpoint (safetensors, or a pickle read with weights_only=True); None: gate 1.
+        steps: sampling steps of the pipeline's scheduler (30).
+        guidance_scale: classifier-free guidance (None: 5.0).
+        negative_prompt: None: the reference's negative prompt.
+        height: image height in px (a multiple of the VAE factor; None: the model's default).
+        width: image width in px (a multiple of the VAE factor; None: the model's default).
+        seed: integer seed of every random draw (None: a fresh random seed).
+        output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
+        callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
+        compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+    """
     compile_options(compile)
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)

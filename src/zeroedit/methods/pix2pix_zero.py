@@ -160,7 +160,26 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
     "a photo of a {source}" (recorded in stats.extra["caption_source"]). The result carries `.caption` and
     `.inverted` (the regularised inverted latent). See the module docstring.
-    compile: run the UNet under torch.compile (True, or a dict of its arguments). The guided call's gradient flows through the compiled graphs."""
+
+    Args:
+        image: the image to edit (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        source: the concept in the image, e.g. "cat".
+        target: the concept to move it to, e.g. "dog".
+        direction: an edit direction (a tensor from ze.directions.build, or the path of a saved one); None: built from source and target.
+        caption: the image's caption; None: the captioner's, else "a photo of a {source}".
+        steps: DDIM steps of the inversion and of the edit (50).
+        xa_guidance: cross-attention guidance step size (None: 0.1, or 0.01 for v-prediction models).
+        guidance_scale: classifier-free guidance of the edit (5.0).
+        reg_steps: noise-regularisation rounds per inversion step (5; 0 turns it off).
+        lambda_ac: weight of the auto-correlation loss (20).
+        lambda_kl: weight of the KL loss (20).
+        seed: integer seed of every random draw (None: a fresh random seed).
+        preset: None or "reference" (a seeded sample of the VAE posterior, as the official code).
+        output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
+        callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
+        captioner: a callable image -> caption, e.g. ze.captioners.blip(folder).
+        compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
+    """
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))

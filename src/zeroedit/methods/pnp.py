@@ -113,7 +113,24 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
     `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it.
-    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+
+    Args:
+        image: the source image (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        prompt: the target prompt, or several (one image each, one inversion, the same UNet calls).
+        source_prompt: the prompt of the inversion and of the source branch ("" as the reference).
+        negative_prompt: the negative prompt of the target branches (the reference's default).
+        steps: DDIM sampling steps (50).
+        inversion_steps: DDIM inversion steps (None: = steps; 999 under preset="reference").
+        feature_steps: decoder-feature injection window: a fraction of the steps (0.8) or a number of steps.
+        attention_steps: self-attention q/k injection window: a fraction of the steps (0.5) or a number of steps.
+        guidance_scale: classifier-free guidance (7.5).
+        seed: accepted for a uniform API; DDIM with eta 0 does not draw noise.
+        preset: None or "reference" (999-step inversion, as the reference preprocessing).
+        source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (201).
+        output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
+        callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
+        compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+    """
     compile_options(compile)
     prompts = check_prompts(prompt)
     if not isinstance(source_prompt, str):

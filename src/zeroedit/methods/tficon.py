@@ -200,7 +200,25 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
-    compile: run the UNet under torch.compile (True, or a dict of its arguments)."""
+
+    Args:
+        background: the image to put the object into (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        reference: the image that holds the object (or a list: one object each).
+        region: where the object goes: a mask image on the background (its bounding box) or a box x0,y0,x1,y1 in pixels.
+        reference_mask: the object's segmentation in the reference (white = object); None: the whole reference.
+        prompt: the text describing the result, e.g. "an oil painting of a panda in a forest".
+        domain: "cross" (different visual domains, guidance 5.0) or "same" (photorealistic, 2.5).
+        steps: DPM-Solver++ steps of the inversion and of the sampling (20).
+        order: DPM-Solver++ order, 1 or 2.
+        tau_a: fraction of the steps with composite self-attention injection (0.4).
+        tau_b: fraction of the steps with background preservation outside the region (0.8).
+        guidance_scale: classifier-free guidance; None: 5.0 for cross, 2.5 for same.
+        seed: integer seed of every random draw (None: a fresh random seed).
+        preset: None (fastest) or "reference" (the reference code: seed 3407, sampled VAE posterior).
+        output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
+        callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
+        compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+    """
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
