@@ -82,7 +82,7 @@ def drop_words(scene: Scene, index: int, mode: str) -> str:
 def make_pairs(n: int, seed: int):
     """n (target image, reference image, caption) triples (see module docstring)."""
     rng = np.random.RandomState(seed)
-    targets, references, captions = [], [], []
+    targets, references, captions, phrases = [], [], [], []
     for i in range(n):
         scene = sample_scene(seed + i)
         index = int(rng.randint(len(scene.objects)))
@@ -91,7 +91,8 @@ def make_pairs(n: int, seed: int):
         targets.append(np.asarray(render(scene, TOY_SIZE)[0]))
         references.append(render(reference_scene(scene.objects[index], style, rng), TOY_SIZE)[0])
         captions.append(drop_words(scene, index, mode))
-    return np.stack(targets), references, captions
+        phrases.append(scene.objects[index].phrase())
+    return np.stack(targets), references, captions, phrases
 
 
 def ip_state_dict(unet, projection_dim: int, seed: int) -> dict:
@@ -114,7 +115,8 @@ def ip_state_dict(unet, projection_dim: int, seed: int) -> dict:
 def export_state_dict(unet) -> dict:
     """The trained adapter back in the original layout, flattened for safetensors."""
     proj = unet.encoder_hid_proj.image_projection_layers[0]
-    out = {f"image_proj.{k}": v for k, v in proj.state_dict().items()}
+    original = {"image_embeds.weight": "proj.weight", "image_embeds.bias": "proj.bias"}  # diffusers -> original names
+    out = {f"image_proj.{original.get(k, k)}": v for k, v in proj.state_dict().items()}
     processors = unet.attn_processors
     key = 1
     for name in processors:
@@ -132,6 +134,30 @@ def trainable(unet, encoder) -> list[torch.nn.Parameter]:
         if name.endswith("attn2.processor"):
             params += list(proc.to_k_ip.parameters()) + list(proc.to_v_ip.parameters())
     return params
+
+
+def align(pipe, encoder, pixels, phrase_ids, steps, batch, lr, log, seed=0):
+    """Stage 1 (cheap, no UNet): train the image encoder and projection so that the 4 image tokens of a
+    reference match the text encoder's states of its phrase "a <colour> <shape>" (positions 1–4: "a", colour,
+    shape, end). With to_k_ip/to_v_ip initialised from to_k/to_v, the adapter then starts out reading a
+    reference like the words that describe it; stage 2 (the IP-Adapter objective) takes it from there."""
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    params = list(encoder.parameters()) + list(projection.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    with torch.no_grad():
+        target = pipe.text_encoder(phrase_ids)[0][:, 1:1 + TOKENS]
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        index = torch.randint(len(pixels), (batch,), generator=gen)
+        tokens = projection(encoder(pixel_values=pixels[index]).image_embeds)
+        loss = F.mse_loss(tokens, target[index])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"align step {step} loss {loss.item():.4f} (target variance {target.var().item():.4f})")
 
 
 def train(pipe, encoder, data, steps, batch, lr, minutes, log, seed=0):
@@ -197,7 +223,8 @@ def main(argv=None):
     parser.add_argument("--out", default="src/zeroedit/assets/toy")
     parser.add_argument("--pairs", type=int, default=6000)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--align-steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--minutes", type=float, default=20.0, help="stop training after this long")
     parser.add_argument("--threads", type=int, default=2)
@@ -215,18 +242,22 @@ def main(argv=None):
 
     pipe = ze.load("toy")
     start = time.perf_counter()
-    targets, references, captions = make_pairs(args.pairs, 5_000_000 + args.seed)
+    targets, references, captions, phrases = make_pairs(args.pairs, 5_000_000 + args.seed)
     with torch.no_grad():
         images = torch.from_numpy(targets).permute(0, 3, 1, 2).float() / 127.5 - 1
         latents = torch.cat([pipe.vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
         latents = latents * pipe.vae.config.scaling_factor
     pixels = feature_extractor()(images=references, return_tensors="pt").pixel_values
     ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    phrase_ids = pipe.tokenizer(phrases, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     times["data"] = time.perf_counter() - start
     encoder = CLIPVisionModelWithProjection(encoder_config())
     pipe.register_modules(image_encoder=encoder, feature_extractor=feature_extractor())
     pipe.load_ip_adapter(ip_state_dict(pipe.unet, encoder.config.projection_dim, args.seed), subfolder=None,
                          weight_name=None, image_encoder_folder=None)
+    start = time.perf_counter()
+    align(pipe, encoder.train(), pixels, phrase_ids, args.align_steps, 64, 1e-3, log, args.seed)
+    times["align"] = time.perf_counter() - start
     start = time.perf_counter()
     done = train(pipe, encoder.train(), (latents, pixels, ids), args.steps, args.batch, args.lr, args.minutes, log,
                  args.seed)
