@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .detect import Detection, detect_objects, detect_style
+from .detect import Detection, detect_objects, detect_style, object_style
 from .world import BACKGROUNDS, COLORS, SHAPES, STYLES, Obj, Scene, render, sample_scene
 
 SIZE = 64
@@ -246,16 +246,18 @@ def cut_and_paste(case: ComposeCase) -> Image.Image:
 
 def score_compose(case: ComposeCase, image) -> dict:
     """present: the object's colour is detected with its centre in the region; shape: and with its shape;
-    style: the image's detected style is the background's; bg_psnr: outside the region."""
+    style: the inserted object is drawn in the background's style (`object_style`: outline for sketch, brush
+    noise for painting, clean fill for photo); bg_psnr: PSNR to the background outside the region."""
     _, seg, rect = _placed(case)
-    style, found = detect(image)
+    _, found = detect(image)
     obj = find(found, case.obj.color, seg.sum())
     x0, y0, x1, y1 = rect
     inside = obj is not None and x0 <= obj.x * SIZE <= x1 and y0 <= obj.y * SIZE <= y1
     keep = np.ones((SIZE, SIZE), dtype=bool)
     keep[y0:y1, x0:x1] = False
     return dict(present=bool(inside), shape=bool(inside and obj.shape == case.obj.shape),
-                style=style == case.scene.style, bg_psnr=psnr(image, case.background, keep))
+                style=bool(inside and object_style(image, case.obj.color) == case.scene.style),
+                bg_psnr=psnr(image, case.background, keep))
 
 
 def run_compose(pipe, cases: list[ComposeCase], steps: int = 20) -> dict:
