@@ -45,7 +45,7 @@ WEIGHT_NAME = "ip-adapter_toy.safetensors"
 
 def encoder_config() -> CLIPVisionConfig:
     return CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3,
-                            image_size=IMAGE_SIZE, patch_size=4, projection_dim=64)
+                            image_size=IMAGE_SIZE, patch_size=8, projection_dim=64)
 
 
 def feature_extractor() -> CLIPImageProcessor:
@@ -224,11 +224,12 @@ def main(argv=None):
     parser.add_argument("--pairs", type=int, default=6000)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--align-steps", type=int, default=1500)
+    parser.add_argument("--align-steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--minutes", type=float, default=20.0, help="stop training after this long")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", help="a folder with a saved image_encoder/ and ip_adapter/ to train further")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -251,13 +252,21 @@ def main(argv=None):
     ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     phrase_ids = pipe.tokenizer(phrases, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     times["data"] = time.perf_counter() - start
-    encoder = CLIPVisionModelWithProjection(encoder_config())
+    if args.resume:  # continue from a saved adapter (stage 2 only)
+        from safetensors.torch import load_file
+        encoder = CLIPVisionModelWithProjection.from_pretrained(Path(args.resume) / "image_encoder", dtype=torch.float32)
+        flat = load_file(str(Path(args.resume) / "ip_adapter" / WEIGHT_NAME))
+        state = {part: {k[len(part) + 1:]: v.float() for k, v in flat.items() if k.startswith(part + ".")}
+                 for part in ("image_proj", "ip_adapter")}
+    else:
+        encoder = CLIPVisionModelWithProjection(encoder_config())
+        state = ip_state_dict(pipe.unet, encoder.config.projection_dim, args.seed)
     pipe.register_modules(image_encoder=encoder, feature_extractor=feature_extractor())
-    pipe.load_ip_adapter(ip_state_dict(pipe.unet, encoder.config.projection_dim, args.seed), subfolder=None,
-                         weight_name=None, image_encoder_folder=None)
-    start = time.perf_counter()
-    align(pipe, encoder.train(), pixels, phrase_ids, args.align_steps, 64, 1e-3, log, args.seed)
-    times["align"] = time.perf_counter() - start
+    pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None)
+    if not args.resume:
+        start = time.perf_counter()
+        align(pipe, encoder.train(), pixels, phrase_ids, args.align_steps, 32, 1e-3, log, args.seed)
+        times["align"] = time.perf_counter() - start
     start = time.perf_counter()
     done = train(pipe, encoder.train(), (latents, pixels, ids), args.steps, args.batch, args.lr, args.minutes, log,
                  args.seed)
@@ -266,7 +275,11 @@ def main(argv=None):
     recipe = {k: v for k, v in vars(args).items() if k != "out"}
     recipe["steps_done"] = done
     recipe["seconds"] = {k: round(v, 1) for k, v in times.items()}
-    (out / "ip_training.json").write_text(json.dumps(dict(recipe=recipe, log=lines), indent=2))
+    record = dict(recipe=recipe, log=lines)
+    previous = Path(args.resume or "") / "ip_training.json"
+    if args.resume and previous.is_file():  # keep the earlier stages' recipe and log
+        record["previous"] = json.loads(previous.read_text())
+    (out / "ip_training.json").write_text(json.dumps(record, indent=2))
     log(json.dumps(recipe))
 
 
