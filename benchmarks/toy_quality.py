@@ -67,6 +67,9 @@ def section_compose(pipe, n):
 
 def section_personalize(pipe, n):
     rows = []
+    single = Q.run_personalize(pipe, Q.personalize_cases(n, 1, seed=0), weightings=("uniform",))
+    rows.append(dict(references=1, method="IP-Adapter alone (the adapter's own colour transfer)",
+                     **_rates(next(iter(single.values())))))
     for objects in (2, 3):
         cases = Q.personalize_cases(n, objects, seed=0)
         for name, scores in Q.run_personalize(pipe, cases).items():
@@ -92,9 +95,13 @@ def run(pipe, quick: bool = False, only=None, ip_pipe=None) -> dict:
     return out
 
 
-def _cell(value) -> str:
+def _cell(value, key: str = "") -> str:
     if isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value != value:
+        return "–"
+    if isinstance(value, float) and key == "iou":
+        return f"{value:.2f}"
     if isinstance(value, float):
         return "∞ (unchanged)" if value > 99 else f"{value:.1f}" if value > 1.5 else f"{100 * value:.0f} %"
     return str(value)
@@ -118,7 +125,7 @@ def markdown(results: dict) -> str:
         parts.append(f"**{titles[name]}** ({section['cases']} cases, {section['seconds']} s)\n")
         parts.append("| " + " | ".join(keys) + " |")
         parts.append("| " + " | ".join("---" for _ in keys) + " |")
-        parts.extend("| " + " | ".join(_cell(r.get(k, "")) for k in keys) + " |" for r in rows)
+        parts.extend("| " + " | ".join(_cell(r.get(k, ""), k) for k in keys) + " |" for r in rows)
         parts.append("")
     return "\n".join(parts)
 
