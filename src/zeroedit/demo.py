@@ -34,7 +34,7 @@ def toy_inputs(folder: Path) -> dict:
 
     scene = Scene((Obj("square", "red", "large", 0.38, 0.42),), "stripes", "photo", 3)
     save("toy-scene", render(scene, 64)[0])
-    case: ComposeCase = compose_cases(1, seed=0)[0]
+    case: ComposeCase = compose_cases(2, seed=0)[1]  # a sketch background: cross-domain
     save("toy-background", case.background)
     save("toy-reference", case.reference)
     save("toy-reference-mask", (case.reference_mask * 255).astype(np.uint8))
