@@ -67,9 +67,9 @@ def section_compose(pipe, n):
 
 def section_personalize(pipe, n):
     rows = []
-    single = Q.run_personalize(pipe, Q.personalize_cases(n, 1, seed=0), weightings=("uniform",))
-    rows.append(dict(references=1, method="IP-Adapter alone (the adapter's own colour transfer)",
-                     **_rates(next(iter(single.values())))))
+    for scale, label in ((0.0, "no image prompt (scale 0: the chance level)"), (4.0, "IP-Adapter, one reference (scale 4)")):
+        single = Q.run_personalize(pipe, Q.personalize_cases(n, 1, seed=0), scale=scale, weightings=("uniform",))
+        rows.append(dict(references=1, method=label, **_rates(next(iter(single.values())))))
     for objects in (2, 3):
         cases = Q.personalize_cases(n, objects, seed=0)
         for name, scores in Q.run_personalize(pipe, cases).items():
@@ -115,7 +115,7 @@ def markdown(results: dict) -> str:
              "target reached and IoU ≥ 0.5",
         compose="compose (TF-ICON) vs cut-and-paste vs no attention injection — object in the region (its colour, "
                 "and its shape), inserted object drawn in the background's style, background PSNR (dB) outside",
-        personalize="personalize (MIP relevance) vs uniform IP-Adapter merge — prompt without colour words, one "
+        personalize="personalize (MIP relevance) vs uniform IP-Adapter merge, IP-Adapter scale 4 — prompt without colour words, one "
                     "reference per shape; correct = the reference's colour on its object, confused = on another's",
         inversion="inversion: reconstruction PSNR (dB) of invert → reconstruct, mean over images")
     parts = []

@@ -63,7 +63,7 @@ def toy_jobs(folder: Path, steps: int = TOY_STEPS) -> list[dict]:
         {"method": "edit", "id": "edit", "image": paths["toy-scene"], "source": "red", "target": "blue",
          "direction": direction, "caption": caption, "steps": steps, "reg_steps": 1, "seed": 0},
         {"method": "personalize", "id": "personalize", "prompt": "a circle and a square on stripes, photo style",
-         "references": {"circle": paths["toy-red-circle"], "square": paths["toy-blue-square"]}, "scale": 1.0,
+         "references": {"circle": paths["toy-red-circle"], "square": paths["toy-blue-square"]}, "scale": 4.0,
          "negative_prompt": "", "steps": steps, "seed": 0},
     ]
 
