@@ -3,7 +3,7 @@ parameters and stats side by side).
 
 Offline it uses the embedded trained toy model (`ze.load("toy")`, 64 px, src/zeroedit/assets/toy/README.md)
 on inputs drawn from the toy world (src/zeroedit/toy/), so the edits mean something: a colour changed by
-translate and edit, a photo-style object composed into a sketch, two references personalising two objects.
+translate and edit, a photo-style object composed into a sketch, a reference giving a shape its colour.
 TOY_STEPS steps keep it under a minute on 2 CPU cores. With --model (a real model, or "tiny") it runs on the
 bundled sample images with DEMO_STEPS steps.
 """
@@ -39,7 +39,6 @@ def toy_inputs(folder: Path) -> dict:
     save("toy-reference", case.reference)
     save("toy-reference-mask", (case.reference_mask * 255).astype(np.uint8))
     save("toy-red-circle", reference_image(Obj("circle", "red", "large", 0.5, 0.5)))
-    save("toy-blue-square", reference_image(Obj("square", "blue", "large", 0.5, 0.5)))
     return dict(paths=paths, caption=scene.caption(), compose=case)
 
 
@@ -62,8 +61,10 @@ def toy_jobs(folder: Path, steps: int = TOY_STEPS) -> list[dict]:
          "prompt": caption.replace("red", "blue"), "negative_prompt": "", "guidance_scale": 5.0, "steps": steps},
         {"method": "edit", "id": "edit", "image": paths["toy-scene"], "source": "red", "target": "blue",
          "direction": direction, "caption": caption, "steps": steps, "reg_steps": 1, "seed": 0},
-        {"method": "personalize", "id": "personalize", "prompt": "a circle and a square on stripes, photo style",
-         "references": {"circle": paths["toy-red-circle"], "square": paths["toy-blue-square"]}, "scale": 4.0,
+        # one reference: the toy adapter transfers colour reliably (94 %), two-object prompts it renders poorly
+        # (see benchmarks/toy_quality.py); scale 4 because its image attention is weak (assets/toy/README.md)
+        {"method": "personalize", "id": "personalize", "prompt": "a circle on stripes, photo style",
+         "references": {"circle": paths["toy-red-circle"]}, "scale": 4.0,
          "negative_prompt": "", "steps": steps, "seed": 0},
     ]
 
