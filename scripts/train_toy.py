@@ -41,10 +41,14 @@ def make_dataset(n: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
     return images, [c for _, c in items]
 
 
-def train_vae(images, steps, batch, lr, device, log):
+def train_vae(images, steps, batch, lr, device, log, max_minutes=None):
     vae = AutoencoderKL(**vae_config()).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    deadline = time.perf_counter() + 60 * max_minutes if max_minutes else None
     for step in range(steps):
+        if deadline and time.perf_counter() > deadline:
+            log(f"vae: stopped at step {step} of {steps} (--vae-minutes {max_minutes})")
+            break
         x = images[torch.randint(len(images), (batch,))].to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -130,9 +134,13 @@ def main(argv=None):
     parser.add_argument("--unet-steps", type=int, default=12000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--unet-minutes", type=float, default=None, help="stop UNet training after this long")
+    parser.add_argument("--vae-minutes", type=float, default=None, help="stop VAE training after this long")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", type=int, default=128, help="held-out captions for the accuracy report")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
@@ -146,7 +154,7 @@ def main(argv=None):
     images, captions = make_dataset(args.images, args.seed)
     times["dataset"] = time.perf_counter() - start
     start = time.perf_counter()
-    vae = train_vae(images, args.vae_steps, args.batch, 1e-3, args.device, log)
+    vae = train_vae(images, args.vae_steps, args.batch, 1e-3, args.device, log, args.vae_minutes)
     latents = encode_all(vae, images, args.device)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents * vae.config.scaling_factor

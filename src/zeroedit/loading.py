@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny", "tiny-xl")
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
+TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
@@ -60,13 +61,28 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
+def add_toy_ip_adapter(pipe, folder: str = TOY_MODEL):
+    """The toy model's trained image encoder and IP-Adapter (scripts/train_toy_ip.py), loaded with diffusers'
+    own `load_ip_adapter` from the original-format safetensors file."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    encoder_dir = os.path.join(folder, "image_encoder")
+    if not os.path.isdir(encoder_dir):
+        raise ModelError(f"the toy model in {folder!r} has no image encoder / IP-Adapter; train one with "
+                         "scripts/train_toy_ip.py.")
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, dtype=pipe.unet.dtype, use_safetensors=True)
+    pipe.register_modules(image_encoder=encoder.to(pipe.unet.device).eval(),
+                          feature_extractor=CLIPImageProcessor.from_pretrained(os.path.join(folder, "feature_extractor")))
+    pipe.load_ip_adapter(folder, subfolder="ip_adapter", weight_name=TOY_IP_WEIGHTS, image_encoder_folder=None)
+    return pipe
+
+
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
     """Return a standard diffusers pipeline.
 
     model: "tiny" / "tiny-xl" (offline random weights built from `seed`), "toy" (the trained toy-world model,
     64 px, offline), a hub id, or a local folder.
     dtype: torch dtype or its name; device: where to move the pipeline.
-    ip_adapter: for `personalize`: True for the tiny models' random adapter, or a dict of arguments to
+    ip_adapter: for `personalize`: True for the tiny models' random adapter or the toy model's trained one, or a dict of arguments to
     diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_sdxl.safetensors"}).
     """
@@ -90,7 +106,9 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
         except OSError as error:
             raise ModelError(f"could not load {model!r}: {error}. zeroedit loads safetensors weights only.") from None
         pipe.set_progress_bar_config(disable=True)
-        if ip_adapter:
+        if ip_adapter and model == TOY_MODEL and not isinstance(ip_adapter, dict):
+            add_toy_ip_adapter(pipe)
+        elif ip_adapter:
             if not isinstance(ip_adapter, dict):
                 raise ParameterError("ip_adapter for a real model must be a dict of load_ip_adapter arguments.")
             pipe.load_ip_adapter(**ip_adapter)

@@ -60,7 +60,11 @@ def injection_layers(unet) -> tuple[str, list[str]]:
     """(feature module, q/k attention layers) for SD 1.x/2.x or SDXL (see module docstring)."""
     names = dict(unet.named_modules())
     if len(unet.config.block_out_channels) == 4:  # SD 1.x / 2.x: ldm output blocks 4–11
-        return "up_blocks.1.resnets.1.conv2", decoder_self_attention_layers(unet)[1:9]
+        # ldm output block i = up_blocks[i // n].resnets[i % n] with n resnets per decoder level (3 on SD; the
+        # first level has no attention, so decoder attention i is output block i + n). On SD this is
+        # up_blocks[1].resnets[1] and attentions [1:9]; it also holds for other `layers_per_block`.
+        n = len(unet.up_blocks[0].resnets)
+        return f"up_blocks.{4 // n}.resnets.{4 % n}.conv2", decoder_self_attention_layers(unet)[4 - n:12 - n]
     layers = [n for n in decoder_self_attention_layers(unet) if not n.startswith("up_blocks.0.attentions.0.")]
     feature = "up_blocks.0.resnets.1.conv2"
     if feature not in names:

@@ -147,3 +147,32 @@ def detect_objects(image, style: str | None = None) -> list[Detection]:
         found.append(Detection(color, shape, size, float(xs.mean() + 0.5) / side, float(ys.mean() + 0.5) / side,
                                filled, score))
     return found
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
+
+
+def object_style(image, color: str) -> str | None:
+    """The rendering style of ONE object (its colour's pixels): 'sketch' when most of them (> 42 %) lie on a
+    boundary (an outline), 'painting' when its interior carries brush noise, else 'photo'; None if the colour is absent.
+    Judges an inserted object on its own, whatever the background's style. Calibrated on large objects at 64 px
+    (200 scenes: 100 % for all three styles; filled shapes have ≤ 35 % boundary pixels, outlines ≥ 50 %);
+    small objects at 64 px are too small for it."""
+    rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float64)
+    raw = _hue_labels(rgb) == list(COLORS).index(color)
+    if raw.sum() < MIN_AREA * (rgb.shape[0] / 128) ** 2:
+        return None
+    inner = _interior(raw)
+    if 1 - inner.sum() / raw.sum() > 0.42:  # thin outlines: most pixels on a boundary
+        return "sketch"
+    grey = rgb.mean(-1)
+    lap = np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:])
+    core = _interior(inner)[1:-1, 1:-1]
+    noise = np.median(lap[core]) if core.any() else 0.0
+    return "painting" if noise > 6.0 else "photo"
