@@ -158,3 +158,18 @@ def test_bad_input_is_refused_before_model_work(ip_pipe, kwargs, error):
 def test_pipeline_without_adapter_is_refused(tiny_pipe):
     with pytest.raises(ModelError, match="load_ip_adapter"):
         ze.personalize(tiny_pipe, "a cat", {"cat": make_image(0)})
+
+
+def test_default_ip_adapter_follows_the_model_family():
+    """ip_adapter=True on a real model loads the reference h94/IP-Adapter of its family (chosen by the UNet's
+    text width); SD 2.x has none, and the error says how to pass one."""
+    from types import SimpleNamespace
+
+    from zeroedit.loading import default_ip_adapter
+
+    def pipe(width):
+        return SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(cross_attention_dim=width)))
+    assert default_ip_adapter(pipe(768))["weight_name"] == "ip-adapter_sd15.safetensors"
+    assert default_ip_adapter(pipe(2048))["subfolder"] == "sdxl_models"
+    with pytest.raises(ParameterError, match="load_ip_adapter"):
+        default_ip_adapter(pipe(1024))

@@ -27,8 +27,6 @@ from .errors import ZeroEditError
 DEFAULT_MODELS = {"compose": "stabilityai/stable-diffusion-2-1-base", "translate": "stabilityai/stable-diffusion-2-1-base",
                   "edit": "CompVis/stable-diffusion-v1-4", "personalize": "stabilityai/stable-diffusion-xl-base-1.0",
                   "invert": "stabilityai/stable-diffusion-2-1-base", "direction": "CompVis/stable-diffusion-v1-4"}
-SDXL_IP_ADAPTER = {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter", "subfolder": "sdxl_models",
-                   "weight_name": "ip-adapter_sdxl.safetensors"}
 IMAGE_ARGS = {"image", "background", "reference", "reference_mask"}
 SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback"}
 
@@ -172,14 +170,14 @@ def load_pipeline(model: str, method: str, device=None, dtype=None, quiet: bool 
     import torch
 
     from .loading import load
-    ip = (True if model in ("tiny", "tiny-xl") else SDXL_IP_ADAPTER) if method == "personalize" else None
-    key = (model, bool(ip), device, dtype)
+    ip = method == "personalize"  # the model family's reference adapter (loading.DEFAULT_IP_ADAPTERS), or tiny/toy's own
+    key = (model, ip, device, dtype)
     if key not in _PIPES:
         if len(_PIPES) >= 2:
             _PIPES.clear()
         device = device or ("cuda" if torch.cuda.is_available() else None)
         dtype = dtype or ("float16" if device == "cuda" else None)
-        _PIPES[key] = load(model, dtype=dtype, device=device, ip_adapter=ip)
+        _PIPES[key] = load(model, dtype=dtype, device=device, ip_adapter=ip or None)
     pipe = _PIPES[key]
     pipe.set_progress_bar_config(disable=quiet)
     return pipe

@@ -105,8 +105,6 @@ def demo(out: Path, model: str | None = None, quiet: bool = True, steps: int | N
         jobs = demo_jobs(steps)
     records = []
     for job in jobs:
-        if model is None and job["method"] == "personalize":
-            _register_toy_ip_pipeline()
         record = run_job(job, Path.cwd(), out, model or "toy", quiet=quiet)
         record["inputs"] = _copy_inputs(job, out / "inputs")
         record["args"] = {k: v for k, v in job.items() if k not in ("id", "method")}
@@ -117,15 +115,6 @@ def demo(out: Path, model: str | None = None, quiet: bool = True, steps: int | N
     if not quiet:
         print(f"demo: gallery at {out / 'index.html'}")
     return records
-
-
-def _register_toy_ip_pipeline():
-    """cli.load_pipeline gives personalize an SDXL hub adapter for every model but the tiny ones; put the toy
-    model with its own trained IP-Adapter in its cache under the key it will look up.
-    TODO(lead): drop this once cli.load_pipeline treats "toy" like "tiny" (ip_adapter=True)."""
-    from . import cli
-    from .loading import load
-    cli._PIPES[("toy", True, None, None)] = load("toy", ip_adapter=True)
 
 
 def _copy_inputs(job: dict, folder: Path) -> list[str]:

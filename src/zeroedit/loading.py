@@ -76,15 +76,34 @@ def add_toy_ip_adapter(pipe, folder: str = TOY_MODEL):
     return pipe
 
 
+# The reference IP-Adapters (h94/IP-Adapter) by the UNet's text width: SD 1.x (768) and SDXL (2048).
+DEFAULT_IP_ADAPTERS = {
+    768: {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter", "subfolder": "models",
+          "weight_name": "ip-adapter_sd15.safetensors"},
+    2048: {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter", "subfolder": "sdxl_models",
+           "weight_name": "ip-adapter_sdxl.safetensors"},
+}
+
+
+def default_ip_adapter(pipe) -> dict:
+    """`load_ip_adapter` arguments of the reference IP-Adapter for this pipeline's family (ip_adapter=True)."""
+    width = pipe.unet.config.cross_attention_dim
+    if width not in DEFAULT_IP_ADAPTERS:
+        raise ParameterError(f"there is no default IP-Adapter for this model (text width {width}; h94/IP-Adapter has "
+                             "SD 1.x and SDXL ones): pass ip_adapter={...} with diffusers' load_ip_adapter arguments.")
+    return DEFAULT_IP_ADAPTERS[width]
+
+
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
     """Return a standard diffusers pipeline.
 
     model: "tiny" / "tiny-xl" (offline random weights built from `seed`), "toy" (the trained toy-world model,
     64 px, offline), a hub id, or a local folder.
     dtype: torch dtype or its name; device: where to move the pipeline.
-    ip_adapter: for `personalize`: True for the tiny models' random adapter or the toy model's trained one, or a dict of arguments to
-    diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
-    "subfolder": "sdxl_models", "weight_name": "ip-adapter_sdxl.safetensors"}).
+    ip_adapter: for `personalize`: True loads the tiny models' random adapter, the toy model's trained one, or
+    the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`); a dict gives the arguments
+    of diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
+    "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
     """
     torch_dtype = resolve_dtype(dtype)
     if model in TINY_MODELS:
@@ -109,9 +128,7 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
         if ip_adapter and model == TOY_MODEL and not isinstance(ip_adapter, dict):
             add_toy_ip_adapter(pipe)
         elif ip_adapter:
-            if not isinstance(ip_adapter, dict):
-                raise ParameterError("ip_adapter for a real model must be a dict of load_ip_adapter arguments.")
-            pipe.load_ip_adapter(**ip_adapter)
+            pipe.load_ip_adapter(**(ip_adapter if isinstance(ip_adapter, dict) else default_ip_adapter(pipe)))
     if torch_dtype is not None or device is not None:
         pipe = pipe.to(device=device, dtype=torch_dtype)
     return pipe
