@@ -132,6 +132,35 @@ def test_pipeline_restored_also_after_an_error(ip_pipe):
     assert processors_snapshot(ip_pipe) == before and dict(ip_pipe.scheduler.config) == scheduler_state
 
 
+def test_phrase_encoding_prompt_reads_the_phrase_tokens_inside_the_prompt(ip_pipe):
+    """phrase_encoding="prompt" keys the relevance with the phrase's own positions in the prompt's encoding."""
+    from zeroedit.methods.mip import _phrase_in_prompt
+    prompt = "a photo of a cat and a big dog"
+    ids = ip_pipe.tokenizer(prompt).input_ids
+    words = ip_pipe.tokenizer("big dog", add_special_tokens=False).input_ids  # the tiny vocabulary splits words
+    start, count = _phrase_in_prompt(ip_pipe, prompt, "big dog")
+    assert count == len(words) and start > 1 and ids[start:start + count] == words
+    kwargs = dict(steps=3, seed=0, output_type="latent")
+    alone = ze.personalize(ip_pipe, prompt, {"cat": make_image(0), "big dog": make_image(1)}, **kwargs)
+    inside = ze.personalize(ip_pipe, prompt, {"cat": make_image(0), "big dog": make_image(1)},
+                            phrase_encoding="prompt", **kwargs)
+    assert inside.stats.unet_calls == alone.stats.unet_calls == 3
+    assert torch.allclose(inside.relevance_maps.sum(0), torch.ones(16, 16), atol=1e-5)
+    assert not torch.allclose(inside.relevance_maps, alone.relevance_maps, atol=1e-4)
+    assert not torch.equal(inside.images, alone.images)
+
+
+def test_phrase_beyond_the_token_limit_is_refused_with_phrase_encoding_prompt(ip_pipe):
+    calls = []
+    handle = ip_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ParameterError, match="first 77 tokens"):
+            ze.personalize(ip_pipe, "a sofa " * 40 + "and a cat", {"cat": make_image(0)}, phrase_encoding="prompt")
+    finally:
+        handle.remove()
+    assert not calls
+
+
 def test_heatmaps(ip_pipe, tmp_path):
     out = ze.personalize(ip_pipe, "a cat and a dog", REFS, steps=2, seed=0)
     sheet = ze.visualize.relevance_heatmaps(out, out=str(tmp_path / "maps.png"))
@@ -141,6 +170,7 @@ def test_heatmaps(ip_pipe, tmp_path):
 @pytest.mark.parametrize("kwargs, error", [
     (dict(references={"horse": make_image(0)}), ParameterError), (dict(references={}), ParameterError),
     (dict(references={"ca": make_image(0)}), ParameterError), (dict(weighting="max"), ParameterError),
+    (dict(phrase_encoding="context"), ParameterError),
     (dict(height=100), ParameterError), (dict(steps=0), ParameterError), (dict(mip_weights="/none.bin"), CheckpointError),
     (dict(scale="big"), ParameterError)])
 def test_bad_input_is_refused_before_model_work(ip_pipe, kwargs, error):
