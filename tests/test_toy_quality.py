@@ -86,3 +86,16 @@ def test_personalize_toy_adapter_transfers_the_reference_colour(toy_ip):
             shares[scale].append(_colour_share(out.image, color))
     assert sum(shares[4.0]) / 5 >= 0.8 and min(shares[4.0]) >= 0.6, shares
     assert sum(shares[0.0]) / 5 <= 0.3, shares
+
+
+def test_personalize_relevance_keyed_inside_the_prompt_has_more_contrast(toy_ip):
+    """The toy's causal text encoder embeds a later phrase by its context, so the paper's phrase-alone maps
+    are nearly flat; keyed by the phrase's tokens inside the prompt they are not. 2 two-object cases, 10 steps.
+    Measured std of the averaged maps: alone 0.015 / 0.006, prompt 0.034 / 0.021. Asserted: ≥ 1.5×."""
+    for case in Q.personalize_cases(2, 2, seed=0):
+        std = {}
+        for encoding in ("alone", "prompt"):
+            out = ze.personalize(toy_ip, case.prompt, case.references(), scale=4.0, steps=10, guidance_scale=5.0,
+                                 negative_prompt="", seed=case.seed, phrase_encoding=encoding)
+            std[encoding] = out.relevance_maps[0].std().item()
+        assert std["prompt"] >= 1.5 * std["alone"], (case.prompt, std)
