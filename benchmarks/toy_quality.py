@@ -68,7 +68,8 @@ def section_compose(pipe, n):
 def section_personalize(pipe, n):
     rows = []
     for scale, label in ((0.0, "no image prompt (scale 0: the chance level)"), (4.0, "IP-Adapter, one reference (scale 4)")):
-        single = Q.run_personalize(pipe, Q.personalize_cases(n, 1, seed=0), scale=scale, weightings=("uniform",))
+        single = Q.run_personalize(pipe, Q.personalize_cases(n, 1, seed=0), scale=scale,
+                                   settings={"IP-Adapter": dict(weighting="uniform")})
         rows.append(dict(references=1, method=label, **_rates(next(iter(single.values())))))
     for objects in (2, 3):
         cases = Q.personalize_cases(n, objects, seed=0)

@@ -75,6 +75,9 @@ def test_non_square_and_sdxl():
     xl = ze.load("tiny-xl", ip_adapter=True)
     out = ze.personalize(xl, "a cat and a dog", REFS, steps=3, seed=0)
     assert out.image.size == (128, 128) and out.stats.unet_calls == 3
+    inside = ze.personalize(xl, "a cat and a dog", REFS, steps=3, seed=0, phrase_encoding="prompt")
+    assert torch.allclose(inside.relevance_maps.sum(0), torch.ones(16, 16), atol=1e-5)
+    assert not torch.allclose(inside.relevance_maps, out.relevance_maps, atol=1e-4)
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-xl"])

@@ -207,8 +207,8 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
 
 
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
-                phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None, negative_prompt: str | None = None,
-                height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
+                phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
+                negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
                 callback_on_step_end=None, compile=False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
@@ -259,15 +259,18 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     gates, ip_weights = load_mip_weights(mip_weights, layers) if mip_weights is not None else ({}, {})
     gen = generator(seed)
     stats = Stats(params=dict(prompt=prompt, objects=[p for p, _ in objects], images=[len(i) for _, i in objects],
-                              scale=float(scale), weighting=weighting, phrase_encoding=phrase_encoding, mip_weights=None if mip_weights is None else str(mip_weights),
+                              scale=float(scale), weighting=weighting, phrase_encoding=phrase_encoding,
+                              mip_weights=None if mip_weights is None else str(mip_weights),
                               steps=steps, guidance_scale=float(guidance), negative_prompt=negative, height=height,
                               width=width, seed=seed, compile=compile))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         text = Cond.cat([backbone.encode_negative(negative), backbone.encode_prompt(prompt)])
         empty = backbone.encode_prompt("")
-        encoded = (lambda p: text.embeds[1:]) if phrase_encoding == "prompt" else (lambda p: backbone.encode_prompt(p).embeds)
-        phrases = [(torch.cat([empty.embeds, encoded(p)]), start, count) for (p, _), (start, count) in zip(objects, spans)]
+        phrases = []  # per object: ([""; the phrase's encoding], its first token, its token count)
+        for (phrase, _), (start, count) in zip(objects, spans):
+            encoded = text.embeds[1:] if phrase_encoding == "prompt" else backbone.encode_prompt(phrase).embeds
+            phrases.append((torch.cat([empty.embeds, encoded]), start, count))
         embeds, groups = _image_embeds(pipe, backbone, objects)
         rule = MultiObjectMerge(layers, phrases, groups, float(scale), weighting, gates, ip_weights)
         latents = _generate(pipe, backbone, rule, text, embeds, steps, float(guidance), height, width, gen,

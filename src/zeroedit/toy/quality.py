@@ -324,25 +324,27 @@ def score_personalize(case: PersonalizeCase, image) -> dict:
     return dict(correct=rate(correct), confused=rate(confused), color=rate(present), all_correct=all(correct))
 
 
+PERSONALIZE_SETTINGS = {"MIP relevance merge": dict(weighting="relevance"),
+                        "uniform IP-Adapter merge": dict(weighting="uniform"),
+                        "MIP relevance, phrase_encoding='prompt'": dict(weighting="relevance", phrase_encoding="prompt")}
+
+
 def run_personalize(pipe, cases: list[PersonalizeCase], steps: int = 20, scale: float = 4.0, guidance: float = 5.0,
-                    weightings=("relevance", "uniform", "relevance, phrase in the prompt")) -> dict:
-    """MIP relevance merge vs uniform IP-Adapter merge (one softmax per object, summed), same seed. The toy
+                    settings=None) -> dict:
+    """MIP relevance merge vs uniform IP-Adapter merge (one softmax per object, summed) vs the relevance keyed
+    with the phrase's tokens inside the prompt, same seed (`settings`: {name: personalize kwargs}). The toy
     adapter's image attention is weak: with one reference of each colour, the reference's colour takes 21 %
     of the coloured pixels at scale 1 (chance: the model draws a colourless "circle" blue), 60 % at scale 2
-    and 99 % at scale 4, hence scale 4 here. The third weighting keys the relevance with the phrase's tokens
-    inside the prompt's encoding (phrase_encoding="prompt")."""
+    and 99 % at scale 4, hence scale 4 here."""
     import zeroedit as ze
-    names = {"relevance": "MIP relevance merge", "uniform": "uniform IP-Adapter merge",
-             "relevance, phrase in the prompt": "MIP relevance, phrase_encoding='prompt'"}
-    results = {names[w]: [] for w in weightings}
+    settings = settings or PERSONALIZE_SETTINGS
+    results = {name: [] for name in settings}
     for case in cases:
         refs = case.references()
-        for w in weightings:
-            weighting, _, inside = w.partition(", ")
-            out = ze.personalize(pipe, case.prompt, refs, scale=scale, weighting=weighting, steps=steps,
-                                 guidance_scale=guidance, negative_prompt="", seed=case.seed,
-                                 phrase_encoding="prompt" if inside else "alone")
-            results[names[w]].append(score_personalize(case, out.image))
+        for name, kw in settings.items():
+            out = ze.personalize(pipe, case.prompt, refs, scale=scale, steps=steps, guidance_scale=guidance,
+                                 negative_prompt="", seed=case.seed, **kw)
+            results[name].append(score_personalize(case, out.image))
     return results
 
 
