@@ -295,7 +295,6 @@ class _DispatchHook:
 
     @eager_under_compile(own_tensors=True)
     def __call__(self, module, inputs, output):
-        from .control.core import FeatureContext
         segments = self.session.segments
         chains = [[c for c in member.controllers if c._rules(self.name, "feature")] for member, _, _ in segments]
         if not any(chains):
@@ -304,8 +303,6 @@ class _DispatchHook:
         for (member, start, size), controllers in zip(segments, chains):
             part = output[start:start + size]
             for controller in controllers:
-                ctx = FeatureContext(self.name, controller)
-                for rule in controller._rules(self.name, "feature"):
-                    part = rule.feature(ctx, part)
+                part = controller.apply_features(self.name, part)
             parts.append(part)
         return torch.cat(parts)

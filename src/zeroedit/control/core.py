@@ -142,6 +142,14 @@ class Controller:
     def _rules(self, name: str, target: str) -> list[Rule]:
         return [r for r in self.rules if r.target == target and name in r.layers and r.active(self)]
 
+    def apply_features(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        """Module `name`'s output after this controller's active feature rules, in order (the plain hook and
+        the job-batch dispatcher both apply rules through this)."""
+        ctx = FeatureContext(name, self)
+        for rule in self._rules(name, "feature"):
+            output = rule.feature(ctx, output)
+        return output
+
     @contextlib.contextmanager
     def installed(self, unet):
         """Install processors and hooks for the rules' layers; always restore on exit. Inside a job of a
@@ -211,13 +219,9 @@ class _FeatureHook:
 
     @eager_under_compile(own_tensors=True)
     def __call__(self, module, inputs, output):
-        rules = self.controller._rules(self.name, "feature")
-        if not rules:
-            return None
-        ctx = FeatureContext(self.name, self.controller)
-        for rule in rules:
-            output = rule.feature(ctx, output)
-        return output
+        if not self.controller._rules(self.name, "feature"):
+            return None  # keep the module's own output
+        return self.controller.apply_features(self.name, output)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
