@@ -282,12 +282,16 @@ def compiled_forward(args, options: dict) -> torch.Tensor | None:
         return None
 
 
+def _options_key(options: dict) -> str:
+    return repr(sorted(options.items()))
+
+
 def compiled_unet(unet, options: dict):
     """The compiled forward for this UNet and options, built once and reused by every later call (None after
     a failed build). torch.compile wraps `_unet_forward`, never the module: the user's UNet is not changed
     (no `_compiled_call_impl`, no hooks), and the cache holds the UNet only weakly."""
     per_unet = _COMPILED.setdefault(unet, {})
-    key = repr(sorted(options.items()))
+    key = _options_key(options)
     if key not in per_unet:
         per_unet[key] = torch.compile(_unet_forward, **options)
     return per_unet[key]
@@ -319,7 +323,7 @@ def _dynamo_supported() -> bool:
 def _compile_failed(unet, options: dict, error: Exception):
     """The backend could not build the graph (e.g. inductor without a C compiler): warn once per UNet and
     options, remember it, and run eagerly from now on."""
-    _COMPILED.setdefault(unet, {})[repr(sorted(options.items()))] = None
+    _COMPILED.setdefault(unet, {})[_options_key(options)] = None
     cause = getattr(error, "inner_exception", None) or error
     reason = (str(cause).strip().splitlines() or [""])[0]
     warnings.warn(f"compile: the torch.compile backend failed ({type(cause).__name__}: {reason}); running the UNet "

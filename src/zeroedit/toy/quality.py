@@ -20,11 +20,10 @@ import torch
 from PIL import Image
 
 from .detect import Detection, detect_objects, detect_style, object_style
-from .world import BACKGROUNDS, COLORS, SHAPES, STYLES, Obj, Scene, render, sample_scene
+from .world import BACKGROUNDS, COLORS, SHAPES, STYLES, WHERE, Obj, Scene, render, sample_scene
 
 SIZE = 64
 MIN_FRACTION = 0.25  # of the expected area: below it an object counts as absent
-WHERE = {"plain": "a plain background", "gradient": "a gradient", "stripes": "stripes", "texture": "a texture"}
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -59,8 +58,7 @@ def rate(values) -> float:
 
 
 def caption(objects, background: str, style: str, colors: bool = True) -> str:
-    things = " and ".join(f"a {o.color} {o.shape}" if colors else f"a {o.shape}" for o in objects)
-    return f"{things} on {WHERE[background]}, {style} style"
+    return Scene(tuple(objects), background, style).caption(colors)
 
 
 def reference_image(obj: Obj, style: str = "photo") -> Image.Image:

@@ -20,6 +20,7 @@ SHAPES = ("circle", "square", "triangle", "star", "ring")
 SIZES = {"small": 0.26, "large": 0.40}  # diameter as a fraction of the image side
 BACKGROUNDS = ("plain", "gradient", "stripes", "texture")
 STYLES = ("photo", "sketch", "painting")
+WHERE = {"plain": "a plain background", "gradient": "a gradient", "stripes": "stripes", "texture": "a texture"}
 SUPERSAMPLE = 4
 
 
@@ -43,12 +44,10 @@ class Scene:
     style: str
     seed: int = 0
 
-    def caption(self) -> str:
-        """'a red circle and a blue square on stripes, sketch style'."""
-        things = " and ".join(f"a {o.phrase()}" for o in self.objects)
-        where = {"plain": "a plain background", "gradient": "a gradient", "stripes": "stripes",
-                 "texture": "a texture"}[self.background]
-        return f"{things} on {where}, {self.style} style"
+    def caption(self, colors: bool = True) -> str:
+        """'a red circle and a blue square on stripes, sketch style' ('a circle and a square …' without colours)."""
+        things = " and ".join(f"a {o.phrase()}" if colors else f"a {o.shape}" for o in self.objects)
+        return f"{things} on {WHERE[self.background]}, {self.style} style"
 
 
 def sample_scene(seed: int, n_objects: int | None = None) -> Scene:
