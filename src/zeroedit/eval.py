@@ -183,7 +183,7 @@ def summarize(rows: list[dict], metrics: list[str], benchmark: str) -> dict:
 def _fmt(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return "inf" if math.isinf(value) else (f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}")
+    return "inf" if math.isinf(value) else (f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}")
 
 
 def tables(runs: dict, benchmark: str, metrics: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
