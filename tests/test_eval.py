@@ -186,3 +186,23 @@ def test_arguments_match_the_module_api():
     args = parser.parse_args(["eval", "a", "b", "--benchmark", "toy", "--label", "x", "y"])
     assert args.func is evaluation.run and args.results == ["a", "b"] and args.label == ["x", "y"]
     assert isinstance(args, Namespace)
+
+
+def test_mip_reader(tmp_path):
+    """datasets.mip_jobs on MIP-Adapter's data_root layout: one personalize job per prompt line, every concept image."""
+    for concept, count in (("cat_1", 2), ("dog_3", 1), ("dog_4", 1)):
+        for i in range(count):
+            save(np.zeros((8, 8, 3), dtype=np.uint8), tmp_path / "benchmark_dataset" / concept / f"{i:02d}.jpg")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "p.txt").write_text("a {0} and a {1} on the beach\n\na {0} next to a {1}\n")
+    combos = [[{"instance_data_dir": "data/cat_1", "class_prompt": "cat"},
+               {"instance_data_dir": "data/dog_3", "class_prompt": "dog"}, {"prompt_filename_compose": "prompts/p.txt"}],
+              [{"instance_data_dir": "data/dog_3", "class_prompt": "dog"},
+               {"instance_data_dir": "data/dog_4", "class_prompt": "dog"}, {"prompt_filename_compose": "prompts/p.txt"}]]
+    (tmp_path / "dataset_multiconcept.json").write_text(json.dumps(combos))
+    jobs = datasets.mip_jobs(tmp_path, steps=2)
+    assert [j["id"] for j in jobs] == ["mip-000-000", "mip-000-001"] and jobs[1]["prompt"] == "a cat next to a dog"
+    assert jobs[0]["references"] == {"cat": [str((tmp_path / "benchmark_dataset/cat_1" / f).resolve())
+                                             for f in ("00.jpg", "01.jpg")],
+                                     "dog": [str((tmp_path / "benchmark_dataset/dog_3/00.jpg").resolve())]}
+    cli.resolve_arguments("personalize", {}, {k: v for k, v in jobs[0].items() if k not in ("method", "id")}, tmp_path)
