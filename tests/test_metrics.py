@@ -192,3 +192,15 @@ def test_tficon_regions(tmp_path):
     Image.fromarray(region.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     with Image.open(tmp_path / "mask.png") as mask:
         assert (tficon.region_mask(mask, (48, 48)) == region).all()
+
+
+def test_clip_preprocessing_equals_transformers_processor():
+    """torchmetrics' CLIPScore preprocesses with transformers' CLIP image processor (PIL backend): the same pixels."""
+    import transformers
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
+    processor = processor_class(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image = rand_image(10, 64).resize((77, 45))
+    expected = processor(images=[image], return_tensors="pt")["pixel_values"]
+    mine = models.normalized([models.center_crop(models.resize_short(image, 32), 32, "floor")],
+                             models.CLIP_MEAN, models.CLIP_STD)
+    assert torch.allclose(mine, expected, atol=1e-6)

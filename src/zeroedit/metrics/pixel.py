@@ -40,8 +40,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, kernel_size:
     """Gaussian-window SSIM (Wang et al. 2004, eq. 13) per image, as torchmetrics'
     `StructuralSimilarityIndexMeasure(data_range=1.0)` (window 11, σ 1.5, K1 0.01, K2 0.03, local statistics
     by a depthwise convolution over reflect-padded images, variances clamped at 0). `crop=True`: the map is
-    averaged over the windows that lie inside the image (the padded border cropped), as torchmetrics ≤ 1.4
-    did when PIE-Bench was published (2023); `crop=False`: over the whole padded map, as later releases do."""
+    averaged over the windows that lie inside the image (the padded border cropped), as torchmetrics' releases of
+    2023 (PIE-Bench's) did; `crop=False`: over the whole padded map, as its current source does. Which release
+    produced the published figures is not recorded (PnPInversion pins no torchmetrics version)."""
     a, b = _batched(a).float(), _batched(b).float()
     channels = a.shape[1]
     pad = (kernel_size - 1) // 2
