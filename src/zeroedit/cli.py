@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "size, steps and flags) as one sampling batch (default 1: one job at a time)")
     _common_flags(batch, "batch-out")
     batch.set_defaults(func=run_batch)
+    from . import eval as evaluation  # zeroedit eval: the papers' metrics on a finished batch
+    scoring = sub.add_parser("eval", help="score a finished batch by a paper's protocol (PIE-Bench, TF-ICON, MIP)")
+    evaluation.add_arguments(scoring)
+    scoring.set_defaults(func=evaluation.run)
     return parser
 
 

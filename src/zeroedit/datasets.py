@@ -4,6 +4,7 @@
 - PIE-Bench: mapping_file.json {key: {image_path, original_prompt, editing_prompt, ...}}, images under
   annotation_images/ ("[word]" brackets marking the edit are removed from prompts).
 - PnP TI2I: a yaml list of {init_img, source_prompt, target_prompts: [..]} (one job per target prompt).
+- MIP-Adapter: dataset_multiconcept.json (concept combinations), benchmark_dataset/<concept>/ images, prompt files.
 Paths in jobs are absolute.
 """
 from __future__ import annotations
@@ -68,6 +69,29 @@ def pnp_ti2i_jobs(yaml_file, **defaults) -> list[dict]:
         for t, prompt in enumerate([targets] if isinstance(targets, str) else targets):
             jobs.append(dict({"method": "translate", "id": f"ti2i-{index:03d}-{t:02d}", "image": str(image.resolve()),
                               "prompt": prompt, "source_prompt": entry.get("source_prompt", "")}, **defaults))
+    return jobs
+
+
+def mip_jobs(root, **defaults) -> list[dict]:
+    """MIP-Adapter's multi-concept benchmark (the data_root of hqhQAQ/MIP-Adapter `data/concept101_dataset.py`):
+    dataset_multiconcept.json lists combinations [concept, concept, {"prompt_filename_compose": file}]; each line
+    of the prompt file, "{0}"/"{1}" replaced by the concepts' class_prompt, is one personalize job whose references
+    are every image of benchmark_dataset/<concept>/ (those MIP's evaluation compares with). A combination of two
+    concepts with the same class name is skipped (its phrases would collide)."""
+    root = Path(root)
+    jobs = []
+    for comb, sample in enumerate(json.loads((root / "dataset_multiconcept.json").read_text(encoding="utf-8"))):
+        names = [concept["class_prompt"] for concept in sample[:2]]
+        if names[0] == names[1]:
+            continue
+        references = {name: [str(p.resolve()) for p in _images(root / "benchmark_dataset" /
+                                                                 concept["instance_data_dir"].split("/")[-1], "*")]
+                      for name, concept in zip(names, sample[:2])}
+        lines = (root / sample[2]["prompt_filename_compose"]).read_text(encoding="utf-8").splitlines()
+        for index, line in enumerate(line for line in lines if line.strip()):
+            prompt = line.replace("{0}", names[0]).replace("{1}", names[1])
+            jobs.append(dict({"method": "personalize", "id": f"mip-{comb:03d}-{index:03d}", "prompt": prompt,
+                              "references": references}, **defaults))
     return jobs
 
 

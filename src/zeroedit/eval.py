@@ -1,0 +1,320 @@
+"""`zeroedit eval RESULTS_DIR [RESULTS_DIR ...] --benchmark piebench|tficon|mip|toy`: score finished batches by
+the protocol of the benchmark's paper (zeroedit.metrics) and write, into --out (default RESULTS_DIR/eval):
+`eval.csv` (one row per image, raw values), `eval.md` (the summary in the paper's units, the published rows
+beside ours, then the per-category means) and `eval.html` (the same tables and per-category bar plots, PNGs
+embedded; the PNGs are also written beside it). Several RESULTS_DIRs give one row each (--label names them).
+
+Where the inputs come from: a batch folder holds `results.jsonl` (records with "id", "status", "outputs") and
+one sidecar `<id>.json` per job whose "args" are the job's resolved arguments (absolute paths). The edited image
+is the record's first PNG output. Then, per benchmark (jobs built by zeroedit.datasets):
+- piebench: source image = the sidecar's "image"; the mask (RLE), prompts and editing type come from PIE-Bench's
+  `mapping_file.json`, given with --data, by the job id "pie-<key>";
+- tficon: background, reference, region and prompt are the sidecar's; category = its "domain";
+- mip: prompt and references ({concept: images}) are the sidecar's; images with the same references form one
+  concept combination (the published figure is the mean over combinations);
+- toy: a toy-world data set in PIE-Bench's layout (zeroedit.metrics.toy.write_dataset), --data its mapping file;
+  the toy detectors' verdict beside the pixel metrics of the unedited part, no model weights needed.
+Models (CLIP, DINO, LPIPS) load from the user's caches only (see --allow-download, --lpips-weights); --metrics
+picks a subset (e.g. `--metrics psnr,mse,ssim` needs no weights).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import ParameterError
+
+logger = logging.getLogger(__name__)
+BENCHMARKS = ("piebench", "tficon", "mip", "toy")
+NEEDS = {"structure_distance": "dino", "lpips": "lpips", "clip_whole": "clip", "clip_edited": "clip",
+         "lpips_bg": "lpips", "lpips_fg": "lpips", "clip_image": "clip", "clip_text": "clip",
+         "clip_t": "clip", "clip_i": "clip", "dino": "dino"}
+
+
+def add_arguments(parser):
+    parser.add_argument("results", nargs="+", help="batch output folder(s) holding results.jsonl")
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--data", help="piebench/toy: the mapping_file.json of the data set")
+    parser.add_argument("--out", help="folder for eval.csv/.md/.html (default: RESULTS_DIR/eval)")
+    parser.add_argument("--metrics", help="comma-separated subset of the benchmark's metrics (default: all)")
+    parser.add_argument("--label", nargs="+", help="one row name per RESULTS_DIR (default: folder names)")
+    parser.add_argument("--clip-model", help="CLIP model id/folder instead of the protocol's")
+    parser.add_argument("--dino-model", help="DINO ViT model id/folder instead of the protocol's")
+    parser.add_argument("--lpips-net", choices=("vgg", "squeeze"), help="LPIPS trunk instead of the protocol's")
+    parser.add_argument("--lpips-weights", help="folder with the LPIPS trunk + heads .pth files")
+    parser.add_argument("--allow-download", action="store_true", help="let transformers download missing models")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def read_results(folder: Path) -> list[dict]:
+    """The finished ("ok") records of a batch folder's results.jsonl."""
+    file = folder / "results.jsonl"
+    if not file.is_file():
+        raise ParameterError(f"{folder} has no results.jsonl: give the --out folder of a finished `zeroedit batch`.")
+    records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r.get("status") == "ok"]
+
+
+def _image(path) -> Image.Image:
+    if not Path(path).is_file():
+        raise ParameterError(f"image {str(path)!r} does not exist (moved since the batch ran?).")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _sample(record: dict, folder: Path, benchmark: str, mapping: dict | None) -> dict:
+    """The inputs of one scored image: {"id", "category", "edited", ...} (see the module docstring)."""
+    args = json.loads((folder / f"{record['id']}.json").read_text(encoding="utf-8"))["args"]
+    output = next(o for o in record["outputs"] if o.endswith(".png"))
+    sample = {"id": record["id"], "edited": _image(folder / output)}
+    if benchmark in ("piebench", "toy"):
+        key = record["id"][4:] if record["id"].startswith("pie-") else record["id"]
+        if key not in mapping:
+            raise ParameterError(f"job {record['id']!r} is not in --data's mapping file (key {key!r}).")
+        entry = mapping[key]
+        source = args.get("image") or str(Path(mapping["__root__"]) / "annotation_images" / entry["image_path"])
+        parts = entry["image_path"].split("/")
+        sample.update(source=_image(source), entry=entry,
+                      category=parts[0] if len(parts) > 1 else str(entry.get("editing_type_id", "all")))
+    elif benchmark == "tficon":
+        region = args["region"]
+        sample.update(background=_image(args["background"]), reference=_image(args["reference"]),
+                      region=_image(region) if isinstance(region, str) else region, prompt=args["prompt"],
+                      category=args.get("domain") or "all")
+    else:
+        references = {k: v if isinstance(v, list) else [v] for k, v in args["references"].items()}
+        sample.update(prompt=args["prompt"], concepts=[[_image(p) for p in ps] for ps in references.values()],
+                      category=" + ".join(references), comb=json.dumps(references, sort_keys=True))
+    return sample
+
+
+# ----------------------------------------------------------------------------------------- scoring
+class Models:
+    """The protocol's networks, loaded on first use (once per process: zeroedit.metrics caches the loads)."""
+
+    def __init__(self, benchmark: str, args):
+        from .metrics import mip, piebench, tficon
+        import torch
+        protocol = {"piebench": piebench, "toy": piebench, "tficon": tficon, "mip": mip}[benchmark]
+        self.clip_name = args.clip_model or getattr(protocol, "CLIP_MODEL", None)
+        self.dino_name = args.dino_model or getattr(protocol, "DINO_MODEL", None)
+        self.lpips_net = args.lpips_net or getattr(protocol, "LPIPS_NET", "vgg")
+        self.rounding = "floor" if benchmark == "piebench" else "round"  # transformers' processor vs torchvision
+        self.args = args
+        self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def load(self, kind: str):
+        from .metrics import lpips, models
+        local = not self.args.allow_download
+        if kind == "clip":
+            return models.load_clip(self.clip_name, self.device, local, self.rounding)
+        if kind == "dino":
+            return models.load_dino(self.dino_name, self.device, local)
+        return lpips.load_lpips(self.lpips_net, self.args.lpips_weights, self.device)
+
+
+def score(sample: dict, benchmark: str, metrics: list[str], nets: dict) -> dict:
+    """Every requested metric of one sample, raw values (nan where the protocol gives "nan")."""
+    from .metrics import decode_rle, mip, piebench, tficon, toy
+    out = {}
+    if benchmark in ("piebench", "toy"):
+        source, edited, entry = sample["source"], sample["edited"], sample["entry"]
+        if edited.size != source.size:  # the reference asserts equal shapes; PIE-Bench's images are 512²
+            logger.warning("%s: output %s resized to the source's %s", sample["id"], edited.size, source.size)
+            edited = edited.resize(source.size, Image.BICUBIC)
+        mask = decode_rle(entry["mask"], (source.size[1], source.size[0]))
+        if {"psnr", "mse", "ssim", "lpips"} & set(metrics):
+            out.update(piebench.unedited_part(source, edited, mask, nets.get("lpips")))
+        if "structure_distance" in metrics:
+            out["structure_distance"] = piebench.structure_distance(nets["dino"], source, edited)
+        if {"clip_whole", "clip_edited"} & set(metrics):
+            prompt = piebench.prompt_of(entry["editing_prompt"])
+            out["clip_whole"], out["clip_edited"] = piebench.clip_scores(nets["clip"], edited, prompt, mask)
+        if benchmark == "toy":
+            out.update(toy.score(entry, sample["edited"]))
+    elif benchmark == "tficon":
+        composite, reference = sample["edited"], sample["reference"]
+        region = tficon.region_mask(sample["region"], composite.size)
+        crop = tficon.foreground(composite, region, reference.size)
+        if "lpips_bg" in metrics:
+            out["lpips_bg"] = tficon.lpips_bg(nets["lpips"], sample["background"], composite, region)
+        if "lpips_fg" in metrics:
+            out["lpips_fg"] = tficon.lpips_fg(nets["lpips"], crop, reference)
+        if "clip_image" in metrics:
+            out["clip_image"] = tficon.clip_image(nets["clip"], crop, reference)
+        if "clip_text" in metrics:
+            out["clip_text"] = tficon.clip_text(nets["clip"], composite, sample["prompt"])
+    else:
+        if "clip_t" in metrics:
+            out["clip_t"] = mip.clip_t(nets["clip"], sample["edited"], sample["prompt"])
+        if "clip_i" in metrics:
+            out["clip_i"] = mip.clip_i(nets["clip"], sample["edited"], sample["concepts"])
+        if "dino" in metrics:
+            out["dino"] = mip.dino(nets["dino"], sample["edited"], sample["concepts"])
+    return {k: v for k, v in out.items() if k in metrics}
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def summarize(rows: list[dict], metrics: list[str], benchmark: str) -> dict:
+    """{metric: mean} of one run; for mip the mean over concept combinations of their means (the reference's)."""
+    if benchmark != "mip":
+        return {m: _mean(r.get(m) for r in rows) for m in metrics}
+    combs: dict = {}
+    for row in rows:
+        combs.setdefault(row["comb"], []).append(row)
+    return {m: _mean(_mean(r.get(m) for r in group) for group in combs.values()) for m in metrics}
+
+
+# ----------------------------------------------------------------------------------------- writing
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return "inf" if math.isinf(value) else (f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}")
+
+
+def tables(runs: dict, benchmark: str, metrics: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(headers, summary rows incl. the published ones, per-category rows) in the paper's units."""
+    from .metrics.published import COLUMNS, PUBLISHED
+    columns = [c for c in COLUMNS[benchmark] if c[0] in metrics]
+    headers = [h for _, h, _ in columns]
+    summary = [[label] + [_fmt(run["summary"][k] * s) for k, _, s in columns] for label, run in runs.items()]
+    index = {k: i for i, (k, _, _) in enumerate(COLUMNS[benchmark])}
+    for name, values in PUBLISHED[benchmark].items():
+        summary.append([name] + [_fmt(values[index[k]]) for k, _, _ in columns])
+    per_category = []
+    for label, run in runs.items():
+        for category, rows in sorted(run["categories"].items()):
+            means = summarize(rows, metrics, benchmark)
+            per_category.append([label, category, str(len(rows))] + [_fmt(means[k] * s) for k, _, s in columns])
+    return headers, summary, per_category
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def plots(runs: dict, benchmark: str, metrics: list[str]) -> dict[str, bytes]:
+    """One PNG per metric: its per-category means, one bar per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .metrics.published import COLUMNS
+    categories = sorted({c for run in runs.values() for c in run["categories"]})
+    out = {}
+    for key, header, scale in (c for c in COLUMNS[benchmark] if c[0] in metrics):
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(categories) * len(runs) + 1.5), 3.2))
+        width = 0.8 / len(runs)
+        for i, (label, run) in enumerate(runs.items()):
+            values = [summarize(run["categories"].get(c, []), [key], benchmark)[key] * scale for c in categories]
+            ax.bar(np.arange(len(categories)) + i * width, np.nan_to_num(values, posinf=0.0), width, label=label)
+        ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories, rotation=20, ha="right")
+        ax.set_title(header)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        out[key] = buffer.getvalue()
+    return out
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(out: Path, runs: dict, benchmark: str, metrics: list[str]) -> dict[str, Path]:
+    """eval.csv, eval.md, eval.html (+ plot_<metric>.png) in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "eval.csv", "md": out / "eval.md", "html": out / "eval.html"}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["run", "id", "category"] + metrics)
+        for label, run in runs.items():
+            for row in run["rows"]:
+                writer.writerow([label, row["id"], row["category"]] + [repr(float(row.get(m, math.nan))) for m in metrics])
+    headers, summary, per_category = tables(runs, benchmark, metrics)
+    text = (f"# zeroedit eval — {benchmark}\n\n" + _markdown(["run"] + headers, summary) +
+            "\n## Per category\n\n" + _markdown(["run", "category", "images"] + headers, per_category))
+    paths["md"].write_text(text, encoding="utf-8")
+    images = plots(runs, benchmark, metrics)
+    figures = []
+    for key, png in images.items():
+        (out / f"plot_{key}.png").write_bytes(png)
+        figures.append(f'<img alt="{key}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    paths["html"].write_text(
+        "<!doctype html><meta charset='utf-8'><title>zeroedit eval</title><style>body{font-family:sans-serif}"
+        "td,th{padding:3px 8px;border-bottom:1px solid #ccc}</style>"
+        f"<h1>zeroedit eval — {html.escape(benchmark)}</h1>{_html_table(['run'] + headers, summary)}"
+        f"<h2>Per category</h2>{_html_table(['run', 'category', 'images'] + headers, per_category)}"
+        f"<h2>Plots</h2>{''.join(figures)}\n", encoding="utf-8")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- command
+def _check(args) -> tuple[list[Path], list[str], dict | None, list[str]]:
+    """Validate everything before any model work: folders, data file, metrics, labels."""
+    from .metrics.published import COLUMNS
+    folders = [Path(r) for r in args.results]
+    for folder in folders:
+        if not (folder / "results.jsonl").is_file():
+            raise ParameterError(f"{folder} has no results.jsonl: give the --out folder of a finished `zeroedit batch`.")
+    available = [k for k, _, _ in COLUMNS[args.benchmark]]
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else available
+    unknown = [m for m in metrics if m not in available]
+    if unknown:
+        raise ParameterError(f"--metrics {','.join(unknown)} not in {args.benchmark}'s: {','.join(available)}.")
+    mapping = None
+    if args.benchmark in ("piebench", "toy"):
+        if not args.data or not Path(args.data).is_file():
+            raise ParameterError(f"--benchmark {args.benchmark} needs --data MAPPING_FILE (PIE-Bench's mapping_file.json"
+                                 f"{' written by zeroedit.metrics.toy.write_dataset' if args.benchmark == 'toy' else ''}).")
+        mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        mapping["__root__"] = str(Path(args.data).resolve().parent)
+    labels = args.label or [f.resolve().name for f in folders]
+    if len(labels) != len(folders) or len(set(labels)) != len(labels):
+        raise ParameterError("--label needs one distinct name per RESULTS_DIR.")
+    return folders, metrics, mapping, labels
+
+
+def run(args) -> int:
+    """Score every results folder, write the report, print the summary; 0 on success."""
+    from tqdm.auto import tqdm
+    folders, metrics, mapping, labels = _check(args)
+    work = [(label, folder, record) for label, folder in zip(labels, folders) for record in read_results(folder)]
+    if not work:
+        raise ParameterError("no finished (status ok) jobs in the results folder(s).")
+    models = Models(args.benchmark, args)
+    nets = {kind: models.load(kind) for kind in sorted({NEEDS[m] for m in metrics if m in NEEDS})}
+    runs = {label: {"rows": [], "categories": {}} for label in labels}
+    for label, folder, record in tqdm(work, desc=f"eval {args.benchmark}", disable=args.quiet):
+        sample = _sample(record, folder, args.benchmark, mapping)
+        row = {"id": sample["id"], "category": sample["category"], "comb": sample.get("comb")}
+        row.update(score(sample, args.benchmark, metrics, nets))
+        runs[label]["rows"].append(row)
+        runs[label]["categories"].setdefault(sample["category"], []).append(row)
+    for run_ in runs.values():
+        run_["summary"] = summarize(run_["rows"], metrics, args.benchmark)
+    out = Path(args.out) if args.out else folders[0] / "eval"
+    paths = write_report(out, runs, args.benchmark, metrics)
+    if not args.quiet:
+        print(paths["md"].read_text(encoding="utf-8"))
+        print(f"eval: wrote {paths['csv']}, {paths['md']}, {paths['html']}")
+    return 0

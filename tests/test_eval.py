@@ -1,0 +1,208 @@
+"""`zeroedit eval`: the report writer on a fake result set, each benchmark's inputs read from batch folders (tiny
+CLIP / DINO / LPIPS saved here), the errors, and the toy world end to end from a real `zeroedit batch`."""
+import csv
+import json
+import math
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+
+from zeroedit import cli, datasets
+from zeroedit import eval as evaluation
+from zeroedit.batch import run_batch
+from zeroedit.metrics import encode_rle, lpips
+from zeroedit.metrics.toy import write_dataset
+from zeroedit.tiny import _text_config, tiny_tokenizer
+
+
+def save(image, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def fake_batch(folder, outputs: dict, args: dict):
+    """A folder as `zeroedit batch` leaves it: <id>.png, <id>.json sidecars, results.jsonl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for job_id, image in outputs.items():
+        save(image, folder / f"{job_id}.png")
+        (folder / f"{job_id}.json").write_text(json.dumps({"args": args[job_id], "outputs": [f"{job_id}.png"]}))
+        records.append({"id": job_id, "status": "ok", "outputs": [f"{job_id}.png", f"{job_id}.json"]})
+    records.append({"id": "broken", "status": "error", "error": "x"})  # failed jobs are not scored
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def pie_dataset(tmp_path, n=3):
+    """A PIE-Bench-layout data set of n random 32 px images, each with a square edited region."""
+    rng = np.random.default_rng(0)
+    mapping, sources = {}, {}
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8:20, 8:20] = True
+    for i in range(n):
+        key, folder = f"{i:012d}", ["0_random_140", "1_change_object_80"][i % 2]
+        sources[key] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        save(sources[key], tmp_path / "data" / "annotation_images" / folder / f"{key}.jpg".replace(".jpg", ".png"))
+        mapping[key] = {"image_path": f"{folder}/{key}.png", "original_prompt": "a cat",
+                        "editing_prompt": "a [dog]", "editing_type_id": str(i % 2), "mask": encode_rle(mask)}
+    (tmp_path / "data" / "mapping_file.json").write_text(json.dumps(mapping))
+    return tmp_path / "data" / "mapping_file.json", sources, mask
+
+
+def test_report_writer_on_a_fake_result_set(tmp_path):
+    rows = [{"id": f"pie-{i}", "category": "change" if i % 2 else "random", "comb": None, "structure_distance": 0.03,
+             "psnr": 25.0 + i, "lpips": 0.1, "mse": 0.005, "ssim": 0.8, "clip_whole": 25.0, "clip_edited": math.nan}
+            for i in range(4)]
+    runs = {"ours": {"rows": rows, "categories": {"random": rows[0::2], "change": rows[1::2]}}}
+    metrics = [k for k in rows[0] if k not in ("id", "category", "comb")]
+    runs["ours"]["summary"] = evaluation.summarize(rows, metrics, "piebench")
+    paths = evaluation.write_report(tmp_path / "eval", runs, "piebench", metrics)
+    table = read_csv(paths["csv"])
+    assert list(table[0]) == ["run", "id", "category"] + metrics and len(table) == 4
+    assert float(table[1]["psnr"]) == 26.0 and table[0]["clip_edited"] == "nan"
+    md = paths["md"].read_text()
+    assert "| ours | 30.00 | 26.50 | 100.00 | 50.00 | 80.00 | 25.00 | – |" in md  # the paper's units
+    assert "| DDIM + PnP (published) | 28.22 | 22.28 | 113.46 | 83.64 | 79.05 | 25.41 | 22.55 |" in md
+    assert "| DDIM + P2P-Zero (published) | 61.68 |" in md and "| ours | change | 2 | 30.00 | 27.00 |" in md
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == len(metrics) and "DDIM + PnP (published)" in page
+    assert (tmp_path / "eval" / "plot_psnr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mip_summary_is_the_mean_over_combinations():
+    rows = [{"comb": "a", "clip_t": 1.0}, {"comb": "a", "clip_t": 1.0}, {"comb": "a", "clip_t": 1.0},
+            {"comb": "b", "clip_t": 0.0}]
+    assert evaluation.summarize(rows, ["clip_t"], "mip")["clip_t"] == 0.5  # not 0.75, the mean over images
+
+
+def test_piebench_pixel_metrics_from_a_batch_folder(tmp_path):
+    mapping, sources, mask = pie_dataset(tmp_path)
+    outputs, args = {}, {}
+    for key, source in sources.items():
+        edited = source.copy()
+        edited[mask] = 255 - edited[mask]  # the edit stays inside the mask
+        outputs[f"pie-{key}"] = edited
+        args[f"pie-{key}"] = {"image": str(mapping.parent / "annotation_images" /
+                                           json.loads(mapping.read_text())[key]["image_path"]), "prompt": "a dog"}
+    fake_batch(tmp_path / "run", outputs, args)
+    code = cli.main(["eval", str(tmp_path / "run"), "--benchmark", "piebench", "--data", str(mapping),
+                     "--metrics", "psnr,mse,ssim", "--quiet"])
+    assert code == 0
+    table = read_csv(tmp_path / "run" / "eval" / "eval.csv")
+    assert len(table) == 3 and {r["category"] for r in table} == {"0_random_140", "1_change_object_80"}
+    assert all(r["psnr"] == "inf" and float(r["mse"]) == 0 and float(r["ssim"]) == pytest.approx(1) for r in table)
+    assert "| 0_random_140 | 2 |" in (tmp_path / "run" / "eval" / "eval.md").read_text()
+
+
+def test_errors_before_any_model_work(tmp_path, capsys):
+    mapping, sources, _ = pie_dataset(tmp_path, n=1)
+    key = next(iter(sources))
+    fake_batch(tmp_path / "run", {f"pie-{key}": sources[key]}, {f"pie-{key}": {}})
+    run = str(tmp_path / "run")
+    assert cli.main(["eval", str(tmp_path), "--benchmark", "piebench", "--data", str(mapping)]) == 2
+    assert "no results.jsonl" in capsys.readouterr().err
+    assert cli.main(["eval", run, "--benchmark", "piebench"]) == 2
+    assert "needs --data" in capsys.readouterr().err
+    assert cli.main(["eval", run, "--benchmark", "mip", "--metrics", "psnr"]) == 2
+    assert "not in mip's" in capsys.readouterr().err
+    assert cli.main(["eval", run, "--benchmark", "piebench", "--data", str(mapping), "--quiet"]) == 2
+    assert "hf download openai/clip-vit-large-patch14" in capsys.readouterr().err  # no weights here
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Tiny random CLIP and DINO saved as model folders, random LPIPS-squeeze weight files."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8, projection_dim=32)
+    CLIPModel(CLIPConfig(text_config=_text_config().to_dict(), vision_config=vision, projection_dim=32)
+              ).save_pretrained(root / "clip")
+    tiny_tokenizer().save_pretrained(root / "clip")
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                       image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(root / "dino")
+    net = lpips.LPIPS("squeeze")
+    torch.save({f"features.{k}": v for k, v in net.features.state_dict().items()},
+               root / "squeezenet1_1-b8a52dec.pth")
+    torch.save({f"lin{i}.model.1.weight": lin.weight.abs() for i, lin in enumerate(net.lins)}, root / "squeeze.pth")
+    return ["--clip-model", str(root / "clip"), "--dino-model", str(root / "dino"), "--lpips-net", "squeeze",
+            "--lpips-weights", str(root), "--device", "cpu", "--quiet"]
+
+
+def test_tficon_and_mip_from_batch_folders(tmp_path, tiny_models):
+    rng = np.random.default_rng(1)
+    background, reference = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    region = np.zeros((48, 48), dtype=np.uint8)
+    region[10:30, 12:28] = 255
+    composite = background.copy()
+    composite[10:30, 12:28] = 0  # the object, inside the region only
+    inputs = {"background": save(background, tmp_path / "in" / "bg.png"),
+              "reference": save(reference, tmp_path / "in" / "fg.png"),
+              "region": save(region, tmp_path / "in" / "mask_bg_fg.png"), "prompt": "a photo of a dog", "domain": "same"}
+    fake_batch(tmp_path / "tficon", {"same_dog": composite}, {"same_dog": inputs})
+    assert cli.main(["eval", str(tmp_path / "tficon"), "--benchmark", "tficon", *tiny_models]) == 0
+    row = read_csv(tmp_path / "tficon" / "eval" / "eval.csv")[0]
+    assert row["category"] == "same" and float(row["lpips_bg"]) == 0.0  # identical outside the region
+    assert float(row["lpips_fg"]) > 0 and -100 <= float(row["clip_text"]) <= 100
+
+    cat, dog = (save(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), tmp_path / "in" / f"{n}.png") for n in "ab")
+    with Image.open(cat) as image:
+        generated = np.asarray(image).copy()
+    fake_batch(tmp_path / "mip", {"c0": generated, "c1": generated},
+               {"c0": {"prompt": "a cat and a dog", "references": {"cat": cat, "dog": [cat]}},
+                "c1": {"prompt": "a cat and a dog", "references": {"cat": cat, "dog": [dog, cat]}}})
+    assert cli.main(["eval", str(tmp_path / "mip"), "--benchmark", "mip", *tiny_models]) == 0
+    rows = read_csv(tmp_path / "mip" / "eval" / "eval.csv")
+    assert float(rows[0]["clip_i"]) == pytest.approx(1.0, abs=1e-5) and float(rows[0]["dino"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[1]["clip_i"]) < 1 and 0 <= float(rows[1]["clip_t"]) <= 2.5
+    assert rows[0]["category"] == "cat + dog"
+
+
+def test_toy_world_end_to_end(tmp_path):
+    """write_dataset -> PIE-Bench reader -> `zeroedit batch` on the toy model -> `zeroedit eval --benchmark toy`."""
+    mapping = write_dataset(tmp_path / "data", n=2)
+    jobs = datasets.piebench_jobs(mapping, model="toy", steps=3, guidance_scale=5.0, negative_prompt="")
+    assert run_batch(datasets.write_jobs(jobs, tmp_path / "jobs.jsonl"), tmp_path / "run") == 0
+    assert cli.main(["eval", str(tmp_path / "run"), "--benchmark", "toy", "--data", str(mapping), "--quiet"]) == 0
+    rows = {r["category"]: r for r in read_csv(tmp_path / "run" / "eval" / "eval.csv")}
+    assert set(rows) == {"color", "style"}
+    assert float(rows["color"]["target"]) in (0.0, 1.0) and 0 <= float(rows["color"]["iou"]) <= 1
+    assert 5 < float(rows["color"]["psnr"]) < 60 and rows["style"]["psnr"] == "nan"  # style: the whole image is edited
+    assert "edit detected %" in (tmp_path / "run" / "eval" / "eval.md").read_text()
+
+
+def test_arguments_match_the_module_api():
+    parser = cli.build_parser()
+    args = parser.parse_args(["eval", "a", "b", "--benchmark", "toy", "--label", "x", "y"])
+    assert args.func is evaluation.run and args.results == ["a", "b"] and args.label == ["x", "y"]
+    assert isinstance(args, Namespace)
+
+
+def test_mip_reader(tmp_path):
+    """datasets.mip_jobs on MIP-Adapter's data_root layout: one personalize job per prompt line, every concept image."""
+    for concept, count in (("cat_1", 2), ("dog_3", 1), ("dog_4", 1)):
+        for i in range(count):
+            save(np.zeros((8, 8, 3), dtype=np.uint8), tmp_path / "benchmark_dataset" / concept / f"{i:02d}.jpg")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "p.txt").write_text("a {0} and a {1} on the beach\n\na {0} next to a {1}\n")
+    combos = [[{"instance_data_dir": "data/cat_1", "class_prompt": "cat"},
+               {"instance_data_dir": "data/dog_3", "class_prompt": "dog"}, {"prompt_filename_compose": "prompts/p.txt"}],
+              [{"instance_data_dir": "data/dog_3", "class_prompt": "dog"},
+               {"instance_data_dir": "data/dog_4", "class_prompt": "dog"}, {"prompt_filename_compose": "prompts/p.txt"}]]
+    (tmp_path / "dataset_multiconcept.json").write_text(json.dumps(combos))
+    jobs = datasets.mip_jobs(tmp_path, steps=2)
+    assert [j["id"] for j in jobs] == ["mip-000-000", "mip-000-001"] and jobs[1]["prompt"] == "a cat next to a dog"
+    assert jobs[0]["references"] == {"cat": [str((tmp_path / "benchmark_dataset/cat_1" / f).resolve())
+                                             for f in ("00.jpg", "01.jpg")],
+                                     "dog": [str((tmp_path / "benchmark_dataset/dog_3/00.jpg").resolve())]}
+    cli.resolve_arguments("personalize", {}, {k: v for k, v in jobs[0].items() if k not in ("method", "id")}, tmp_path)
