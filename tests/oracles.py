@@ -1,5 +1,5 @@
 """Test oracles: models whose exact answer is known (used by tests and benchmarks/inversion.py)."""
-from zeroedit.backbone import Backbone
+from zeroedit.backbones import Backbone
 from zeroedit.inversion.dpm_solver import VPSchedule
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .backbone import Backbone, Cond, compile_options
+from .backbones import Backbone, Cond, compile_options
 from .images import ImageInput, prepare_image, to_tensor
 from .inversion import ddim_invert, ddim_sample, ddim_timesteps, dpmpp_trajectory
 from .inversion.dpm_solver import VPSchedule

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, ModelError, ParameterError

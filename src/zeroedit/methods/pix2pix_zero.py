@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import directions as edit_directions
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor

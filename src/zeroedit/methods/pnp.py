@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor

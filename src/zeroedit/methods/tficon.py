@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, prepare_image, to_tensor
