@@ -195,7 +195,8 @@ class FlowBackbone(LatentCodec):
     # ---------------------------------------------------------------- the transformer
     def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None) -> torch.Tensor:
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
-        counted in stats. `guidance`: FLUX-dev's distilled guidance (ignored by models without the embedding).
+        counted in stats. `guidance`: FLUX-dev's distilled guidance, a number or one per sample (ignored by models
+        without the embedding).
         Returns the velocity (B, C, h, w) in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
@@ -208,8 +209,9 @@ class FlowBackbone(LatentCodec):
             ids = image_ids(h // 2, w // 2, self.device, cond.embeds.dtype)
             txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=cond.embeds.dtype)
             scale = None
-            if self.guidance_embeds:
-                scale = torch.full((batch,), 3.5 if guidance is None else float(guidance), device=self.device)
+            if self.guidance_embeds:  # FluxPipeline's default guidance_scale is 3.5
+                scale = torch.as_tensor(3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
+                scale = scale.reshape(-1).expand(batch)
             args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale)
         else:
             args = (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled, self.model_time(sigma),

@@ -78,7 +78,8 @@ def from_store(store: dict, step_of: Callable[[int], int] | None = None) -> Sour
 
 class Inject(Rule):
     """Replace the `what` tensors ("q", "k", "v" or "feature") of the `targets` branches by the source's.
-    A source of batch 1 is broadcast over every item of each target branch. stream: as Record."""
+    A source of batch 1 is broadcast over every item of each target branch; a source that returns None leaves
+    the call unchanged. stream: as Record."""
 
     def __init__(self, layers, what=("q", "k"), source: Source | None = None, targets=("cond",), steps=None,
                  target: str = "attention", stream: str = "image"):
@@ -91,6 +92,8 @@ class Inject(Rule):
         if kind not in self.what:
             return tensor
         value = self.source(ctx, kind, tensor)
+        if value is None:  # the source has nothing for this call
+            return tensor
         out = tensor.clone()
         for name in self.targets:
             if ctx.controller.has_branch(name):

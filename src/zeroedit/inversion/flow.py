@@ -18,9 +18,13 @@ ModelFn = Callable[[torch.Tensor, float, int, str], torch.Tensor]  # (x, σ, ste
 
 
 def _done(trajectory, callback, i, sigma, x):
-    trajectory.append(x)
+    """Append the step's result; `callback(i, σ, x)` may return replacement latents (diffusers'
+    callback_on_step_end) or None."""
     if callback is not None:
-        callback(i, sigma, x)
+        replaced = callback(i, sigma, x)
+        x = x if replaced is None else replaced.float()
+    trajectory.append(x)
+    return x
 
 
 @torch.no_grad()
@@ -32,7 +36,7 @@ def euler(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=None
     for i in range(len(sigmas) - 1):
         sigma, h = sigmas[i], sigmas[i + 1] - sigmas[i]
         x = x + h * model_fn(x, sigma, i, "start").float()
-        _done(trajectory, callback, i, sigmas[i + 1], x)
+        x = _done(trajectory, callback, i, sigmas[i + 1], x)
     return trajectory
 
 
@@ -49,7 +53,7 @@ def rf_solver(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=
         v_mid = model_fn(x + 0.5 * h * v, sigma + 0.5 * h, i, "mid").float()
         derivative = (v_mid - v) / (0.5 * h)
         x = x + h * v + 0.5 * h * h * derivative
-        _done(trajectory, callback, i, sigmas[i + 1], x)
+        x = _done(trajectory, callback, i, sigmas[i + 1], x)
     return trajectory
 
 
@@ -66,7 +70,7 @@ def fireflow(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=N
             v_hat = model_fn(x, sigma, i, "start").float()
         v_hat = model_fn(x + 0.5 * h * v_hat, sigma + 0.5 * h, i, "mid").float()
         x = x + h * v_hat
-        _done(trajectory, callback, i, sigmas[i + 1], x)
+        x = _done(trajectory, callback, i, sigmas[i + 1], x)
     return trajectory
 
 
