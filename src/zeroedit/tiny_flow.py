@@ -32,11 +32,11 @@ FLUX_DEV_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, 
                           base_image_seq_len=256, max_image_seq_len=4096)
 
 
-def tiny_t5_tokenizer() -> T5TokenizerFast:
+def tiny_t5_tokenizer(max_length: int = T5_LENGTH) -> T5TokenizerFast:
     """A T5 (Unigram) tokenizer with a locally written character vocabulary; see module docstring."""
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(chr(c), -1.0) for c in range(32, 127)] + [("▁" + chr(c), -1.0) for c in range(33, 127)]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_LENGTH)
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
 def _t5() -> T5EncoderModel:
