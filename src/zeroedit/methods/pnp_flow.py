@@ -54,7 +54,7 @@ from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
 from .common import check_choice, check_steps, finish, generator, step_end
 
-METHODS = (None, "inject", "flowedit")
+METHODS = (None, "inject", "flowedit")  # None = "inject"
 LAYER_PRESETS = ("single", "last-single", "vital")
 PRESETS = {  # see module docstring for the source of each value
     None: dict(solver="fireflow", steps=8, window=1, layers="single", guidance=2.0),
@@ -110,43 +110,21 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
                    attention_steps, guidance_scale, seed, preset, source_cache, output_type, callback, compile, method,
                    solver, layers, strength, source_guidance_scale) -> Result:
     """`ze.translate` on an SD3/FLUX pipeline (the common arguments are checked by methods/pnp.py)."""
-    from .pnp import window
     check_choice(method, "method", METHODS)
-    method = method or "inject"
     backbone = FlowBackbone(pipe, None, compile)
     if method == "flowedit":
-        if preset is not None or solver is not None or layers is not None or attention_steps is not None:
-            raise ParameterError("method='flowedit' takes steps, strength, guidance_scale and source_guidance_scale; "
-                                 "preset, solver, layers and attention_steps belong to the injection method.")
-        family = FLOWEDIT["flux" if backbone.is_flux else "sd3"]
-        steps = family["steps"] if steps is None else check_steps(steps)
-        n_max = family["n_max"] if strength is None and steps == family["steps"] else \
-            round(steps * (family["n_max"] / family["steps"] if strength is None else _strength(strength)))
-        params = dict(method=method, steps=steps, n_max=n_max,
-                      guidance_scale=family["target"] if guidance_scale is None else _number(guidance_scale, "guidance_scale"),
-                      source_guidance_scale=family["source"] if source_guidance_scale is None else
-                      _number(source_guidance_scale, "source_guidance_scale"))
+        unused = dict(preset=preset, solver=solver, layers=layers, attention_steps=attention_steps,
+                      feature_steps=feature_steps, inversion_steps=inversion_steps)
+        if any(value is not None for value in unused.values()) or source_cache != "memory":
+            raise ParameterError("method='flowedit' takes steps, strength, guidance_scale, source_guidance_scale and "
+                                 "seed; preset, solver, layers, attention/feature/inversion steps and source_cache "
+                                 "belong to the injection method.")
+        params = _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_scale)
     else:
-        if preset not in PRESETS:
-            raise ParameterError(f"preset must be None or 'reference' on flow models, got {preset!r}.")
         if strength is not None:
             raise ParameterError("strength belongs to method='flowedit'.")
-        chosen = PRESETS[preset]
-        steps = chosen["steps"] if steps is None else check_steps(steps)
-        if inversion_steps not in (None, steps):
-            raise ParameterError("inversion_steps: flow translate inverts on the sampling grid; leave it None.")
-        if feature_steps not in (None, 0, 0.0):
-            raise ParameterError("feature_steps: flow translate injects attention only (the flow editors' values); "
-                                 "use attention_steps.")
-        solver = check_choice(chosen["solver"] if solver is None else solver, "solver", tuple(FLOW_SOLVERS))
-        names, what, stream = injection_layers(backbone, chosen["layers"] if layers is None else layers)
-        k = min(chosen["window"], steps) if attention_steps is None else window(attention_steps, steps, "attention_steps")
-        default_guidance = chosen["guidance"] if backbone.is_flux else SD3_GUIDANCE
-        params = dict(method=method, steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
-                      attention_steps=k,
-                      guidance_scale=default_guidance if guidance_scale is None else _number(guidance_scale, "guidance_scale"),
-                      source_guidance_scale=1.0 if source_guidance_scale is None else
-                      _number(source_guidance_scale, "source_guidance_scale"))
+        params = _inject_params(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, solver,
+                                layers, guidance_scale, source_guidance_scale)
     negative = "" if negative_prompt is None else negative_prompt
     if not isinstance(negative, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
@@ -155,13 +133,52 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
     stats = Stats(params=dict(params, prompt=prompts, source_prompt=source_prompt, negative_prompt=negative, seed=seed,
                               preset=preset, source_cache=source_cache, size=list(picture.size), compile=compile))
     backbone.stats = stats
-    stats.params.setdefault("compile", compile)
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture)).float()
         run = _flowedit if method == "flowedit" else _inject
         latents = run(pipe, backbone, x0, prompts, source_prompt, negative, stats.params, noise, source_cache, callback)
         images = finish(backbone, latents, output_type)
     return Result(images=images, stats=stats, latents=latents)
+
+
+def _guidance(value, default: float, name: str) -> float:
+    return default if value is None else _number(value, name)
+
+
+def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, solver, layers,
+                   guidance_scale, source_guidance_scale) -> dict:
+    """Resolved parameters of the injection method (preset defaults, see module docstring)."""
+    from .pnp import window
+    if preset not in PRESETS:
+        raise ParameterError(f"preset must be None or 'reference' on flow models, got {preset!r}.")
+    chosen = PRESETS[preset]
+    steps = chosen["steps"] if steps is None else check_steps(steps)
+    if inversion_steps not in (None, steps):
+        raise ParameterError("inversion_steps: flow translate inverts on the sampling grid; leave it None.")
+    if feature_steps not in (None, 0, 0.0):
+        raise ParameterError("feature_steps: flow translate injects attention only (the flow editors' values); "
+                             "use attention_steps.")
+    solver = check_choice(chosen["solver"] if solver is None else solver, "solver", tuple(FLOW_SOLVERS))
+    names, what, stream = injection_layers(backbone, chosen["layers"] if layers is None else layers)
+    k = min(chosen["window"], steps) if attention_steps is None else window(attention_steps, steps, "attention_steps")
+    return dict(method="inject", steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
+                attention_steps=k,
+                guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.is_flux else SD3_GUIDANCE,
+                                         "guidance_scale"),
+                source_guidance_scale=_guidance(source_guidance_scale, 1.0, "source_guidance_scale"))
+
+
+def _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_scale) -> dict:
+    """Resolved parameters of FlowEdit (defaults of its FLUX/SD3 configs; strength = n_max / steps)."""
+    family = FLOWEDIT["flux" if backbone.is_flux else "sd3"]
+    steps = family["steps"] if steps is None else check_steps(steps)
+    if strength is None:
+        n_max = round(steps * family["n_max"] / family["steps"])
+    else:
+        n_max = max(1, round(steps * _strength(strength)))
+    return dict(method="flowedit", steps=steps, n_max=n_max,
+                guidance_scale=_guidance(guidance_scale, family["target"], "guidance_scale"),
+                source_guidance_scale=_guidance(source_guidance_scale, family["source"], "source_guidance_scale"))
 
 
 def _strength(value) -> float:
@@ -241,9 +258,9 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
 
     x = top.expand(count, -1, -1, -1).clone()
     with injector.installed(backbone.transformer), pipe.progress_bar(total=steps) as bar:
-        def on_step(i, sigma, latents):
+        def on_step(i, sigma_next, latents):
             bar.update()
-            return step_end(pipe, callback, i, sigma, latents)
+            return step_end(pipe, callback, i, sigmas[i] * backbone.num_train_timesteps, latents)
         return solve(sample_fn, x, sigmas, on_step)[-1]
 
 
@@ -269,6 +286,6 @@ def _flowedit(pipe, backbone, x0, prompts, source_prompt, negative, params, nois
             v_src = _guided(backbone, out[: len(source_cond)], params["source_guidance_scale"])
             v_tar = _guided(backbone, out[len(source_cond):], params["guidance_scale"])
             z = z + (sigma_next - sigma) * (v_tar - v_src)
-            z = step_end(pipe, callback, i, sigma, z)
+            z = step_end(pipe, callback, i - (steps - n_max), sigma * backbone.num_train_timesteps, z)
             bar.update()
     return z
