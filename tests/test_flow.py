@@ -321,7 +321,7 @@ def test_callback_can_replace_latents(tiny_flux_pipe):
     assert seen == [0, 1] and torch.equal(out.images, torch.zeros_like(out.images))
 
 
-@pytest.mark.parametrize("kwargs", [dict(feature_steps=0.5), dict(inversion_steps=3), dict(layers=["nope.attn"]),
+@pytest.mark.parametrize("kwargs", [dict(feature_steps=1.5), dict(inversion_steps=3), dict(layers=["nope.attn"]),
                                     dict(solver="ddim"), dict(preset="fast"), dict(strength=0.5),
                                     dict(method="flowedit", preset="reference"), dict(method="pix2pix"),
                                     dict(guidance_scale="high"), dict(seed="x"), dict(attention_steps=2.0)])
@@ -357,3 +357,16 @@ def test_unet_methods_raise_unsupported_model(tiny_flux_pipe, tiny_sd3_pipe, met
 def test_output_types(tiny_sd3_pipe):
     out = ze.translate(tiny_sd3_pipe, make_image(0, (192, 128)), "a dog", steps=2, output_type="np")
     assert out.images.shape == (1, 128, 192, 3) and out.images.dtype == np.float32
+
+
+def test_feature_injection_of_block_image_tokens(tiny_flux_pipe):
+    """feature_steps injects the image tokens the chosen blocks output (recorded during inversion): it changes
+    the result, and memory equals recompute."""
+    kwargs = dict(steps=3, attention_steps=0, solver="euler", output_type="latent")
+    plain = ze.translate(tiny_flux_pipe, make_image(4), "a dog", **kwargs)
+    memory = ze.translate(tiny_flux_pipe, make_image(4), "a dog", feature_steps=1.0, **kwargs)
+    recompute = ze.translate(tiny_flux_pipe, make_image(4), "a dog", feature_steps=1.0, source_cache="recompute",
+                             **kwargs)
+    assert memory.stats.params["feature_steps"] == 3 and memory.stats.extra["cache_bytes"] > 0
+    assert (memory.images - plain.images).abs().max() > 1e-3
+    assert torch.allclose(memory.images, recompute.images, atol=1e-4)

@@ -128,7 +128,8 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         negative_prompt: the negative prompt of the target branches (None: the reference's default; "" on SD3).
         steps: DDIM sampling steps (None: 50; flow: the preset's).
         inversion_steps: DDIM inversion steps (None: = steps; 999 under preset="reference").
-        feature_steps: decoder-feature injection window: a fraction of the steps or a number of steps (None: 0.8).
+        feature_steps: decoder-feature injection window: a fraction of the steps or a number of steps (None: 0.8;
+            flow: the image tokens output by the injected blocks, None: 0).
         attention_steps: self-attention q/k injection window: a fraction of the steps or a number of steps (None:
             0.5; flow: the attention-value window, the preset's).
         guidance_scale: classifier-free guidance (None: 7.5; flow: FLUX-dev's guidance embedding or SD3's CFG).

@@ -1,7 +1,7 @@
 """translate on SD3/FLUX flow transformers (`ze.translate` dispatches here for flow pipelines).
 
 Two algorithms, the same call shape as the UNet translate (image, prompt or prompts, source_prompt, steps,
-attention_steps window, guidance, seed, preset, source_cache, output_type, callback_on_step_end):
+attention_steps / feature_steps windows, guidance, seed, preset, source_cache, output_type, callback_on_step_end):
 
 method=None ("inject"): inversion + attention injection, as RF-Solver-Edit (Wang et al. 2024) and FireFlow
 (Deng et al. 2024) edit FLUX:
@@ -28,6 +28,8 @@ Layers (`layers=`), each from its source:
   35, 37), mapped proportionally onto other depths; FLUX only. Stable Flow injects at every step from
   an in-batch reconstruction; here from the inversion (keyed as above).
 - or a list of layer names (control.layers: double_block(i), single_block(i), joint_block(i)): V, all tokens.
+Features (`feature_steps`, default 0 = off, as in both references): the image tokens that the blocks of these
+layers output (PnP's feature injection carried over to MM-DiT blocks; no published flow default).
 Presets: None = FireFlow's fast editing (solver "fireflow", 8 steps, inject 1 step, layers "single", FLUX
 guidance 2: `run_*.sh` "Fast Editing"); "reference" = RF-Solver-Edit (solver "rf-solver", 25 steps, inject 3,
 layers "last-single", guidance 2: its `run_*.sh`). SD3 has no published setting: the same windows, CFG 7.0
@@ -155,14 +157,12 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
     steps = chosen["steps"] if steps is None else check_steps(steps)
     if inversion_steps not in (None, steps):
         raise ParameterError("inversion_steps: flow translate inverts on the sampling grid; leave it None.")
-    if feature_steps not in (None, 0, 0.0):
-        raise ParameterError("feature_steps: flow translate injects attention only (the flow editors' values); "
-                             "use attention_steps.")
     solver = check_choice(chosen["solver"] if solver is None else solver, "solver", tuple(FLOW_SOLVERS))
     names, what, stream = injection_layers(backbone, chosen["layers"] if layers is None else layers)
     k = min(chosen["window"], steps) if attention_steps is None else window(attention_steps, steps, "attention_steps")
+    k_feature = 0 if feature_steps is None else window(feature_steps, steps, "feature_steps")
     return dict(method="inject", steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
-                attention_steps=k,
+                attention_steps=k, feature_steps=k_feature,
                 guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.is_flux else SD3_GUIDANCE,
                                          "guidance_scale"),
                 source_guidance_scale=_guidance(source_guidance_scale, 1.0, "source_guidance_scale"))
@@ -220,17 +220,20 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
     steps, solve = params["steps"], FLOW_SOLVERS[params["solver"]]
     sigmas = backbone.sigmas(steps, x0.shape[-2:])
     grid = backbone.token_grid(x0.shape[-2:])
-    keys = {(j, stage) for j in range(params["attention_steps"]) for stage in ("start", "mid")}
+    keys, feature_keys = ({(j, stage) for j in range(params[window]) for stage in ("start", "mid")}
+                          for window in ("attention_steps", "feature_steps"))
     layers, what, stream = params["layers"], tuple(params["inject"]), params["stream"]
+    blocks = [name[: -len(".attn")] for name in layers]  # feature rules: the image tokens these blocks output
     source_cond, source_guidance = backbone.encode_prompt(source_prompt), params["source_guidance_scale"]
     store, inputs = {}, {}
     recorder = Controller()
     if source_cache == "memory":
         recorder.add(Record(layers, what, steps=lambda c: c.step in keys, store=store, stream=stream))
+        recorder.add(Record(blocks, "feature", steps=lambda c: c.step in feature_keys, store=store, target="feature"))
 
     def invert_fn(x, sigma, i, stage):
         key = (steps - 1 - i, stage)  # interval in sampling order (see module docstring)
-        if key in keys:
+        if key in keys or key in feature_keys:
             inputs[key] = (x, sigma)
         recorder.set_call(key, sigma, [("src", 1)], grid)
         return backbone.transformer_call(x, sigma, source_cond, source_guidance)
@@ -243,6 +246,8 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
     count, guidance = len(prompts), params["guidance_scale"]
     injector = Controller()
     injector.add(Inject(layers, what, _recorded(store), ("uncond", "cond"), steps=lambda c: c.step in keys, stream=stream))
+    injector.add(Inject(blocks, "feature", _recorded(store), ("uncond", "cond"), steps=lambda c: c.step in feature_keys,
+                        target="feature"))
 
     def sample_fn(x, sigma, j, stage):
         key = (j, stage)
