@@ -96,7 +96,6 @@ class FlowBackbone(LatentCodec):
         if not (self.is_flux or is_sd3(self.transformer)):
             raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
                              "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
-        self.is_xl = False
         self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
         self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
         self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
@@ -126,8 +125,7 @@ class FlowBackbone(LatentCodec):
         tokenizer's own maximum when that is smaller (the tiny models' 32)."""
         default = FLUX_T5_LENGTH if self.is_flux else SD3_T5_LENGTH
         tokenizer = self.pipe.tokenizer_2 if self.is_flux else getattr(self.pipe, "tokenizer_3", None)
-        limit = getattr(tokenizer, "model_max_length", None) or default
-        return min(default, int(limit)) if limit < 1e6 else default
+        return min(default, int(getattr(tokenizer, "model_max_length", None) or default))
 
     def _t5(self, prompts: list[str], encoder, tokenizer) -> torch.Tensor:
         length = self.t5_length()

@@ -67,15 +67,15 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-def _put(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor, dim: int = 2) -> torch.Tensor:
-    """`full` with the `where` part (along `dim`) replaced by `part` (no copy when the rule returned it unchanged)."""
+def _put(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """`full` (B, heads, tokens, ·) with its `where` tokens replaced by `part` (no copy when the rule returned
+    its view unchanged)."""
     if part is view:
         return full
     if where == slice(None):
         return part
     out = full.clone()
-    index = (slice(None),) * dim + (where,)
-    out[index] = part.to(out.dtype)
+    out[:, :, where] = part.to(out.dtype)
     return out
 
 
