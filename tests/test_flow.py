@@ -370,3 +370,25 @@ def test_feature_injection_of_block_image_tokens(tiny_flux_pipe):
     assert memory.stats.params["feature_steps"] == 3 and memory.stats.extra["cache_bytes"] > 0
     assert (memory.images - plain.images).abs().max() > 1e-3
     assert torch.allclose(memory.images, recompute.images, atol=1e-4)
+
+
+def test_sd35_layout_dual_attention_and_qk_norm():
+    """SD3.5's blocks: qk RMS norms and an image-only `attn2` (JointAttnProcessor2_0 without text); every layer
+    controlled with the explicit matrix gives the original output."""
+    from diffusers import SD3Transformer2DModel
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                  attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                  caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=32,
+                                  dual_attention_layers=(0,), qk_norm="rms_norm")
+    layers = [key[: -len(".processor")] for key in model.attn_processors]
+    assert "transformer_blocks.0.attn2" in layers
+    x, text, pooled = _latents(8), torch.randn(1, 20, 64), torch.randn(1, 64)
+    with torch.no_grad():
+        reference = model(x, text, pooled, torch.tensor([500.0]), return_dict=False)[0]
+        controller = Controller()
+        controller.add(Record(layers, ("q", "probs"), stream="joint"))
+        controller.set_call(0, 0.5, [("a", 1)], (8, 8))
+        with controller.installed(model):
+            out = model(x, text, pooled, torch.tensor([500.0]), return_dict=False)[0]
+    assert torch.allclose(out, reference, atol=1e-5)
