@@ -42,7 +42,7 @@ def euler(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=None
 
 @torch.no_grad()
 def rf_solver(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=None) -> list[torch.Tensor]:
-    """RF-Solver (Wang et al. 2024, "Taming Rectified Flow for Inversion and Editing", Eq. 8–9): the
+    """RF-Solver (Wang et al. 2024, "Taming Rectified Flow for Inversion and Editing"): the
     second-order Taylor expansion x_{i+1} = x_i + h·v + ½h²·v', with v' estimated by the finite difference
     (v(x_mid, σ_i + h/2) − v(x_i, σ_i)) / (h/2) from the midpoint x_mid = x_i + (h/2)·v. Two calls per step
     (algebraically the explicit midpoint rule)."""
@@ -59,8 +59,8 @@ def rf_solver(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=
 
 @torch.no_grad()
 def fireflow(model_fn: ModelFn, x: torch.Tensor, sigmas: list[float], callback=None) -> list[torch.Tensor]:
-    """FireFlow (Deng et al. 2024, "FireFlow: Fast Inversion of Rectified Flow for Image Semantic Editing",
-    Alg. 1): the midpoint rule x_{i+1} = x_i + h·v(x_i + (h/2)·v̂_i, σ_i + h/2), where v̂_i is the previous
+    """FireFlow (Deng et al. 2024, "FireFlow: Fast Inversion of Rectified Flow for Image Semantic Editing"):
+    the midpoint rule x_{i+1} = x_i + h·v(x_i + (h/2)·v̂_i, σ_i + h/2), where v̂_i is the previous
     step's midpoint velocity reused in place of v(x_i, σ_i) (evaluated only at the first step). N + 1 calls."""
     x, trajectory = x.float(), [x.float()]
     v_hat = None
