@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import zeroedit as ze  # noqa: E402
-from zeroedit.backbone import Backbone  # noqa: E402
+from zeroedit.backbones import Backbone  # noqa: E402
 from zeroedit.cli import asset  # noqa: E402
 
 

@@ -75,7 +75,7 @@ def cases(size: int):
 def unet_call_times(pipe, size: int, batches=(1, 2, 4), repeats: int = 20, compile=False) -> dict:
     """Per-call time of the UNet at `size` px for several batch sizes (ms, median), eager or through
     Backbone(compile=...) (the compiled path every method takes)."""
-    from zeroedit.backbone import Backbone
+    from zeroedit.backbones import Backbone
     backbone = Backbone(pipe, compile=compile)
     cond = backbone.encode_prompt("a photo")
     h = size // backbone.vae_scale

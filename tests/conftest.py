@@ -21,6 +21,16 @@ def tiny_xl_pipe():
     return ze.load("tiny-xl")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_pipe():
+    return ze.load("tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_pipe():
+    return ze.load("tiny-flux")
+
+
 def make_image(seed: int = 0, size=(128, 128)) -> np.ndarray:
     """A smooth random RGB image (uint8 HxWx3) — structured enough that latents are not pure noise."""
     rng = np.random.RandomState(seed)
@@ -36,7 +46,9 @@ def image():
 
 
 def processors_snapshot(pipe):
-    """Identity of every attention processor and the count of forward hooks: what 'restored' compares."""
-    procs = {name: id(proc) for name, proc in pipe.unet.attn_processors.items()}
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in pipe.unet.modules())
+    """Identity of every attention processor and the count of forward hooks of the denoiser (UNet, or the
+    SD3/FLUX transformer): what 'restored' compares."""
+    model = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    procs = {name: id(proc) for name, proc in model.attn_processors.items()}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     return procs, hooks

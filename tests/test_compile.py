@@ -16,8 +16,8 @@ from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
 import zeroedit as ze
-from zeroedit import backbone as backbone_module
-from zeroedit.backbone import Backbone
+from zeroedit.backbones import unet as backbone_module
+from zeroedit.backbones import Backbone
 from zeroedit.cli import build_parser, resolve_arguments
 from zeroedit.errors import ParameterError
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import zeroedit as ze
-from zeroedit.backbone import Backbone
+from zeroedit.backbones import Backbone
 from zeroedit.control import Controller, Inject, Record, Rule, attention_layers, from_branch
 from zeroedit.errors import ImageError, MaskError, ModelError, ParameterError
 from zeroedit.images import load_image, load_mask, prepare_image, round_size

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import zeroedit as ze
-from zeroedit.backbone import Backbone
+from zeroedit.backbones import Backbone
 from zeroedit.errors import ParameterError
 from zeroedit.images import prepare_image, to_tensor
 from zeroedit.inversion import ddim_sample, ddim_timesteps

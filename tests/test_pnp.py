@@ -71,7 +71,7 @@ def test_injection_changes_the_result_and_is_deterministic(tiny_pipe):
 def test_no_injection_equals_plain_inversion_and_regeneration(tiny_pipe):
     """feature_steps = attention_steps = 0: DDIM inversion with "" then CFG DDIM sampling with the prompt,
     written out here with the foundation's pure functions — injection is the only thing PnP adds."""
-    from zeroedit.backbone import Backbone, Cond
+    from zeroedit.backbones import Backbone, Cond
     from zeroedit.images import prepare_image, to_tensor
     from zeroedit.inversion import ddim_invert, ddim_sample, ddim_timesteps
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import zeroedit as ze
-from zeroedit.backbone import Backbone
+from zeroedit.backbones import Backbone
 from zeroedit.control import Controller
 from zeroedit.errors import ImageError, MaskError, ParameterError
 from zeroedit.images import to_tensor

@@ -9,7 +9,7 @@ import importlib
 import logging
 
 from . import errors
-from .backbone import Backbone, Cond
+from .backbones import Backbone, Cond
 from .invert import invert, reconstruct
 from .loading import load
 from .result import Result, Stats

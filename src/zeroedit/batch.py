@@ -153,6 +153,8 @@ def run_group(group: list[dict], base: Path, out: Path, model: str | None, devic
         pipe = cli.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
     except Exception:  # noqa: BLE001 — e.g. a missing model: every job gets its own error record, as unbatched
         return [run_job(job, base, out, model, device) for job in group]
+    if getattr(pipe, "unet", None) is None:  # SD3/FLUX: no job batching on transformers yet, one job after another
+        return [run_job(job, base, out, model, device) for job in group]
     session = JobSession(pipe.unet)
     outcomes = session.run([lambda job=job: run_job(job, base, out, model, device) for job in group])
     for _, error in outcomes:

@@ -113,7 +113,7 @@ def _add_method_flags(parser: argparse.ArgumentParser, function):
 
 def _common_flags(parser: argparse.ArgumentParser, out_default="out"):
     parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags (or a sidecar)")
-    parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / toy")
+    parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy")
     parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")

@@ -27,3 +27,8 @@ class ModelError(ZeroEditError):
 
 class CheckpointError(ZeroEditError):
     """A weights file is unsafe to load or does not match the model it is used with."""
+
+
+class UnsupportedModel(ModelError):
+    """The method does not run on this kind of model (e.g. a UNet-only method on an SD3/FLUX pipeline); the
+    message says which methods do."""

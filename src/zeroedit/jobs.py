@@ -208,7 +208,7 @@ class JobSession:
             start += size
         self.segments = [(r.member, o, s) for r, o, s in zip(group, offsets, sizes)]
         try:
-            from .backbone import _unet_forward, compiled_forward
+            from .backbones.unet import _unet_forward, compiled_forward
             args = (self.unet, _cat([p["latents"] for p in payloads]), _cat([p["t"] for p in payloads]),
                     _cat([p["ehs"] for p in payloads]), added or None)
             options = payloads[0]["compile"]

@@ -1,6 +1,6 @@
-"""`load`: a standard diffusers pipeline (SD 1.x, SD 2.x or SDXL, auto-detected) from a hub id or a
-local folder, an offline tiny random-weight one ("tiny", "tiny-xl"), or the project's own trained toy model
-("toy", see src/zeroedit/assets/toy/README.md).
+"""`load`: a standard diffusers pipeline (SD 1.x, SD 2.x, SDXL, SD3/SD3.5 or FLUX.1, auto-detected from
+model_index.json) from a hub id or a local folder, an offline tiny random-weight one ("tiny", "tiny-xl",
+"tiny-sd3", "tiny-flux"), or the project's own trained toy model ("toy", see src/zeroedit/assets/toy/README.md).
 
 Safetensors only, no safety checker, never `trust_remote_code`.
 """
@@ -17,6 +17,7 @@ from .errors import ModelError, ParameterError
 logger = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny", "tiny-xl")
+TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux")
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
 TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
@@ -54,6 +55,23 @@ def _model_index(model: str) -> dict:
                 "load('tiny') or load('tiny-xl').") from None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _pipeline_class(index: dict):
+    """The diffusers pipeline class of a model_index.json: SD3/SD3.5 and FLUX.1 by their `_class_name` or
+    denoiser (a `transformer` entry), SDXL by its second text encoder, else Stable Diffusion 1.x/2.x."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    name = index.get("_class_name", "")
+    transformer = (index.get("transformer") or [None, None])[-1] or ""
+    if "Flux" in name or transformer == "FluxTransformer2DModel":
+        return FluxPipeline
+    if "StableDiffusion3" in name or transformer == "SD3Transformer2DModel":
+        return StableDiffusion3Pipeline
+    if "transformer" in index:
+        raise ModelError(f"{name or 'this pipeline'} ({transformer}) is not supported: zeroedit loads SD 1.x/2.x/XL, "
+                         "SD3/SD3.5 and FLUX.1 pipelines.")
+    sdxl = "text_encoder_2" in index or "XL" in name
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
 def is_sdxl(pipe) -> bool:
@@ -97,8 +115,9 @@ def default_ip_adapter(pipe) -> dict:
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
     """Return a standard diffusers pipeline.
 
-    model: "tiny" / "tiny-xl" (offline random weights built from `seed`), "toy" (the trained toy-world model,
-    64 px, offline), a hub id, or a local folder.
+    model: "tiny" / "tiny-xl" / "tiny-sd3" / "tiny-flux" (offline random weights built from `seed`), "toy"
+    (the trained toy-world model, 64 px, offline), a hub id, or a local folder (SD3 / FLUX folders are detected
+    from model_index.json).
     dtype: torch dtype or its name; device: where to move the pipeline.
     ip_adapter: for `personalize`: True loads the tiny models' random adapter, the toy model's trained one, or
     the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`); a dict gives the arguments
@@ -106,7 +125,12 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
     """
     torch_dtype = resolve_dtype(dtype)
-    if model in TINY_MODELS:
+    if model in TINY_FLOW_MODELS:
+        if ip_adapter:
+            raise ParameterError("ip_adapter: the tiny flow models have no IP-Adapter (personalize runs on UNet models).")
+        from .tiny_flow import build_tiny_flux, build_tiny_sd3
+        pipe = build_tiny_sd3(seed) if model == "tiny-sd3" else build_tiny_flux(seed)
+    elif model in TINY_MODELS:
         from .tiny import build_tiny_sd, build_tiny_sdxl
         pipe = build_tiny_sd(seed) if model == "tiny" else build_tiny_sdxl(seed)
         if ip_adapter:
@@ -115,13 +139,12 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     else:
         model = TOY_MODEL if model == "toy" else model
         index = _model_index(model)
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-        sdxl = "text_encoder_2" in index or "XL" in index.get("_class_name", "")
+        pipeline_class = _pipeline_class(index)
         kwargs = dict(dtype=torch_dtype or torch.float32, use_safetensors=True)  # fp16 files load as fp32 unless asked
-        if not sdxl:
+        if pipeline_class.__name__ == "StableDiffusionPipeline":
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
-            pipe = (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).from_pretrained(model, **kwargs)
+            pipe = pipeline_class.from_pretrained(model, **kwargs)
         except OSError as error:
             raise ModelError(f"could not load {model!r}: {error}. zeroedit loads safetensors weights only.") from None
         pipe.set_progress_bar_config(disable=True)

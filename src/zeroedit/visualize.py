@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from .backbone import Backbone
+from .backbones import Backbone
 from .control import Controller, Record
 from .errors import ParameterError
 from .images import prepare_image, to_tensor

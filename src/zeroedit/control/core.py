@@ -37,10 +37,15 @@ class Rule:
     Attention rules override any of `qkv`, `logits`, `probs`, `merge`; a rule that overrides `logits` or
     `probs` sets `needs_logits = True`, and only then (layer and step) is the attention matrix built —
     everywhere else the layer runs SDPA. Feature rules (`target = "feature"`) override `feature`.
+
+    Joint attention (SD3/FLUX transformers, control/joint.py): `stream` says which tokens the rule sees —
+    "image" (default: the image-token part of q/k/v, of the logits/probabilities (image × image) and of the
+    output), "text", or "joint" (the whole sequence in the layer's order). UNet layers ignore it.
     """
 
     target = "attention"
     needs_logits = False
+    stream = "image"
 
     def __init__(self, layers: Iterable[str], steps=None):
         self.layers = list(layers)
@@ -92,6 +97,7 @@ class AttnContext(FeatureContext):
     ip_states: Any  # IP-Adapter image tokens (list per adapter) or None
     original: Any  # the processor this layer had before installation
     ip_handled: bool = False  # a rule that adds the image-attention term itself sets this
+    text_tokens: int = 0  # joint attention: number of text tokens in the layer's sequence
 
 
 class Controller:
@@ -109,7 +115,8 @@ class Controller:
         return rule
 
     def set_call(self, step: int, timestep, branches: list[tuple[str, int]], latent_hw: tuple[int, int] | None = None):
-        """Announce the next UNet call: step index, timestep and the batch layout [(branch, size), ...]."""
+        """Announce the next UNet call: step index, timestep and the batch layout [(branch, size), ...].
+        latent_hw: the latent's (h, w) for a UNet; the image-token grid for a transformer (FlowBackbone.token_grid)."""
         self.step, self.timestep = step, timestep
         self.layout, start = {}, 0
         for name, size in branches:
@@ -142,9 +149,12 @@ class Controller:
     def _rules(self, name: str, target: str) -> list[Rule]:
         return [r for r in self.rules if r.target == target and name in r.layers and r.active(self)]
 
-    def apply_features(self, name: str, output: torch.Tensor) -> torch.Tensor:
+    def apply_features(self, name: str, output):
         """Module `name`'s output after this controller's active feature rules, in order (the plain hook and
-        the job-batch dispatcher both apply rules through this)."""
+        the job-batch dispatcher both apply rules through this). A module that returns a tuple (diffusers'
+        MM-DiT blocks return (text, image)): the rules see and replace its last element, the image tokens."""
+        if isinstance(output, tuple):
+            return output[:-1] + (self.apply_features(name, output[-1]),)
         ctx = FeatureContext(name, self)
         for rule in self._rules(name, "feature"):
             output = rule.feature(ctx, output)
@@ -152,8 +162,9 @@ class Controller:
 
     @contextlib.contextmanager
     def installed(self, unet):
-        """Install processors and hooks for the rules' layers; always restore on exit. Inside a job of a
-        `zeroedit.jobs.JobSession` on this UNet, attach to the session instead (it runs this controller's
+        """Install processors and hooks for the rules' layers of `unet` (a UNet, or an SD3/FLUX transformer:
+        its joint-attention layers get `ControlledJointAttnProcessor`); always restore on exit. Inside a job of
+        a `zeroedit.jobs.JobSession` on this UNet, attach to the session instead (it runs this controller's
         rules on the job's own batch slice of the combined call)."""
         saved = unet.attn_processors
         attn_layers = {name for r in self.rules if r.target == "attention" for name in r.layers}
@@ -177,7 +188,7 @@ class Controller:
             return
         hooks = []
         try:
-            processors = {key: (ControlledAttnProcessor(self, key[: -len(".processor")], proc)
+            processors = {key: (_controlled(self, key[: -len(".processor")], proc)
                                 if key[: -len(".processor")] in attn_layers else proc) for key, proc in saved.items()}
             if attn_layers:
                 unet.set_attn_processor(processors)
@@ -189,6 +200,17 @@ class Controller:
                 hook.remove()
             if attn_layers:
                 unet.set_attn_processor(saved)
+
+
+def _controlled(controller: Controller, name: str, original):
+    """The controlled processor for a layer: the joint-attention one for SD3/FLUX transformer layers, else
+    the UNet one (a transformer layer with another processor raises ModelError)."""
+    from .joint import ControlledJointAttnProcessor, check_joint_processor, is_joint_processor
+    if is_joint_processor(original):
+        return ControlledJointAttnProcessor(controller, name, original)
+    if "Joint" in type(original).__name__ or "Flux" in type(original).__name__:
+        check_joint_processor(name, original)  # fused / PAG / IP-Adapter joint processors: ModelError
+    return ControlledAttnProcessor(controller, name, original)
 
 
 def eager_under_compile(method=None, *, own_tensors: bool = False):

@@ -17,12 +17,15 @@ class Record(Rule):
     """Store what a layer computes for one branch (or the whole batch, `branch=None`).
 
     what: "q", "k", "v", "probs", "logits" (attention) or "feature" (module output, set target="feature").
+    stream: on joint-attention layers, which tokens ("image", "text", "joint"; see Rule).
     The store maps (layer, what, step) -> tensor; `dtype` casts (e.g. the model's dtype), `detach=False`
     keeps the graph (pix2pix-zero's cross-attention loss)."""
 
     def __init__(self, layers, what=("q", "k"), branch: str | None = None, steps=None, store: dict | None = None,
-                 dtype: torch.dtype | None = None, detach: bool = True, target: str = "attention"):
+                 dtype: torch.dtype | None = None, detach: bool = True, target: str = "attention",
+                 stream: str = "image"):
         super().__init__(layers, steps)
+        self.stream = stream
         self.what = (what,) if isinstance(what, str) else tuple(what)
         self.branch, self.dtype, self.detach, self.target = branch, dtype, detach, target
         self.store = {} if store is None else store
@@ -75,11 +78,13 @@ def from_store(store: dict, step_of: Callable[[int], int] | None = None) -> Sour
 
 class Inject(Rule):
     """Replace the `what` tensors ("q", "k", "v" or "feature") of the `targets` branches by the source's.
-    A source of batch 1 is broadcast over every item of each target branch."""
+    A source of batch 1 is broadcast over every item of each target branch; a source that returns None leaves
+    the call unchanged. stream: as Record."""
 
     def __init__(self, layers, what=("q", "k"), source: Source | None = None, targets=("cond",), steps=None,
-                 target: str = "attention"):
+                 target: str = "attention", stream: str = "image"):
         super().__init__(layers, steps)
+        self.stream = stream
         self.what = (what,) if isinstance(what, str) else tuple(what)
         self.source, self.targets, self.target = source, tuple(targets), target
 
@@ -87,6 +92,8 @@ class Inject(Rule):
         if kind not in self.what:
             return tensor
         value = self.source(ctx, kind, tensor)
+        if value is None:  # the source has nothing for this call
+            return tensor
         out = tensor.clone()
         for name in self.targets:
             if ctx.controller.has_branch(name):

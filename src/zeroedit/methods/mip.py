@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, ModelError, ParameterError
@@ -231,6 +231,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
     """
+    require_unet(pipe, "personalize")
     compile_options(compile)
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import directions as edit_directions
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor
@@ -180,6 +180,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         captioner: a callable image -> caption, e.g. ze.captioners.blip(folder).
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
     """
+    require_unet(pipe, "edit")
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))

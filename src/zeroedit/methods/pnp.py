@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor
@@ -110,30 +110,39 @@ def _resolve(preset, steps, inversion_steps, feature_steps, attention_steps, neg
             window(attention_steps, steps, "attention_steps"))
 
 
-def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str = REFERENCE_NEGATIVE, steps: int = 50,
-              inversion_steps: int | None = None, feature_steps=0.8, attention_steps=0.5, guidance_scale: float = 7.5,
-              seed: int | None = None, preset: str | None = None, source_cache: str = "memory",
-              output_type: str = "pil", callback_on_step_end=None, compile=False) -> Result:
+def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str | None = None, steps: int | None = None,
+              inversion_steps: int | None = None, feature_steps=None, attention_steps=None,
+              guidance_scale: float | None = None, seed: int | None = None, preset: str | None = None,
+              source_cache: str = "memory", output_type: str = "pil", callback_on_step_end=None, compile=False,
+              method: str | None = None, solver: str | None = None, layers=None, strength: float | None = None,
+              source_guidance_scale: float | None = None) -> Result:
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
-    `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it.
+    `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it. On SD3/FLUX
+    pipelines: inversion + attention-value injection or FlowEdit, see methods/pnp_flow.py (defaults there).
 
     Args:
         image: the source image (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
         prompt: the target prompt, or several (one image each, one inversion, the same UNet calls).
         source_prompt: the prompt of the inversion and of the source branch ("" as the reference).
-        negative_prompt: the negative prompt of the target branches (the reference's default).
-        steps: DDIM sampling steps (50).
+        negative_prompt: the negative prompt of the target branches (None: the reference's default; "" on SD3).
+        steps: DDIM sampling steps (None: 50; flow: the preset's).
         inversion_steps: DDIM inversion steps (None: = steps; 999 under preset="reference").
-        feature_steps: decoder-feature injection window: a fraction of the steps (0.8) or a number of steps.
-        attention_steps: self-attention q/k injection window: a fraction of the steps (0.5) or a number of steps.
-        guidance_scale: classifier-free guidance (7.5).
+        feature_steps: decoder-feature injection window: a fraction of the steps or a number of steps (None: 0.8;
+            flow: the image tokens output by the injected blocks, None: 0).
+        attention_steps: self-attention q/k injection window: a fraction of the steps or a number of steps (None:
+            0.5; flow: the attention-value window, the preset's).
+        guidance_scale: classifier-free guidance (None: 7.5; flow: FLUX-dev's guidance embedding or SD3's CFG).
         seed: accepted for a uniform API; DDIM with eta 0 does not draw noise.
         preset: None or "reference" (999-step inversion, as the reference preprocessing).
         source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (201).
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+        method, solver, layers, strength, source_guidance_scale: SD3/FLUX only (methods/pnp_flow.py): method
+            None or "flowedit"; solver "euler" | "rf-solver" | "fireflow"; layers "single" | "last-single" |
+            "vital" | layer names; strength (FlowEdit's n_max / steps); source_guidance_scale (inversion /
+            FlowEdit source guidance).
     """
     compile_options(compile)
     prompts = check_prompts(prompt)
@@ -141,6 +150,22 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         raise ParameterError(f"source_prompt must be a string, got {source_prompt!r}.")
     check_choice(source_cache, "source_cache", CACHES)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
+    if is_flow(pipe):
+        from .pnp_flow import translate_flow
+        return translate_flow(pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
+                              feature_steps, attention_steps, guidance_scale, seed, preset, source_cache, output_type,
+                              callback_on_step_end, compile, method, solver, layers, strength, source_guidance_scale)
+    flow_only = dict(solver=solver, layers=layers, strength=strength, source_guidance_scale=source_guidance_scale)
+    for name, value in flow_only.items():
+        if value is not None:
+            raise ParameterError(f"{name} applies to SD3/FLUX pipelines only; leave it None on UNet pipelines.")
+    if method not in (None, "pnp"):
+        raise ParameterError(f"method must be None or 'pnp' on UNet pipelines ('flowedit' runs on SD3/FLUX), got {method!r}.")
+    negative_prompt = REFERENCE_NEGATIVE if negative_prompt is None else negative_prompt
+    steps = 50 if steps is None else steps
+    feature_steps = 0.8 if feature_steps is None else feature_steps
+    attention_steps = 0.5 if attention_steps is None else attention_steps
+    guidance_scale = 7.5 if guidance_scale is None else guidance_scale
     steps, inversion_steps, k_feature, k_attention = _resolve(
         preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
     picture = prepare_image(image)

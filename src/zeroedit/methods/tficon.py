@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..backbone import Backbone, Cond, compile_options
+from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, prepare_image, to_tensor
@@ -219,6 +219,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
     """
+    require_unet(pipe, "compose")
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)

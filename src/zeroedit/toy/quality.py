@@ -161,7 +161,7 @@ def run_translate(pipe, cases: list[EditCase], steps: int = 20, guidance: float 
 def word_swap_direction(pipe, case: EditCase) -> torch.Tensor:
     """Δ = E(target caption) − E(source caption): added to the caption's embedding it gives exactly the
     swapped caption's embedding."""
-    from ..backbone import Backbone
+    from ..backbones import Backbone
     backbone = Backbone(pipe)
     with torch.no_grad():
         return (backbone.encode_prompt(case.target_prompt).embeds - backbone.encode_prompt(case.source_prompt).embeds).float()
@@ -355,7 +355,7 @@ def run_inversion(pipe, images, steps=(10, 20, 50)) -> dict:
     """Reconstruction PSNR (dB, mean over images) of invert → reconstruct: DDIM with "", DPM-Solver++ (order 2)
     with "" and with the exceptional prompt; plus the VAE's own round trip (the ceiling)."""
     import zeroedit as ze
-    from ..backbone import Backbone
+    from ..backbones import Backbone
     from ..images import to_tensor
     backbone = Backbone(pipe)
     with torch.no_grad():

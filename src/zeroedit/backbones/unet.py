@@ -1,4 +1,4 @@
-"""Backbone: one object hiding SD 1.x/2.x vs SDXL.
+"""UNet backbone: one object hiding SD 1.x/2.x vs SDXL.
 
 Prompt encoding (including the empty/negative prompt and TF-ICON's exceptional prompt), VAE
 encode (posterior mean × scaling factor) and decode, and one UNet call with the right
@@ -32,11 +32,13 @@ import weakref
 import torch
 from diffusers import DDPMScheduler
 
-from . import jobs
-from .errors import ModelError, ParameterError
-from .loading import is_sdxl
-from .result import Stats
+from .. import jobs
+from ..errors import ModelError, ParameterError, UnsupportedModel
+from ..loading import is_sdxl
+from ..result import Stats
+from .vae import LatentCodec
 
+FLOW_METHODS = ("translate", "invert", "reconstruct")  # the methods that run on flow pipelines
 EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
 
 
@@ -63,15 +65,23 @@ class Cond:
         return Cond(self.embeds[index], None if self.pooled is None else self.pooled[index])
 
 
-class Backbone:
+class Backbone(LatentCodec):
     """Wraps a diffusers SD/SDXL pipeline; see module docstring."""
 
+    kind = "unet"
+
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
+        if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+            raise UnsupportedModel(
+                f"{type(pipe).__name__} is a flow-transformer pipeline; this method runs on UNet pipelines "
+                f"(Stable Diffusion 1.x, 2.x, XL) only. On SD3/SD3.5/FLUX.1 pipelines zeroedit runs "
+                f"{', '.join(FLOW_METHODS)}.")
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ModelError(f"the pipeline has no {name}; zeroedit needs a Stable Diffusion (1.x, 2.x or XL) "
                                  f"text-to-image pipeline, got {type(pipe).__name__}.")
         self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
+        self.model = self.unet  # what control rules install on (the transformer for flow backbones)
         self.is_xl = is_sdxl(pipe)
         self.stats = stats if stats is not None else Stats()
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -145,29 +155,11 @@ class Backbone:
         embeds = torch.cat(hidden, dim=-1).to(self.dtype).expand(batch, -1, -1)
         return Cond(embeds, None if pooled is None else pooled.to(self.dtype).expand(batch, -1))
 
-    # ---------------------------------------------------------------- VAE
+    # ---------------------------------------------------------------- VAE (encode_image/decode: LatentCodec)
     def _vae_dtype(self):
         """diffusers upcasts an fp16 VAE only in SDXL pipelines (`force_upcast`); SD 1.x/2.x VAEs run in fp16."""
         upcast = self.is_xl and self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
         return torch.float32 if upcast else self.vae.dtype
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> latents: posterior mean (or a seeded sample) × scaling factor."""
-        dtype = self._vae_dtype()
-        with _vae_in(self.vae, dtype):
-            dist = self.vae.encode(images.to(self.device, dtype)).latent_dist
-            latents = dist.sample(generator) if sample else dist.mean
-        shift = self.vae.config.get("shift_factor", None) or 0.0
-        return ((latents - shift) * self.vae.config.scaling_factor).to(self.dtype)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images (B, 3, H, W) in [-1, 1]."""
-        dtype = self._vae_dtype()
-        shift = self.vae.config.get("shift_factor", None) or 0.0
-        with _vae_in(self.vae, dtype):
-            return self.vae.decode(latents.to(dtype) / self.vae.config.scaling_factor + shift).sample.float()
 
     # ---------------------------------------------------------------- UNet
     def unet_call(self, latents: torch.Tensor, t, cond: Cond, added: dict | None = None) -> torch.Tensor:
@@ -263,11 +255,12 @@ def compile_options(value) -> dict | None:
                          f"(e.g. {{'mode': 'reduce-overhead'}}), got {value!r}.")
 
 
-def compiled_forward(args, options: dict) -> torch.Tensor | None:
-    """`_unet_forward(*args)` through torch.compile (cached per UNet and options, see `compiled_unet`); None
-    when the backend cannot build here (warned once)."""
+def compiled_forward(args, options: dict, forward=None) -> torch.Tensor | None:
+    """`forward(*args)` (default `_unet_forward`; the flow backbone passes its transformer forward) through
+    torch.compile (cached per model, function and options, see `compiled_unet`); None when the backend cannot
+    build here (warned once)."""
     unet = args[0]
-    compiled = compiled_unet(unet, options)
+    compiled = compiled_unet(unet, options, forward)
     if compiled is None:
         return None
     if options.get("mode") == "reduce-overhead":
@@ -278,7 +271,7 @@ def compiled_forward(args, options: dict) -> torch.Tensor | None:
             # clone: the caller owns the output, also when it lives in CUDA-graph memory
             return compiled(*_contiguous(args)).clone()
     except torch._dynamo.exc.BackendCompilerFailed as error:
-        _compile_failed(unet, options, error)
+        _compile_failed(unet, options, error, forward)
         return None
 
 
@@ -286,14 +279,21 @@ def _options_key(options: dict) -> str:
     return repr(sorted(options.items()))
 
 
-def compiled_unet(unet, options: dict):
-    """The compiled forward for this UNet and options, built once and reused by every later call (None after
-    a failed build). torch.compile wraps `_unet_forward`, never the module: the user's UNet is not changed
-    (no `_compiled_call_impl`, no hooks), and the cache holds the UNet only weakly."""
+def _cache_key(options: dict, forward) -> str:
+    """Cache key of a compiled function: the options (and the function's name, for any but the UNet's)."""
+    return _options_key(options) if forward is _unet_forward else f"{forward.__name__}:{_options_key(options)}"
+
+
+def compiled_unet(unet, options: dict, forward=None):
+    """The compiled forward for this model (UNet or transformer), function and options, built once and reused
+    by every later call (None after a failed build). torch.compile wraps `forward` (default `_unet_forward`),
+    never the module: the user's model is not changed (no `_compiled_call_impl`, no hooks), and the cache holds
+    the model only weakly."""
+    forward = forward or _unet_forward
     per_unet = _COMPILED.setdefault(unet, {})
-    key = _options_key(options)
+    key = _cache_key(options, forward)
     if key not in per_unet:
-        per_unet[key] = torch.compile(_unet_forward, **options)
+        per_unet[key] = torch.compile(forward, **options)
     return per_unet[key]
 
 
@@ -320,27 +320,11 @@ def _dynamo_supported() -> bool:
     return False
 
 
-def _compile_failed(unet, options: dict, error: Exception):
-    """The backend could not build the graph (e.g. inductor without a C compiler): warn once per UNet and
+def _compile_failed(unet, options: dict, error: Exception, forward=None):
+    """The backend could not build the graph (e.g. inductor without a C compiler): warn once per model and
     options, remember it, and run eagerly from now on."""
-    _COMPILED.setdefault(unet, {})[_options_key(options)] = None
+    _COMPILED.setdefault(unet, {})[_cache_key(options, forward or _unet_forward)] = None
     cause = getattr(error, "inner_exception", None) or error
     reason = (str(cause).strip().splitlines() or [""])[0]
     warnings.warn(f"compile: the torch.compile backend failed ({type(cause).__name__}: {reason}); running the UNet "
                   "eagerly.", RuntimeWarning, stacklevel=4)
-
-
-class _vae_in:
-    """Temporarily run the VAE in `dtype` (diffusers' force_upcast for fp16 SDXL VAEs), then restore it."""
-
-    def __init__(self, vae, dtype):
-        self.vae, self.dtype, self.original = vae, dtype, vae.dtype
-
-    def __enter__(self):
-        if self.dtype != self.original:
-            self.vae.to(self.dtype)
-
-    def __exit__(self, *exc):
-        if self.dtype != self.original:
-            self.vae.to(self.original)
-        return False

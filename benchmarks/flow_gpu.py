@@ -1,0 +1,114 @@
+"""Seconds, sequential transformer calls and peak memory of flow invert + translate on a FLUX-sized model.
+
+    python benchmarks/flow_gpu.py            # on a CUDA device: FLUX.1-dev-sized random weights, bf16, 1024²
+    python benchmarks/flow_gpu.py --tiny     # anywhere: the tiny FLUX pipeline at 128² (checks the script)
+
+The FLUX.1-dev transformer config (19 double + 38 single blocks, 24 heads × 128 = 3072 wide, T5 width 4096,
+pooled 768, guidance embedding, ~11.9 B parameters) is built with random weights directly on the device in
+bf16 (a random fp32 init of 12 B parameters does not fit a CPU). The VAE has FLUX's config (16 latent
+channels, 128/256/512/512, ×8). The text encoders keep FLUX's output widths (CLIP 768, T5 4096 with 512
+tokens) but only one layer each: the real T5-XXL encode (~4.7 B parameters) runs once per prompt and is not
+what editing methods differ in. Figures to compare with: FireFlow 24.5 s (8 steps) and RF-Solver 78.8 s
+(25 steps) per edit on an RTX 3090 (FireFlow paper, Table 1).
+`run(pipe, size, cases)` returns {case: {seconds, calls, evals, peak_memory_gib}}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src")]
+
+import zeroedit as ze  # noqa: E402
+
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+FLUX_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+CASES = {  # name -> (kind, kwargs)
+    "invert fireflow 8": ("invert", dict(method="fireflow", steps=8)),
+    "translate default (fireflow 8, 1 step injected)": ("translate", dict()),
+    "translate 4 prompts (fireflow 8)": ("translate", dict(prompt=["a", "b", "c", "d"])),
+    "translate reference (rf-solver 25, 3 steps injected)": ("translate", dict(preset="reference")),
+    "translate flowedit (28 steps, n_max 24)": ("translate", dict(method="flowedit", seed=0)),
+}
+
+
+def build_flux_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
+    """A FluxPipeline with FLUX.1-dev-sized random transformer and VAE (see module docstring), built on `device`;
+    `overrides` change the transformer config (e.g. num_layers=1 to check the builder on a CPU)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from zeroedit.tiny import tiny_tokenizer
+    from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER, tiny_t5_tokenizer
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**{**FLUX_DEV, **overrides})
+            vae = AutoencoderKL(**FLUX_VAE)
+            clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
+                                                num_attention_heads=12, vocab_size=1000, max_position_embeddings=77,
+                                                bos_token_id=512, eos_token_id=513, pad_token_id=513))
+            t5 = T5EncoderModel(T5Config(vocab_size=256, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=1,
+                                         feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
+    finally:
+        torch.set_default_dtype(previous)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER), vae=vae, text_encoder=clip,
+                        tokenizer=tiny_tokenizer(), text_encoder_2=t5, tokenizer_2=tiny_t5_tokenizer(512),
+                        transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _image(size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (np.stack([np.sin(6 * xx), np.cos(5 * yy), np.sin(4 * (xx + yy))], -1) * 127 + 128).astype(np.uint8)
+
+
+def run(pipe, size: int = 1024, cases=None, warmup: bool = True) -> dict:
+    """Each case once (after one warm-up translate at 2 steps); seconds and peak memory from zeroedit's Timer."""
+    image, results = _image(size), {}
+    if warmup:
+        ze.translate(pipe, image, "warm up", steps=2, output_type="latent")
+    for name, (kind, kwargs) in (cases or CASES).items():
+        kwargs = dict(kwargs)
+        if kind == "invert":
+            out = ze.invert(pipe, image, **kwargs)
+        else:
+            out = ze.translate(pipe, image, kwargs.pop("prompt", "a photo of a dog"), output_type="latent", **kwargs)
+        stats = out.stats
+        results[name] = dict(seconds=round(stats.seconds, 2), calls=stats.unet_calls, evals=stats.unet_evals,
+                             peak_memory_gib=round(stats.peak_memory_bytes / 2 ** 30, 2))
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny FLUX at 128² on any device (checks the script)")
+    parser.add_argument("--size", type=int, default=None)
+    args = parser.parse_args()
+    if args.tiny:
+        pipe, size = ze.load("tiny-flux"), args.size or 128
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --tiny")
+        pipe, size = build_flux_sized(), args.size or 1024
+        params = sum(p.numel() for p in pipe.transformer.parameters())
+        print(f"transformer: {params / 1e9:.2f} B parameters, {torch.cuda.get_device_name()}")
+    print(f"\n| case ({size}²) | seconds | sequential calls | sample-evaluations | peak memory GiB |")
+    print("|---|---|---|---|---|")
+    for name, row in run(pipe, size).items():
+        print(f"| {name} | {row['seconds']} | {row['calls']} | {row['evals']} | {row['peak_memory_gib']} |")
+
+
+if __name__ == "__main__":
+    main()

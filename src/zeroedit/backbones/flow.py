@@ -1,0 +1,224 @@
+"""Flow backbone: one object hiding SD3/SD3.5 (`StableDiffusion3Pipeline`) vs FLUX.1 (`FluxPipeline`).
+
+Rectified-flow models: x_σ = (1 − σ)·x₀ + σ·ε, the transformer predicts the velocity v = ε − x₀ and a step
+from σ to σ' is x + (σ' − σ)·v (diffusers' FlowMatchEulerDiscreteScheduler). What differs per family, and
+is hidden here (each as diffusers' own pipeline does it, files named in the docstrings):
+- prompt encoding: SD3 = CLIP-L and CLIP-G penultimate states (concatenated, zero-padded to the T5 width) +
+  T5 states along the sequence, pooled = both CLIP text_embeds concatenated; no T5 (`text_encoder_3=None`,
+  e.g. the toy flow model) = zeros, as diffusers. FLUX = T5 states + the CLIP-L pooled output.
+- latents: zeroedit keeps spatial latents (B, C, h, w) everywhere (solvers, Results, `output_type="latent"`);
+  FLUX packs them into 2×2 patches (B, h/2·w/2, 4C) with latent image ids only inside `transformer_call`.
+- conditioning of one call: SD3 = pooled_projections, model time σ·1000, classifier-free guidance by batching
+  (`has_cfg`); FLUX-dev = the guidance embedding (distilled guidance, no CFG branch), model time σ;
+  FLUX-schnell = neither.
+- the σ grid: the scheduler's own (static `shift` for SD3, resolution-dependent `mu` from the image-token
+  count for FLUX-dev and dynamic-shift SD3.5 configs), with σ = 0 appended.
+Every transformer call goes through `transformer_call` and is counted in `stats.unet_calls` (sequential
+calls) and `stats.unet_evals` (sample-evaluations), like the UNet's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from ..errors import ModelError
+from ..result import Stats
+from .unet import Cond, compile_options, compiled_forward, _dynamo_supported
+from .vae import LatentCodec
+
+SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
+FLUX_T5_LENGTH = 512  # FluxPipeline's max_sequence_length default
+
+
+def is_flux(model) -> bool:
+    return type(model).__name__ == "FluxTransformer2DModel"
+
+
+def is_sd3(model) -> bool:
+    return type(model).__name__ == "SD3Transformer2DModel"
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> FLUX tokens (B, h/2·w/2, 4C): 2×2 patches, channels then patch rows/cols
+    (FluxPipeline._pack_latents)."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """FLUX tokens (B, h/2·w/2, 4C) -> (B, C, h, w) (FluxPipeline._unpack_latents, in latent units)."""
+    b, _, d = tokens.shape
+    x = tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, h, w)
+
+
+def image_ids(h2: int, w2: int, device, dtype) -> torch.Tensor:
+    """FLUX latent image ids (h2·w2, 3): (0, row, col) per token (FluxPipeline._prepare_latent_image_ids)."""
+    ids = torch.zeros(h2, w2, 3)
+    ids[..., 1] = torch.arange(h2)[:, None]
+    ids[..., 2] = torch.arange(w2)[None, :]
+    return ids.reshape(h2 * w2, 3).to(device=device, dtype=dtype)
+
+
+def calculate_shift(seq_len: int, config) -> float:
+    """mu of the resolution-dependent shift: linear in the image-token count between (base_image_seq_len,
+    base_shift) and (max_image_seq_len, max_shift) (pipeline_flux.py `calculate_shift`)."""
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return seq_len * slope + base_shift - slope * base_len
+
+
+def _transformer_forward(transformer, hidden, text, pooled, timestep, img_ids, txt_ids, guidance):
+    """The transformer forward every call runs (eagerly, or traced by torch.compile)."""
+    kwargs = dict(hidden_states=hidden, encoder_hidden_states=text, pooled_projections=pooled, timestep=timestep,
+                  return_dict=False)
+    if img_ids is not None:
+        kwargs.update(img_ids=img_ids, txt_ids=txt_ids, guidance=guidance)
+    return transformer(**kwargs)[0]
+
+
+class FlowBackbone(LatentCodec):
+    """Wraps a diffusers SD3/SD3.5 or FLUX.1 pipeline; see module docstring."""
+
+    kind = "flow"
+
+    def __init__(self, pipe, stats: Stats | None = None, compile=False):
+        for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if getattr(pipe, name, None) is None:
+                raise ModelError(f"the pipeline has no {name}; zeroedit's flow backbone needs a StableDiffusion3Pipeline "
+                                 f"or FluxPipeline, got {type(pipe).__name__}.")
+        self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
+        self.model = self.transformer  # what control rules install on
+        self.is_flux = is_flux(self.transformer)
+        if not (self.is_flux or is_sd3(self.transformer)):
+            raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
+                             "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
+        self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
+        self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
+        self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.num_train_timesteps = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+        self.stats = stats if stats is not None else Stats()
+        self.compile_options = compile_options(compile)
+        self.stats.params.setdefault("compile", compile)
+        if self.compile_options is not None and not _dynamo_supported():
+            self.compile_options = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    # ---------------------------------------------------------------- text
+    def _ids(self, tokenizer, prompts: list[str], length: int) -> torch.Tensor:
+        return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def t5_length(self) -> int:
+        """T5 tokens per prompt: the pipeline's default max_sequence_length (SD3 256, FLUX 512), or the
+        tokenizer's own maximum when that is smaller (the tiny models' 32)."""
+        default = FLUX_T5_LENGTH if self.is_flux else SD3_T5_LENGTH
+        tokenizer = self.pipe.tokenizer_2 if self.is_flux else getattr(self.pipe, "tokenizer_3", None)
+        return min(default, int(getattr(tokenizer, "model_max_length", None) or default))
+
+    def _t5(self, prompts: list[str], encoder, tokenizer) -> torch.Tensor:
+        length = self.t5_length()
+        if encoder is None:  # SD3 without T5: zeros, as StableDiffusion3Pipeline._get_t5_prompt_embeds
+            return torch.zeros(len(prompts), length, self.transformer.config.joint_attention_dim, device=self.device)
+        return encoder(self._ids(tokenizer, prompts, length), output_hidden_states=False)[0]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: str | list[str]) -> Cond:
+        """Prompt(s) -> Cond(token embeddings (B, L, D), pooled (B, P)), exactly as the diffusers pipeline
+        encodes them (pipeline_stable_diffusion_3.py / pipeline_flux.py `encode_prompt`)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        pipe = self.pipe
+        if self.is_flux:
+            ids = self._ids(pipe.tokenizer, prompts, pipe.tokenizer.model_max_length)
+            pooled = pipe.text_encoder(ids, output_hidden_states=False).pooler_output
+            embeds = self._t5(prompts, pipe.text_encoder_2, pipe.tokenizer_2)
+            return Cond(embeds.to(self.dtype), pooled.to(self.dtype))
+        hidden, pooled = [], []
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            out = encoder(self._ids(tokenizer, prompts, pipe.tokenizer.model_max_length), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled.append(out[0])  # text_embeds of CLIPTextModelWithProjection
+        clip = torch.cat(hidden, dim=-1)
+        t5 = self._t5(prompts, getattr(pipe, "text_encoder_3", None), getattr(pipe, "tokenizer_3", None))
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        embeds = torch.cat([clip, t5.to(clip.dtype)], dim=-2)
+        return Cond(embeds.to(self.dtype), torch.cat(pooled, dim=-1).to(self.dtype))
+
+    def encode_negative(self, prompts: str | list[str]) -> Cond:
+        """Negative prompts: encoded like any prompt (the SD3 pipeline does not zero the empty prompt)."""
+        return self.encode_prompt(prompts)
+
+    # ---------------------------------------------------------------- geometry and time
+    def token_grid(self, latent_hw) -> tuple[int, int]:
+        """(H, W) of the image tokens for a latent of size latent_hw (patch size 2 on both families)."""
+        return latent_hw[0] // self.patch, latent_hw[1] // self.patch
+
+    def latent_multiple(self) -> int:
+        """Image sides must be multiples of this (VAE factor × patch)."""
+        return self.vae_scale * self.patch
+
+    def sigmas(self, steps: int, latent_hw) -> list[float]:
+        """The σ grid of `steps` sampling steps, descending, σ = 0 appended (steps + 1 values), as the
+        pipeline's scheduler builds it: FLUX passes sigmas linspace(1, 1/steps) (pipeline_flux.py), SD3 lets the
+        scheduler space the timesteps (pipeline_stable_diffusion_3.py); then the static `shift` or, with
+        `use_dynamic_shifting`, the time shift by mu = calculate_shift(image tokens)."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", False):
+            h, w = self.token_grid(latent_hw)
+            kwargs["mu"] = calculate_shift(h * w, scheduler.config)
+        if self.is_flux:
+            kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
+            scheduler.set_timesteps(device="cpu", **kwargs)
+        else:
+            scheduler.set_timesteps(steps, device="cpu", **kwargs)
+        return [float(s) for s in scheduler.sigmas]
+
+    def model_time(self, sigma: torch.Tensor) -> torch.Tensor:
+        """σ -> the transformer's `timestep` argument: FLUX takes σ (the pipeline divides by 1000 and the model
+        multiplies back), SD3 takes σ·num_train_timesteps."""
+        return sigma if self.is_flux else sigma * self.num_train_timesteps
+
+    # ---------------------------------------------------------------- the transformer
+    def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None) -> torch.Tensor:
+        """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
+        counted in stats. `guidance`: FLUX-dev's distilled guidance, a number or one per sample (ignored by models
+        without the embedding).
+        Returns the velocity (B, C, h, w) in the model's dtype."""
+        batch, _, h, w = latents.shape
+        if len(cond) != batch:
+            raise RuntimeError(f"internal: {len(cond)} conditionings for a batch of {batch}")
+        sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1).expand(batch)
+        self.stats.unet_calls += 1
+        self.stats.unet_evals += batch
+        if self.is_flux:
+            hidden = pack(latents.to(self.dtype))
+            ids = image_ids(h // 2, w // 2, self.device, cond.embeds.dtype)
+            txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=cond.embeds.dtype)
+            scale = None
+            if self.guidance_embeds:  # FluxPipeline's default guidance_scale is 3.5
+                scale = torch.as_tensor(3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
+                scale = scale.reshape(-1).expand(batch)
+            args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale)
+        else:
+            args = (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled, self.model_time(sigma),
+                    None, None, None)
+        out = None
+        if self.compile_options is not None:
+            out = compiled_forward(args, self.compile_options, _transformer_forward)
+            if out is None:
+                self.compile_options = None
+        if out is None:
+            out = _transformer_forward(*args)
+        return unpack(out, h, w) if self.is_flux else out
