@@ -26,6 +26,8 @@ Compiled path (`Backbone(pipe, stats, compile=True | {torch.compile kwargs})`, e
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import warnings
 import weakref
 
@@ -38,6 +40,28 @@ from .loading import is_sdxl
 from .result import Stats
 
 EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
+logger = logging.getLogger(__name__)
+
+
+def check_pipe(pipe):
+    """Refuse what is not a diffusers pipeline (None, a model name or path, a bare model) with a ModelError that
+    says what to pass; return its denoiser (the UNet, or a flow `transformer`). Whether the pipeline is a
+    supported one (SD 1.x/2.x/XL components) is checked by `Backbone`."""
+    if pipe is None:
+        raise ModelError("pipe is None: pass a diffusers pipeline, e.g. pipe = ze.load('stabilityai/stable-diffusion-"
+                         "2-1-base') or ze.load('tiny').")
+    if isinstance(pipe, (str, bytes, os.PathLike)):
+        raise ModelError(f"pipe is the name {os.fsdecode(pipe) if not isinstance(pipe, str) else pipe!r}, not a "
+                         f"pipeline: load it first, pipe = ze.load({str(pipe)!r}), and pass pipe.")
+    if isinstance(pipe, torch.nn.Module):
+        raise ModelError(f"pipe is a bare {type(pipe).__name__}; pass the whole diffusers pipeline (the object "
+                         "that holds unet, vae, text_encoder, tokenizer and scheduler), e.g. from ze.load(...).")
+    denoiser = getattr(pipe, "unet", None)
+    denoiser = getattr(pipe, "transformer", None) if denoiser is None else denoiser
+    if not isinstance(denoiser, torch.nn.Module):
+        raise ModelError(f"pipe ({type(pipe).__name__}) is not a diffusion pipeline with a UNet; zeroedit needs a "
+                         "Stable Diffusion (1.x, 2.x or XL) text-to-image pipeline, e.g. from ze.load(...).")
+    return denoiser
 
 
 @dataclasses.dataclass
@@ -67,6 +91,7 @@ class Backbone:
     """Wraps a diffusers SD/SDXL pipeline; see module docstring."""
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
+        check_pipe(pipe)
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ModelError(f"the pipeline has no {name}; zeroedit needs a Stable Diffusion (1.x, 2.x or XL) "
@@ -86,6 +111,17 @@ class Backbone:
             self.compile_options = None
 
     @property
+    def native_size(self) -> int:
+        """The model's native long side in px: UNet sample_size × VAE factor (512 SD 1.x, 1024 SDXL, 128 tiny)."""
+        sample = self.unet.config.sample_size
+        return int(max(sample) if isinstance(sample, (tuple, list)) else sample) * self.vae_scale
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides are multiples of this: VAE factor × 2^(UNet levels − 1) (64 on SD 1.x/2.x, 32 on SDXL)."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def device(self) -> torch.device:
         return self.unet.device
 
@@ -95,6 +131,13 @@ class Backbone:
 
     # ---------------------------------------------------------------- text
     def _tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Token ids padded to the encoder's length; a prompt longer than that is truncated, with a warning."""
+        limit = tokenizer.model_max_length
+        for prompt, ids in zip(prompts, tokenizer(prompts, truncation=True, max_length=limit + 1).input_ids):
+            if len(ids) > limit:
+                kept = tokenizer.decode(ids[1:limit - 1])
+                logger.warning("prompt truncated to the text encoder's %d tokens; kept %r, dropped the rest of %r.",
+                               limit, kept, prompt)
         return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids.to(self.device)
 
