@@ -59,7 +59,7 @@ def check_fraction(value, name: str) -> float:
 
 
 def check_choice(value, name: str, choices) -> str:
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+    if not any(value is c or (c is not None and isinstance(value, type(c)) and value == c) for c in choices):
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
     return value
 
