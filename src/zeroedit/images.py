@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-import warnings
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError, MaskError, ParameterError
 
 MAX_WORKING_SIDE = 2048  # px, long side of the working size without allow_large=True
-_OPEN_LOCK = threading.Lock()  # warnings.catch_warnings is process-wide state
 
 ImageInput = Any  # PIL.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
@@ -78,14 +75,14 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 def _read_file(path, what: str) -> Image.Image:
-    """Open lazily, check the header's pixel count, then decode (bombs never reach `load`)."""
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            opened = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(f"{what}: {os.fspath(path)!r} is refused as a decompression bomb ({error}); if the file "
-                             "is genuine, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
+    """Open lazily, check the header's pixel count, then decode (bombs never reach `load`). PIL itself raises
+    above twice its limit and warns above it (the warning is left alone: silencing it would change the
+    process-wide warning filters under other threads); `_check_pixels` refuses both."""
+    try:
+        opened = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # the warning: under -W error
+        raise ImageError(f"{what}: {os.fspath(path)!r} is refused as a decompression bomb ({error}); if the file "
+                         "is genuine, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
     with opened:
         _check_pixels(opened, what)
         opened.load()
