@@ -20,6 +20,7 @@ REF = make_image(1, (64, 64))
 SEG = np.zeros((64, 64), bool)
 SEG[16:48, 12:52] = True
 BOX = (40, 30, 100, 90)
+SIZE = 192  # working long side = the background's own (the tiny model's default would be 128)
 
 
 def test_budget_at_defaults(tiny_pipe):
@@ -41,10 +42,10 @@ def test_background_is_preserved_outside_the_region(tiny_pipe):
 
     steps = 6
     out = ze.compose(tiny_pipe, BG, REF, region=BOX, reference_mask=SEG, steps=steps, tau_b=1.0, seed=0,
-                     output_type="latent", callback_on_step_end=keep)
+                     output_type="latent", callback_on_step_end=keep, size=SIZE)
     k_b = out.stats.params["preservation_updates"]
     assert k_b == steps - 1  # int(tau_b·steps + 1 − 2), as the reference
-    inversion = ze.invert(tiny_pipe, BG, method="dpmpp", prompt="exceptional", steps=steps).latents[:, 0]
+    inversion = ze.invert(tiny_pipe, BG, method="dpmpp", prompt="exceptional", steps=steps, size=SIZE).latents[:, 0]
     region, _ = latent_masks(out.stats.extra["regions"][0], np.ones((128, 192), bool), (192, 128), 8)
     outside = region[0, 0] == 0
     for step in range(k_b):
@@ -89,7 +90,7 @@ def test_composite_attention_blocks():
 
 def test_regions_at_and_across_the_border(tiny_pipe):
     for box in [(150, 90, 230, 170), (-30, -20, 40, 40), (0, 0, 192, 128)]:
-        out = ze.compose(tiny_pipe, BG, REF, region=box, reference_mask=SEG, steps=4, seed=0)
+        out = ze.compose(tiny_pipe, BG, REF, region=box, reference_mask=SEG, steps=4, seed=0, size=SIZE)
         x0, y0, x1, y1 = out.stats.extra["regions"][0]
         assert 0 <= x0 < x1 <= 192 and 0 <= y0 < y1 <= 128
         assert out.image.size == (192, 128)
@@ -105,7 +106,7 @@ def test_mask_region_equals_its_box(tiny_pipe):
 
 def test_seed_determines_the_noise(tiny_pipe):
     run = lambda seed: ze.compose(tiny_pipe, BG, REF, region=BOX, reference_mask=SEG, steps=4, seed=seed,  # noqa: E731
-                                  output_type="latent").images
+                                  output_type="latent", size=SIZE).images
     first = run(3)
     assert first.shape == (1, 4, 128 // 8, 192 // 8)  # output_type="latent": the background's latent grid
     assert torch.equal(first, run(3))

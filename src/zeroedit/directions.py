@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbones import Backbone
+from . import jobs
+from .backbones import Backbone, check_pipe
 from .errors import CheckpointError, ParameterError
 
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}",
@@ -104,13 +105,33 @@ def _fingerprint(pipe, source, target, src_sentences, tgt_sentences) -> str:
     return digest.hexdigest()
 
 
+def check(direction, pipe) -> torch.Tensor:
+    """Refuse a direction that is not a finite tensor (1, L, d) for this pipeline's text encoder (L its token
+    length, d its width) with a ParameterError."""
+    shape = (1, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+    if not isinstance(direction, torch.Tensor) or tuple(direction.shape) != shape:
+        got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else type(direction).__name__
+        raise ParameterError(f"direction must be a tensor of shape {shape} from ze.directions.build for this "
+                             f"pipeline, got {got}.")
+    if not direction.is_floating_point() or not torch.isfinite(direction).all():
+        raise ParameterError("direction holds NaN or infinite values (or is not a float tensor); rebuild it with "
+                             "ze.directions.build.")
+    return direction
+
+
 def build(pipe, source: str, target: str, sentences=None, cache_dir: str | None = None) -> torch.Tensor:
     """The edit direction source → target for this pipeline's text encoder (see module docstring)."""
+    with jobs.exclusive(check_pipe(pipe)):  # the text encoder is the pipeline's: one call at a time
+        return _build(pipe, source, target, sentences, cache_dir)
+
+
+def _build(pipe, source, target, sentences, cache_dir) -> torch.Tensor:
     for name, value in (("source", source), ("target", target)):
         if not isinstance(value, str) or not value.strip():
             raise ParameterError(f"{name} must be a non-empty string, got {value!r}.")
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise ParameterError("edit directions are built for SD 1.x/2.x text encoders; this is an SDXL pipeline.")
+    Backbone(pipe)  # a pipeline without SD's components is a ModelError here, before any encoding
     src, tgt = _sentences(sentences, source), _sentences(sentences, target)
     key = _fingerprint(pipe, source, target, src, tgt)
     if key in _CACHE:

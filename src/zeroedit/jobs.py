@@ -21,10 +21,17 @@ inside a combined UNet call itself, an internal failure, goes to every job of th
 hooks are restored at the end; Ctrl-C in the caller stops every job at its next UNet call.
 `calls`, `evals`, `backward` count the session's shared UNet work (each job's own `stats` still count
 that job's calls as if it ran alone).
+
+Threads (`exclusive`): every method call holds its UNet's re-entrant lock for the whole call (inversion,
+sampling, decoding), so calls from several threads on one pipeline run one after the other and each equals
+its solo run; nobody's processors are ever installed while another call's UNet runs. A session's `run` holds
+that lock for the whole session and its job threads do not take it (they are coordinated by the baton).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -32,6 +39,28 @@ import torch
 from .control.core import eager_under_compile
 
 _local = threading.local()
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> RLock
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The re-entrant lock of one denoiser (UNet) module, made on first use, held weakly by the module."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def exclusive(model):
+    """Hold `model`'s lock for a whole method call (module docstring). Inside a job of a session on this
+    model the session's `run` holds it already (taking it per job would deadlock the combined forward)."""
+    if current(model) is not None:
+        yield
+        return
+    with model_lock(model):
+        yield
 
 
 def current(unet=None):
@@ -116,21 +145,22 @@ class JobSession:
 
         threads = [threading.Thread(target=body, args=(m, f), daemon=True, name=f"zeroedit-job{m.index}")
                    for m, f in zip(members, functions)]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C in the caller: every job stops at its next UNet call
-            with self.cond:
-                self.cancelled = True
-                self.cond.notify_all()
-            for thread in threads:
-                thread.join()
-            raise
-        finally:
-            with self.cond:
-                self._restore()
+        with model_lock(self.unet):  # no other thread's call on this UNet during the session
+            try:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            except BaseException:  # Ctrl-C in the caller: every job stops at its next UNet call
+                with self.cond:
+                    self.cancelled = True
+                    self.cond.notify_all()
+                for thread in threads:
+                    thread.join()
+                raise
+            finally:
+                with self.cond:
+                    self._restore()
         return outcomes
 
     def _leave(self, member: _Member):

@@ -33,6 +33,25 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     return _DTYPES[str(dtype).lower()]
 
 
+def check_device(device) -> torch.device | None:
+    """None or a device this torch can use; else a ParameterError (e.g. "cuda" on a CPU-only machine)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ParameterError(f"device {device!r} is not a device name ({error}); use e.g. 'cpu' or 'cuda'.") from None
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, AttributeError) as error:
+        reason = (str(error).split(". ")[0] or type(error).__name__)[:160]
+        if device.type == "cuda":
+            reason += f"; {torch.cuda.device_count()} CUDA device(s) visible"
+        raise ParameterError(f"device {str(device)!r} cannot be used here ({reason}; torch {torch.__version__}): use "
+                             "device='cpu', or a torch build and device for your accelerator.") from None
+    return device
+
+
 def _model_index(model: str) -> dict:
     """model_index.json of a local folder or a hub repository (raises ModelError offline)."""
     if os.path.isdir(model):
@@ -125,6 +144,10 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
     """
     torch_dtype = resolve_dtype(dtype)
+    device = check_device(device)
+    if not isinstance(model, str) and not isinstance(model, os.PathLike):
+        raise ModelError(f"model must be a name, hub id or folder (a string), got {type(model).__name__}.")
+    model = os.fspath(model)
     if model in TINY_FLOW_MODELS:
         if ip_adapter:
             raise ParameterError("ip_adapter: the tiny flow models have no IP-Adapter (personalize runs on UNet models).")

@@ -12,7 +12,7 @@ from .control import Controller, Record
 from .errors import ParameterError
 from .images import prepare_image, to_tensor
 from .inversion import ddim_invert, ddim_timesteps
-from .methods.common import check_steps
+from .methods.common import check_steps, serialised
 from .methods.pnp import injection_layers
 
 
@@ -27,6 +27,7 @@ def pca_rgb(tokens: torch.Tensor, height: int, width: int) -> Image.Image:
     return Image.fromarray(rgb.reshape(height, width, 3).cpu().numpy())
 
 
+@serialised
 def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str = "feature", steps: int = 50,
                  prompt: str = "", out: str | None = None) -> Image.Image:
     """PCA picture of a decoder layer at sampling step `step` (0 = the noisiest) of a `steps`-step DDIM

@@ -6,11 +6,36 @@
 """
 from __future__ import annotations
 
+import os
+
+import torch
+
 from ..errors import ModelError, UnsupportedModel
 from .flow import FlowBackbone, is_flux, is_sd3
 from .unet import FLOW_METHODS, Backbone, Cond, compile_options
 
-__all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "is_flow", "require_unet", "compile_options"]
+__all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "require_unet", "compile_options"]
+
+
+def check_pipe(pipe):
+    """Refuse what is not a diffusers pipeline (None, a model name or path, a bare model) with a ModelError that
+    says what to pass; return its denoiser (the UNet, or a flow `transformer`). Whether the pipeline is a
+    supported one (SD 1.x/2.x/XL components) is checked by `Backbone`."""
+    if pipe is None:
+        raise ModelError("pipe is None: pass a diffusers pipeline, e.g. pipe = ze.load('stabilityai/stable-diffusion-"
+                         "2-1-base') or ze.load('tiny').")
+    if isinstance(pipe, (str, bytes, os.PathLike)):
+        raise ModelError(f"pipe is the name {os.fsdecode(pipe) if not isinstance(pipe, str) else pipe!r}, not a "
+                         f"pipeline: load it first, pipe = ze.load({str(pipe)!r}), and pass pipe.")
+    if isinstance(pipe, torch.nn.Module):
+        raise ModelError(f"pipe is a bare {type(pipe).__name__}; pass the whole diffusers pipeline (the object "
+                         "that holds unet, vae, text_encoder, tokenizer and scheduler), e.g. from ze.load(...).")
+    denoiser = getattr(pipe, "unet", None)
+    denoiser = getattr(pipe, "transformer", None) if denoiser is None else denoiser
+    if not isinstance(denoiser, torch.nn.Module):
+        raise ModelError(f"pipe ({type(pipe).__name__}) is not a diffusion pipeline with a UNet; zeroedit needs a "
+                         "Stable Diffusion (1.x, 2.x or XL) text-to-image pipeline, e.g. from ze.load(...).")
+    return denoiser
 
 
 def is_flow(pipe) -> bool:
@@ -21,6 +46,7 @@ def is_flow(pipe) -> bool:
 
 def backbone_for(pipe, stats=None, compile=False):
     """The backbone adapter for `pipe`: UNet pipelines -> Backbone, SD3/FLUX -> FlowBackbone; ModelError else."""
+    check_pipe(pipe)
     if getattr(pipe, "unet", None) is not None:
         return Backbone(pipe, stats, compile)
     if is_flow(pipe):

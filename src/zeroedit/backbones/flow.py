@@ -164,8 +164,16 @@ class FlowBackbone(LatentCodec):
         """(H, W) of the image tokens for a latent of size latent_hw (patch size 2 on both families)."""
         return latent_hw[0] // self.patch, latent_hw[1] // self.patch
 
-    def latent_multiple(self) -> int:
-        """Image sides must be multiples of this (VAE factor × patch)."""
+    @property
+    def native_size(self) -> int:
+        """The model's native long side in px: the VAE's `sample_size` (1024 on SD3/FLUX.1, 128 tiny, 64 toy-flow;
+        the transformers' configs do not all carry one)."""
+        sample = self.vae.config.sample_size
+        return int(max(sample) if isinstance(sample, (tuple, list)) else sample)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides are multiples of this: VAE factor × patch (16 on SD3/FLUX.1)."""
         return self.vae_scale * self.patch
 
     def sigmas(self, steps: int, latent_hw) -> list[float]:

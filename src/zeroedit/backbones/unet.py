@@ -26,6 +26,7 @@ Compiled path (`Backbone(pipe, stats, compile=True | {torch.compile kwargs})`, e
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 import weakref
 
@@ -40,6 +41,8 @@ from .vae import LatentCodec
 
 FLOW_METHODS = ("translate", "invert", "reconstruct")  # the methods that run on flow pipelines
 EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
+logger = logging.getLogger(__name__)
+
 
 
 @dataclasses.dataclass
@@ -96,6 +99,17 @@ class Backbone(LatentCodec):
             self.compile_options = None
 
     @property
+    def native_size(self) -> int:
+        """The model's native long side in px: UNet sample_size × VAE factor (512 SD 1.x, 1024 SDXL, 128 tiny)."""
+        sample = self.unet.config.sample_size
+        return int(max(sample) if isinstance(sample, (tuple, list)) else sample) * self.vae_scale
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides are multiples of this: VAE factor × 2^(UNet levels − 1) (64 on SD 1.x/2.x, 32 on SDXL)."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def device(self) -> torch.device:
         return self.unet.device
 
@@ -105,6 +119,13 @@ class Backbone(LatentCodec):
 
     # ---------------------------------------------------------------- text
     def _tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Token ids padded to the encoder's length; a prompt longer than that is truncated, with a warning."""
+        limit = tokenizer.model_max_length
+        for prompt, ids in zip(prompts, tokenizer(prompts, truncation=True, max_length=limit + 1).input_ids):
+            if len(ids) > limit:
+                kept = tokenizer.decode(ids[1:limit - 1])
+                logger.warning("prompt truncated to the text encoder's %d tokens; kept %r, dropped the rest of %r.",
+                               limit, kept, prompt)
         return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids.to(self.device)
 

@@ -19,6 +19,11 @@ Decoupled cross-attention with one image attention per object, merged by the obj
 Several images of one object: their projected tokens are averaged. Any number of objects; non-square sizes
 (the layer grid comes from the latent size, no sqrt(HW)).
 
+Phrases are found in the prompt as text (case-insensitive; at word boundaries in scripts that separate words by
+spaces, anywhere in CJK text) and mapped to the prompt's tokens by the tokenizer's character offsets: CLIP's
+BPE marks word ends, so a CJK phrase's token ids on their own differ from its ids inside a CJK sentence, and a
+token-id search would not find it.
+
 Cost: one UNet call per step with [uncond, cond] — exactly plain CFG generation's calls and evaluations;
 self-attention stays SDPA, cross-attention runs SDPA per object plus a (heads × phrase tokens × HW) score.
 """
@@ -34,9 +39,10 @@ from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, ModelError, ParameterError
-from ..images import load_image
+from ..images import MAX_WORKING_SIDE, load_image
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_steps, finish, generator, randn, step_end
+from .common import (check_callback, check_choice, check_number, check_output_type, check_seed, check_steps,
+                     check_text, finish, generator, randn, serialised, step_end, step_limit)
 
 REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
 WEIGHTINGS = ("relevance", "uniform")
@@ -121,14 +127,47 @@ def _phrase_tokens(pipe, phrase: str) -> int:
     return max(len(ids) - 2, 1)
 
 
+def _spaced(char: str) -> bool:
+    """A letter or digit of a script that separates words by spaces (Latin, Greek, Cyrillic, …; not CJK)."""
+    return char.isalnum() and ord(char) < 0x2E80
+
+
+def _occurrences(prompt: str, phrase: str) -> list[tuple[int, int]]:
+    """Character spans of the phrase in the prompt: case-insensitive, any run of spaces for a space, and at word
+    boundaries where the script has them (so "ca" is not in "a cat", but "猫" is in "一只猫和一只狗")."""
+    pattern = r"\s+".join(re.escape(word) for word in phrase.split())
+    spans = []
+    for match in re.finditer(pattern, prompt, re.IGNORECASE):
+        start, end = match.span()
+        if start > 0 and _spaced(prompt[start - 1]) and _spaced(prompt[start]):
+            continue
+        if end < len(prompt) and _spaced(prompt[end]) and _spaced(prompt[end - 1]):
+            continue
+        spans.append((start, end))
+    return spans
+
+
 def _phrase_in_prompt(pipe, prompt: str, phrase: str) -> tuple[int, int]:
-    """(first token position, token count) of the phrase's tokens inside the prompt's token ids."""
-    limit = pipe.tokenizer.model_max_length
-    ids = pipe.tokenizer(prompt, truncation=True, max_length=limit).input_ids
-    words = pipe.tokenizer(phrase, add_special_tokens=False).input_ids
-    for start in range(1, len(ids) - len(words) + 1):
-        if ids[start:start + len(words)] == words:
-            return start, len(words)
+    """(first token position, token count) of the phrase's tokens inside the prompt's encoding: the tokens whose
+    character offsets overlap the phrase's first occurrence (module docstring); without offsets (a Python
+    tokenizer), the phrase's own token ids found among the prompt's."""
+    tokenizer = pipe.tokenizer
+    limit = tokenizer.model_max_length
+    try:
+        offsets = tokenizer(prompt, truncation=True, max_length=limit, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        offsets = None
+    if offsets is not None:
+        for start, end in _occurrences(prompt, phrase):
+            tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+            if tokens:
+                return tokens[0], tokens[-1] - tokens[0] + 1
+    else:
+        ids = tokenizer(prompt, truncation=True, max_length=limit).input_ids
+        words = tokenizer(phrase, add_special_tokens=False).input_ids
+        for start in range(1, len(ids) - len(words) + 1):
+            if ids[start:start + len(words)] == words:
+                return start, len(words)
     raise ParameterError(f"the phrase {phrase!r} is not among the prompt's first {limit} tokens (or the tokenizer "
                          "splits it differently inside the prompt); use phrase_encoding='alone' or a shorter prompt.")
 
@@ -140,13 +179,14 @@ def _check_references(prompt: str, references) -> list[tuple[str, list]]:
         raise ParameterError("references must be a non-empty dict {phrase in the prompt: image or [images]}.")
     items = []
     for phrase, images in references.items():
-        if not isinstance(phrase, str) or not re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, re.I):
+        phrase = check_text(phrase, "each key of references (a phrase of the prompt)")
+        if not _occurrences(prompt, phrase):
             raise ParameterError(f"the phrase {phrase!r} does not appear in the prompt {prompt!r}; each key of "
                                  "references must be the words of the prompt that name its object.")
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ParameterError(f"no reference image for {phrase!r}.")
-        items.append((phrase.strip(), [load_image(img, f"reference for {phrase!r}") for img in images]))
+        items.append((phrase, [load_image(img, f"reference for {phrase!r}") for img in images]))
     return items
 
 
@@ -206,10 +246,11 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
     return torch.stack([uncond, cond]).to(backbone.dtype), groups
 
 
+@serialised
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
                 phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
-                callback_on_step_end=None, compile=False) -> Result:
+                callback_on_step_end=None, compile=False, size=None, allow_large: bool = False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
     defaults to 0.75, guidance to 5.0 and the negative prompt to the reference's.
@@ -230,40 +271,36 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+        size: the image size instead of height/width: a side in px (square) or (width, height).
+        allow_large: allow an image above 2048 px on the long side.
     """
     require_unet(pipe, "personalize")
     compile_options(compile)
-    objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
     check_choice(phrase_encoding, "phrase_encoding", PHRASE_ENCODINGS)
-    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
-    steps = check_steps(steps)
-    scale = 0.75 if scale is None else scale
-    guidance = 5.0 if guidance_scale is None else guidance_scale
-    for name, value in (("scale", scale), ("guidance_scale", guidance)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParameterError(f"{name} must be a number, got {value!r}.")
+    check_output_type(output_type)
+    seed = check_seed(seed)
+    check_callback(callback_on_step_end)
+    scale = check_number(0.75 if scale is None else scale, "scale")
+    guidance = check_number(5.0 if guidance_scale is None else guidance_scale, "guidance_scale")
     negative = REFERENCE_NEGATIVE if negative_prompt is None else negative_prompt
     if not isinstance(negative, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
+    backbone = Backbone(pipe, compile=compile)
     _check_adapter(pipe)
+    steps = check_steps(steps, maximum=step_limit(backbone))
+    width, height = _image_size(backbone, size, width, height, allow_large)
+    objects = _check_references(prompt, references)
     spans = [_phrase_in_prompt(pipe, prompt, p) if phrase_encoding == "prompt" else (1, _phrase_tokens(pipe, p))
              for p, _ in objects]
-    backbone = Backbone(pipe, compile=compile)
-    unit = backbone.vae_scale  # as diffusers: multiples of the VAE factor; the UNet pads odd levels
-    height = height or pipe.unet.config.sample_size * backbone.vae_scale
-    width = width or pipe.unet.config.sample_size * backbone.vae_scale
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % unit:
-            raise ParameterError(f"{name} must be a positive multiple of {unit} px, got {value!r}.")
     layers = attention_layers(pipe.unet, "attn2")
     gates, ip_weights = load_mip_weights(mip_weights, layers) if mip_weights is not None else ({}, {})
     gen = generator(seed)
     stats = Stats(params=dict(prompt=prompt, objects=[p for p, _ in objects], images=[len(i) for _, i in objects],
                               scale=float(scale), weighting=weighting, phrase_encoding=phrase_encoding,
                               mip_weights=None if mip_weights is None else str(mip_weights),
-                              steps=steps, guidance_scale=float(guidance), negative_prompt=negative, height=height,
-                              width=width, seed=seed, compile=compile))
+                              steps=steps, guidance_scale=guidance, negative_prompt=negative, height=height,
+                              width=width, size=[width, height], seed=seed, compile=compile))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         text = Cond.cat([backbone.encode_negative(negative), backbone.encode_prompt(prompt)])
@@ -273,13 +310,33 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
             encoded = text.embeds[1:] if phrase_encoding == "prompt" else backbone.encode_prompt(phrase).embeds
             phrases.append((torch.cat([empty.embeds, encoded]), start, count))
         embeds, groups = _image_embeds(pipe, backbone, objects)
-        rule = MultiObjectMerge(layers, phrases, groups, float(scale), weighting, gates, ip_weights)
-        latents = _generate(pipe, backbone, rule, text, embeds, steps, float(guidance), height, width, gen,
+        rule = MultiObjectMerge(layers, phrases, groups, scale, weighting, gates, ip_weights)
+        latents = _generate(pipe, backbone, rule, text, embeds, steps, guidance, height, width, gen,
                             callback_on_step_end)
         images = finish(backbone, latents, output_type)
     maps = None if rule.maps_sum is None else rule.maps_sum / rule.maps_count
     return Result(images=images, stats=stats, latents=latents,
                   extra={"relevance_maps": maps, "objects": [p for p, _ in objects]})
+
+
+def _image_size(backbone, size, width, height, allow_large) -> tuple[int, int]:
+    """(width, height) of the generated image: `size` (a side, or (width, height)) or width/height (None: the
+    model's native size); sides positive multiples of the VAE factor, as diffusers (the UNet pads odd levels);
+    the long side at most 2048 px unless allow_large."""
+    if size is not None:
+        if width is not None or height is not None:
+            raise ParameterError("give either size= or width=/height=, not both.")
+        width, height = tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size)
+    unit = backbone.vae_scale
+    width = backbone.native_size if width is None else width
+    height = backbone.native_size if height is None else height
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % unit:
+            raise ParameterError(f"{name} must be a positive multiple of {unit} px, got {value!r}.")
+    if max(width, height) > MAX_WORKING_SIDE and not allow_large:
+        raise ParameterError(f"{width}×{height} px is above {MAX_WORKING_SIDE} px on the long side (this model's "
+                             f"native size is {backbone.native_size} px): pass a smaller size, or allow_large=True.")
+    return width, height
 
 
 def _generate(pipe, backbone, rule, text, embeds, steps, guidance, height, width, gen, callback):

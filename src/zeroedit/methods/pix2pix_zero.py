@@ -42,11 +42,12 @@ from .. import directions as edit_directions
 from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
-from ..images import prepare_image, to_tensor
+from ..images import to_tensor
 from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step, level_alpha_sigma
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_steps, finish, generator, step_end
+from .common import (check_callback, check_choice, check_number, check_output_type, check_seed, check_steps,
+                     check_text, finish, generator, load_input, serialised, step_end, step_limit)
 
 PRESETS = (None, "reference")
 AC_ROLLS = 5
@@ -142,19 +143,18 @@ class CrossAttentionGuidance(Rule):
 # ----------------------------------------------------------------------------------------- method
 def _caption(image, caption, captioner, source):
     if caption is not None:
-        if not isinstance(caption, str) or not caption.strip():
-            raise ParameterError(f"caption must be a non-empty string or None, got {caption!r}.")
         return caption, "given"
     if captioner is not None:
-        return captioner(image), "captioner"
+        return check_text(captioner(image), "the captioner's caption"), "captioner"
     return f"a photo of a {source}", "fallback"
 
 
+@serialised
 def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch.Tensor | None = None,
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
-         compile=False) -> Result:
+         compile=False, size=None, allow_large: bool = False) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
     path of a saved one, checked against this pipeline's text encoder) keeping its structure.
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
@@ -162,7 +162,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
     `.inverted` (the regularised inverted latent). See the module docstring.
 
     Args:
-        image: the image to edit (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        image: the image to edit (path, PIL, numpy or torch); the output comes back at its size.
         source: the concept in the image, e.g. "cat".
         target: the concept to move it to, e.g. "dog".
         direction: an edit direction (a tensor from ze.directions.build, or the path of a saved one); None: built from source and target.
@@ -179,50 +179,57 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         captioner: a callable image -> caption, e.g. ze.captioners.blip(folder).
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
+        size: working size: the long side in px or (width, height) (None: the model's native long side).
+        allow_large: allow a working size above 2048 px on the long side.
     """
     require_unet(pipe, "edit")
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
-    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
-    steps = check_steps(steps)
-    reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
-    for name, value in (("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ParameterError(f"{name} must be a non-negative number, got {value!r}.")
+    check_output_type(output_type)
+    seed = check_seed(seed)
+    check_callback(callback_on_step_end)
+    check_callback(captioner, "captioner")
     if getattr(pipe, "text_encoder_2", None) is not None:
         raise ParameterError("edit supports SD 1.x/2.x pipelines (pix2pix-zero's directions are built for one CLIP "
                              "text encoder); this is an SDXL pipeline.")
-    backbone_probe = Backbone(pipe)
+    stats = Stats()
+    backbone = Backbone(pipe, stats, compile)
+    steps = check_steps(steps, maximum=step_limit(backbone))
+    reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
+    guidance_scale, lambda_ac, lambda_kl = (check_number(value, name, minimum=0) for name, value in (
+        ("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl)))
     if xa_guidance is None:
-        xa_guidance = 0.01 if backbone_probe.prediction_type == "v_prediction" else 0.1
-    if isinstance(xa_guidance, bool) or not isinstance(xa_guidance, (int, float)) or xa_guidance < 0:
-        raise ParameterError(f"xa_guidance must be a non-negative number or None, got {xa_guidance!r}.")
+        xa_guidance = 0.01 if backbone.prediction_type == "v_prediction" else 0.1
+    xa_guidance = check_number(xa_guidance, "xa_guidance", minimum=0)
+    if caption is not None:
+        caption = check_text(caption, "caption")
+    if direction is None:
+        source, target = check_text(source, "source"), check_text(target, "target")
+    elif caption is None and captioner is None:
+        source = check_text(source, "source")  # the fallback caption names it
     if isinstance(direction, (str, Path)):
         direction = edit_directions.load(direction, pipe)  # refuses one built for another text encoder
-    if direction is not None and (not isinstance(direction, torch.Tensor) or direction.ndim != 3
-                                  or direction.shape[-1] != pipe.text_encoder.config.hidden_size):
-        raise ParameterError(f"direction must be a tensor (1, 77, {pipe.text_encoder.config.hidden_size}) from "
-                             "ze.directions.build for this pipeline.")
-    picture = prepare_image(image)
+    if direction is not None:
+        edit_directions.check(direction, pipe)
+    original, picture = load_input(image, backbone, size, allow_large)
     caption, caption_source = _caption(picture, caption, captioner, source)
     if direction is None:
         direction = edit_directions.build(pipe, source, target)
     gen = generator(seed)
-    stats = Stats(params=dict(source=source, target=target, caption=caption, steps=steps, xa_guidance=float(xa_guidance),
-                              guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),
-                              lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size),
-                              compile=compile))
+    stats.params.update(source=source, target=target, caption=caption, steps=steps, xa_guidance=xa_guidance,
+                        guidance_scale=guidance_scale, reg_steps=reg_steps, lambda_ac=lambda_ac, lambda_kl=lambda_kl,
+                        seed=seed, preset=preset, size=list(picture.size), input_size=list(original.size),
+                        compile=compile)
     stats.extra["caption_source"] = caption_source
-    backbone = Backbone(pipe, stats, compile)
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture), generator=gen, sample=preset == "reference")
         cond = backbone.encode_prompt(caption)
         grid = ddim_timesteps(backbone, steps)
-        top = _regularized_inversion(backbone, cond, x0, grid, reg_steps, float(lambda_ac), float(lambda_kl), gen)
+        top = _regularized_inversion(backbone, cond, x0, grid, reg_steps, lambda_ac, lambda_kl, gen)
         edited = Cond(cond.embeds + direction.to(cond.embeds.device, cond.embeds.dtype))
-        latents = _edit(pipe, backbone, top, cond, edited, list(reversed(grid)), float(xa_guidance),
-                        float(guidance_scale), callback_on_step_end)
-        images = finish(backbone, latents, output_type)
+        latents = _edit(pipe, backbone, top, cond, edited, list(reversed(grid)), xa_guidance, guidance_scale,
+                        callback_on_step_end)
+        images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents, extra={"caption": caption, "inverted": top})
 
 

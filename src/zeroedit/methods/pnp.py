@@ -1,8 +1,9 @@
 """translate: Plug-and-Play diffusion features (Tumanyan et al., CVPR 2023).
 
 Algorithm (pnp-diffusers behaviour, spec `methods/pnp.md`):
-1. VAE-encode the image (posterior mean × scaling factor) at its own size rounded to multiples of 64 px
-   (the aspect ratio is kept, as the reference's `T.Resize(512)`; resize to ~512 px yourself for SD).
+1. VAE-encode the image (posterior mean × scaling factor) at the working size: the model's native long side
+   (512 on SD 1.x/2.x-base), the aspect kept as the reference's `T.Resize(512)`, sides multiples of 64
+   (`size=` overrides; images.py). The output comes back at the input's own size.
 2. DDIM inversion with the source prompt (default ""), no CFG.
 3. 50 DDIM steps (η = 0) from the inverted latent at the top of the sampling grid, CFG on
    [negative, prompt]; the source branch (inverted latent at this t, source prompt) provides
@@ -40,16 +41,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
 from ..errors import ParameterError
-from ..images import prepare_image, to_tensor
+from ..images import to_tensor
 from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_prompts, check_steps, finish, step_end
+from .common import (check_callback, check_choice, check_fraction, check_number, check_output_type, check_prompts,
+                     check_seed, check_steps, finish, load_input, serialised, step_end, step_limit)
 
 REFERENCE_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 PRESETS = (None, "reference")
@@ -74,15 +77,11 @@ def injection_layers(unet) -> tuple[str, list[str]]:
 
 def window(value, steps: int, name: str) -> int:
     """Number of injected steps: a fraction of `steps` (floor, robust to 0.29·100) or an int count."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterError(f"{name} must be a fraction in [0, 1] or a number of steps, got {value!r}.")
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         if not 0 <= value <= steps:
             raise ParameterError(f"{name} as a step count must be in 0…{steps}, got {value}.")
-        return value
-    if not 0.0 <= value <= 1.0:
-        raise ParameterError(f"{name} must be a fraction in [0, 1] or a number of steps, got {value!r}.")
-    return int(math.floor(steps * value + 1e-6))
+        return int(value)
+    return int(math.floor(steps * check_fraction(value, name) + 1e-6))
 
 
 def _cached_or_branch(store: dict):
@@ -93,41 +92,46 @@ def _cached_or_branch(store: dict):
     return source
 
 
-def _resolve(preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale):
+def _resolve(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale):
     check_choice(preset, "preset", PRESETS)
-    steps = check_steps(steps)
-    if preset == "reference" and inversion_steps is None:
-        inversion_steps = 999
-    inversion_steps = steps if inversion_steps is None else check_steps(inversion_steps, "inversion_steps")
-    if inversion_steps > 999 or 1000 // inversion_steps * steps > 1000 or (1000 // steps) % (1000 // inversion_steps):
-        raise ParameterError(f"inversion_steps={inversion_steps} does not contain the {steps}-step sampling grid; "
-                             f"use inversion_steps=None (= steps) or 999.")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise ParameterError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+    limit = step_limit(backbone)
+    steps = check_steps(steps, maximum=limit)
+    if inversion_steps is None:
+        inversion_steps = limit if preset == "reference" else steps
+    else:
+        inversion_steps = check_steps(inversion_steps, "inversion_steps", maximum=limit)
+        if not set(ddim_timesteps(backbone, steps)) <= set(ddim_timesteps(backbone, inversion_steps)):
+            raise ParameterError(f"inversion_steps={inversion_steps}: its DDIM grid does not hold every timestep of the "
+                                 f"{steps}-step sampling grid; use inversion_steps=None (the same {steps} steps), "
+                                 f"{limit} (every timestep), or a multiple of {steps} whose grid holds it.")
+    check_number(guidance_scale, "guidance_scale")
     if not isinstance(negative_prompt, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
     return (steps, inversion_steps, window(feature_steps, steps, "feature_steps"),
             window(attention_steps, steps, "attention_steps"))
 
 
+@serialised
 def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str | None = None, steps: int | None = None,
               inversion_steps: int | None = None, feature_steps=None, attention_steps=None,
               guidance_scale: float | None = None, seed: int | None = None, preset: str | None = None,
               source_cache: str = "memory", output_type: str = "pil", callback_on_step_end=None, compile=False,
               method: str | None = None, solver: str | None = None, layers=None, strength: float | None = None,
-              source_guidance_scale: float | None = None) -> Result:
+              source_guidance_scale: float | None = None, size=None,
+              allow_large: bool = False) -> Result:
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
     `seed` is accepted for a uniform API; with DDIM η = 0 the result does not depend on it. On SD3/FLUX
     pipelines: inversion + attention-value injection or FlowEdit, see methods/pnp_flow.py (defaults there).
 
     Args:
-        image: the source image (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        image: the source image (path, PIL, numpy or torch); the output comes back at its size.
         prompt: the target prompt, or several (one image each, one inversion, the same UNet calls).
         source_prompt: the prompt of the inversion and of the source branch ("" as the reference).
         negative_prompt: the negative prompt of the target branches (None: the reference's default; "" on SD3).
         steps: DDIM sampling steps (None: 50; flow: the preset's).
-        inversion_steps: DDIM inversion steps (None: = steps; 999 under preset="reference").
+        inversion_steps: DDIM inversion steps (None: = steps; 999 under preset="reference"); its grid must hold the
+            sampling grid.
         feature_steps: decoder-feature injection window: a fraction of the steps or a number of steps (None: 0.8;
             flow: the image tokens output by the injected blocks, None: 0).
         attention_steps: self-attention q/k injection window: a fraction of the steps or a number of steps (None:
@@ -143,18 +147,23 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
             None or "flowedit"; solver "euler" | "rf-solver" | "fireflow"; layers "single" | "last-single" |
             "vital" | layer names; strength (FlowEdit's n_max / steps); source_guidance_scale (inversion /
             FlowEdit source guidance).
+        size: working size: the long side in px or (width, height) (None: the model's native long side).
+        allow_large: allow a working size above 2048 px on the long side.
     """
     compile_options(compile)
     prompts = check_prompts(prompt)
     if not isinstance(source_prompt, str):
         raise ParameterError(f"source_prompt must be a string, got {source_prompt!r}.")
     check_choice(source_cache, "source_cache", CACHES)
-    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
+    check_output_type(output_type)
+    seed = check_seed(seed)
+    check_callback(callback_on_step_end)
     if is_flow(pipe):
         from .pnp_flow import translate_flow
         return translate_flow(pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
                               feature_steps, attention_steps, guidance_scale, seed, preset, source_cache, output_type,
-                              callback_on_step_end, compile, method, solver, layers, strength, source_guidance_scale)
+                              callback_on_step_end, compile, method, solver, layers, strength, source_guidance_scale,
+                              size, allow_large)
     flow_only = dict(solver=solver, layers=layers, strength=strength, source_guidance_scale=source_guidance_scale)
     for name, value in flow_only.items():
         if value is not None:
@@ -166,14 +175,15 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     feature_steps = 0.8 if feature_steps is None else feature_steps
     attention_steps = 0.5 if attention_steps is None else attention_steps
     guidance_scale = 7.5 if guidance_scale is None else guidance_scale
-    steps, inversion_steps, k_feature, k_attention = _resolve(
-        preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
-    picture = prepare_image(image)
-    stats = Stats(params=dict(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
-                              inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
-                              guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
-                              size=list(picture.size), compile=compile))
+    stats = Stats()
     backbone = Backbone(pipe, stats, compile)
+    steps, inversion_steps, k_feature, k_attention = _resolve(
+        backbone, preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
+    original, picture = load_input(image, backbone, size, allow_large)
+    stats.params.update(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
+                        inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
+                        guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
+                        size=list(picture.size), input_size=list(original.size), compile=compile)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
     descending = list(reversed(grid))
@@ -188,7 +198,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
                           descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
                           callback_on_step_end, always_source=source_cache == "recompute")
-        images = finish(backbone, latents, output_type)
+        images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents)
 
 

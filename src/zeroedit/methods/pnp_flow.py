@@ -51,10 +51,10 @@ import torch
 from ..backbones import Cond, FlowBackbone
 from ..control import Controller, Inject, Record, joint_attention_layers
 from ..errors import ParameterError
-from ..images import prepare_image, to_tensor
+from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_steps, finish, generator, step_end
+from .common import check_choice, check_number, check_steps, finish, generator, load_input, step_end, step_limit
 
 METHODS = (None, "inject", "flowedit")  # None = "inject"
 LAYER_PRESETS = ("single", "last-single", "vital")
@@ -66,12 +66,6 @@ SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 FLOWEDIT = {"flux": dict(steps=28, n_max=24, source=1.5, target=5.5),  # FlowEdit FLUX_exp.yaml
             "sd3": dict(steps=50, n_max=33, source=3.5, target=13.5)}  # FlowEdit SD3_exp.yaml
 VITAL_DOUBLE, VITAL_SINGLE = (0, 1, 17, 18), (6, 9, 34, 35, 37)  # Stable Flow, of 19 double / 38 single
-
-
-def _number(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterError(f"{name} must be a number, got {value!r}.")
-    return float(value)
 
 
 def _spread(indices, reference: int, count: int) -> list[int]:
@@ -110,7 +104,7 @@ def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[s
 
 def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt, steps, inversion_steps, feature_steps,
                    attention_steps, guidance_scale, seed, preset, source_cache, output_type, callback, compile, method,
-                   solver, layers, strength, source_guidance_scale) -> Result:
+                   solver, layers, strength, source_guidance_scale, size=None, allow_large=False) -> Result:
     """`ze.translate` on an SD3/FLUX pipeline (the common arguments are checked by methods/pnp.py)."""
     check_choice(method, "method", METHODS)
     backbone = FlowBackbone(pipe, None, compile)
@@ -131,20 +125,21 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
     if not isinstance(negative, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
     noise = generator(seed)  # checks seed; FlowEdit's noise
-    picture = prepare_image(picture_input, multiple=64)
+    original, picture = load_input(picture_input, backbone, size, allow_large)
     stats = Stats(params=dict(params, prompt=prompts, source_prompt=source_prompt, negative_prompt=negative, seed=seed,
-                              preset=preset, source_cache=source_cache, size=list(picture.size), compile=compile))
+                              preset=preset, source_cache=source_cache, size=list(picture.size),
+                              input_size=list(original.size), compile=compile))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture)).float()
         run = _flowedit if method == "flowedit" else _inject
         latents = run(pipe, backbone, x0, prompts, source_prompt, negative, stats.params, noise, source_cache, callback)
-        images = finish(backbone, latents, output_type)
+        images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents)
 
 
 def _guidance(value, default: float, name: str) -> float:
-    return default if value is None else _number(value, name)
+    return default if value is None else check_number(value, name)
 
 
 def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, solver, layers,
@@ -154,7 +149,7 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
     if preset not in PRESETS:
         raise ParameterError(f"preset must be None or 'reference' on flow models, got {preset!r}.")
     chosen = PRESETS[preset]
-    steps = chosen["steps"] if steps is None else check_steps(steps)
+    steps = chosen["steps"] if steps is None else check_steps(steps, maximum=step_limit(backbone))
     if inversion_steps not in (None, steps):
         raise ParameterError("inversion_steps: flow translate inverts on the sampling grid; leave it None.")
     solver = check_choice(chosen["solver"] if solver is None else solver, "solver", tuple(FLOW_SOLVERS))
@@ -171,7 +166,7 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
 def _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_scale) -> dict:
     """Resolved parameters of FlowEdit (defaults of its FLUX/SD3 configs; strength = n_max / steps)."""
     family = FLOWEDIT["flux" if backbone.is_flux else "sd3"]
-    steps = family["steps"] if steps is None else check_steps(steps)
+    steps = family["steps"] if steps is None else check_steps(steps, maximum=step_limit(backbone))
     if strength is None:
         n_max = round(steps * family["n_max"] / family["steps"])
     else:
@@ -182,7 +177,7 @@ def _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_
 
 
 def _strength(value) -> float:
-    value = _number(value, "strength")
+    value = check_number(value, "strength")
     if not 0.0 < value <= 1.0:
         raise ParameterError(f"strength must be in (0, 1], got {value!r}.")
     return value

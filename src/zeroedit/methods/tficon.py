@@ -1,8 +1,10 @@
 """compose: TF-ICON training-free cross-domain image composition (Lu et al., ICCV 2023).
 
 Algorithm (spec `methods/tficon.md`):
-1. Geometry. The background keeps its size and aspect ratio (rounded to multiples of 64 px; the reference
-   squashes it to 512²). The region's bounding box (from a mask, or a box) gives centre and long side; the
+1. Geometry. The background is fitted to the working size: the model's native long side (512 on SD 1.x/2.x),
+   its aspect kept, sides multiples of 64 (`size=` overrides; images.py; the reference squashes it to 512²).
+   Boxes are given in the background's own pixels and scaled with it; a region mask of any size covers the
+   whole background. The region's bounding box (from a mask, or a box) gives centre and long side; the
    reference (and its segmentation) is resized to that long side keeping its aspect and pasted, centred on the
    box centre, onto a black canvas of the background's size. The composition region R is the rectangle of the
    pasted reference, clipped to the image — the same clipped rectangle at every resolution (pixels, latent,
@@ -18,6 +20,12 @@ Algorithm (spec `methods/tficon.md`):
    transpose for the foreground rows) and the foreground block from the reference's logits, with the
    reference's queries as in the reference code. For the first tau_b of the updates the latent outside R is
    replaced by the background's latent at the same time (background preservation).
+
+Output. The result comes back at the background's own size. With `paste_background=True` (the default; False
+under `preset="reference"`) the untouched full-resolution background is pasted back outside the regions:
+each region's rectangle, widened to whole latent cells and dilated by two more, keeps the generated image; a
+Gaussian feather (σ = half a latent cell) blends the two, so the background stays sharp at any input size.
+`stats.extra["regions"]` gives the clipped rectangles in the working frame.
 
 Cost. The inversion evaluates the UNet on exactly the background/reference inputs that the reconstruction
 branches need at every sampling step but the first (the times of the inverse and forward grids coincide), so
@@ -44,34 +52,52 @@ Deviations from the reference code (`preset="reference"` reproduces what it can)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
-from ..images import load_image, load_mask, prepare_image, to_tensor
+from ..images import load_image, load_mask, to_tensor
 from ..inversion.dpm_solver import MultistepDPMSolverPP, VPSchedule, x0_from_model
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_fraction, check_steps, finish, generator, randn, step_end
+from .common import (check_callback, check_choice, check_fraction, check_number, check_output_type, check_seed,
+                     check_steps, finish, generator, load_input, randn, serialised, step_end, step_limit)
 
 DOMAINS = {"cross": 5.0, "same": 2.5}
 PRESETS = (None, "reference")
 REFERENCE_SEED = 3407
+MAX_BOX_FACTOR = 4  # a region box may be at most this many times the background's long side
 
 
 # ----------------------------------------------------------------------------------------- geometry
-def region_box(region, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The user's region as a pixel box (x0, y0, x1, y1): a box as given, or a mask's bounding box
-    (a mask of another size is scaled to the background)."""
+def is_box(region) -> bool:
+    return isinstance(region, (tuple, list)) and len(region) == 4 and \
+        all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in region)
+
+
+def region_box(region, size: tuple[int, int], input_size: tuple[int, int] | None = None) -> tuple[float, ...]:
+    """The user's region as a box (x0, y0, x1, y1) in the working frame `size`: a box given in the pixels of
+    the input background (`input_size`, default `size`) scaled with it, or a mask's bounding box (a mask of
+    any size covers the whole background)."""
     width, height = size
-    if isinstance(region, (tuple, list)) and len(region) == 4 and all(isinstance(v, (int, float, np.integer)) for v in region):
+    if is_box(region):
         x0, y0, x1, y1 = (float(v) for v in region)
+        in_w, in_h = input_size or size
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise MaskError(f"region box {tuple(region)} holds NaN or infinite values: give (x0, y0, x1, y1) in the "
+                            "background's pixels.")
         if x1 <= x0 or y1 <= y0:
             raise MaskError(f"region box {tuple(region)} is empty: give (x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
-        return x0, y0, x1, y1
+        if max(x1 - x0, y1 - y0) > MAX_BOX_FACTOR * max(in_w, in_h):
+            raise MaskError(f"region box {tuple(region)} is more than {MAX_BOX_FACTOR}× the {in_w}×{in_h} background: "
+                            "give (x0, y0, x1, y1) in the background's pixels.")
+        sx, sy = width / in_w, height / in_h
+        return x0 * sx, y0 * sy, x1 * sx, y1 * sy
     mask = load_mask(region, "region")
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -113,6 +139,20 @@ def latent_masks(rect, segmentation: np.ndarray, size, scale: int) -> tuple[torc
     seg = torch.from_numpy(segmentation.astype(np.float32))[None, None]
     seg = F.interpolate(seg, size=(h, w), mode="nearest")
     return region, region * seg
+
+
+def paste_mask(rects, size: tuple[int, int], input_size: tuple[int, int], cell: int) -> Image.Image:
+    """Weight of the generated image in the output at `input_size` (module docstring, Output): 255 on every
+    rectangle (working frame `size`) widened to whole latent cells of `cell` px and dilated by two more,
+    Gaussian-feathered (σ = half a cell), 0 where the untouched background is kept."""
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for x0, y0, x1, y1 in rects:
+        left, top = (x0 // cell - 2) * cell, (y0 // cell - 2) * cell
+        right, bottom = (-(-x1 // cell) + 2) * cell, (-(-y1 // cell) + 2) * cell
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=255)
+    mask = mask.resize(input_size, Image.BILINEAR)
+    return mask.filter(ImageFilter.GaussianBlur(cell / 2 * input_size[0] / size[0]))
 
 
 # ----------------------------------------------------------------------------------------- attention
@@ -166,7 +206,7 @@ class CompositeSelfAttention(Rule):
 
 
 # ----------------------------------------------------------------------------------------- method
-def _inputs(background, reference, region, reference_mask):
+def _inputs(backbone, background, reference, region, reference_mask, size, allow_large):
     """Normalise single/list inputs to equal-length lists and validate them (before any model work)."""
     many = isinstance(reference, (list, tuple))
     references = list(reference) if many else [reference]
@@ -178,7 +218,7 @@ def _inputs(background, reference, region, reference_mask):
     if not references or not (len(references) == len(regions) == len(masks)):
         raise ParameterError(f"reference, region and reference_mask must have equal lengths, got {len(references)}, "
                              f"{len(regions)} and {len(masks)}.")
-    picture = prepare_image(background, what="background")
+    original, picture = load_input(background, backbone, size, allow_large, "background")
     refs = [load_image(r, "reference") for r in references]
     segs = []
     for ref, mask in zip(refs, masks):
@@ -189,22 +229,24 @@ def _inputs(background, reference, region, reference_mask):
         if not seg.any():
             raise MaskError("reference_mask is empty: mark the object's pixels in white.")
         segs.append(seg)
-    boxes = [region_box(r, picture.size) for r in regions]
-    return picture, refs, segs, boxes
+    boxes = [region_box(r, picture.size, original.size) for r in regions]
+    return original, picture, refs, segs, boxes
 
 
+@serialised
 def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
-            callback_on_step_end=None, compile=False) -> Result:
+            callback_on_step_end=None, compile=False, size=None, allow_large: bool = False,
+            paste_background: bool | None = None) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
 
     Args:
-        background: the image to put the object into (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
+        background: the image to put the object into (path, PIL, numpy or torch); the output comes back at its size.
         reference: the image that holds the object (or a list: one object each).
-        region: where the object goes: a mask image on the background (its bounding box) or a box x0,y0,x1,y1 in pixels.
+        region: where the object goes: a mask image on the background (its bounding box) or a box x0,y0,x1,y1 in the background's pixels.
         reference_mask: the object's segmentation in the reference (white = object); None: the whole reference.
         prompt: the text describing the result, e.g. "an oil painting of a panda in a forest".
         domain: "cross" (different visual domains, guidance 5.0) or "same" (photorealistic, 2.5).
@@ -218,29 +260,38 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+        size: working size: the long side in px or (width, height) (None: the model's native long side).
+        allow_large: allow a working size above 2048 px on the long side.
+        paste_background: paste the untouched full-resolution background back outside the regions (None: True,
+            False under preset="reference"); see the module docstring.
     """
     require_unet(pipe, "compose")
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
-    check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
-    steps = check_steps(steps, minimum=2)
+    check_output_type(output_type)
+    check_callback(callback_on_step_end)
     if order not in (1, 2):
         raise ParameterError(f"order must be 1 or 2, got {order!r}.")
     tau_a, tau_b = check_fraction(tau_a, "tau_a"), check_fraction(tau_b, "tau_b")
     if not isinstance(prompt, str):
         raise ParameterError(f"prompt must be a string, got {prompt!r}.")
-    guidance = DOMAINS[domain] if guidance_scale is None else guidance_scale
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
-        raise ParameterError(f"guidance_scale must be a number or None, got {guidance_scale!r}.")
-    seed = REFERENCE_SEED if (seed is None and preset == "reference") else seed
-    gen = generator(seed)
-    picture, refs, segs, boxes = _inputs(background, reference, region, reference_mask)
-    k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
-    stats = Stats(params=dict(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
-                              guidance_scale=float(guidance), seed=seed, preset=preset, size=list(picture.size),
-                              objects=len(refs), injection_calls=k_a, preservation_updates=k_b, compile=compile))
+    guidance = check_number(DOMAINS[domain] if guidance_scale is None else guidance_scale, "guidance_scale")
+    paste_background = preset != "reference" if paste_background is None else paste_background
+    if not isinstance(paste_background, bool):
+        raise ParameterError(f"paste_background must be True, False or None, got {paste_background!r}.")
+    seed = REFERENCE_SEED if (seed is None and preset == "reference") else check_seed(seed)
+    stats = Stats()
     backbone = Backbone(pipe, stats, compile)
+    steps = check_steps(steps, minimum=2, maximum=step_limit(backbone))
+    original, picture, refs, segs, boxes = _inputs(backbone, background, reference, region, reference_mask, size,
+                                                   allow_large)
+    gen = generator(seed)
+    k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
+    stats.params.update(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
+                        guidance_scale=guidance, seed=seed, preset=preset, size=list(picture.size),
+                        input_size=list(original.size), paste_background=paste_background, objects=len(refs),
+                        injection_calls=k_a, preservation_updates=k_b, compile=compile)
     placed = [place_reference(ref, seg, box, picture.size) for ref, seg, box in zip(refs, segs, boxes)]
     stats.extra["regions"] = [list(rect) for _, _, rect in placed]
     masks = [latent_masks(rect, seg, picture.size, backbone.vae_scale) for _, seg, rect in placed]
@@ -257,9 +308,11 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         trajectory = _invert(backbone, schedule, x0, times[::-1], order, layers, injection_times, store, len(refs))
         x = _starting_latent(trajectory[round(times[0], 10)], masks, domain, gen, backbone)
         rule = CompositeSelfAttention(layers, lambda c: round(c.timestep, 10) in injection_times, store, masks)
-        latents = _sample(pipe, backbone, schedule, x, trajectory, times, order, rule, masks, prompt, float(guidance),
+        latents = _sample(pipe, backbone, schedule, x, trajectory, times, order, rule, masks, prompt, guidance,
                           k_b, len(refs), callback_on_step_end)
-        images = finish(backbone, latents, output_type)
+        paste = (original, paste_mask([rect for _, _, rect in placed], picture.size, original.size,
+                                      backbone.vae_scale)) if paste_background else None
+        images = finish(backbone, latents, output_type, original.size, paste)
     return Result(images=images, stats=stats, latents=latents)
 
 
