@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zeroedit import batch, cli
+from zeroedit import batch, cli, runner
 
 ASSETS = Path(cli.asset("cat.png")).parent
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), HF_HUB_OFFLINE="1",
@@ -36,14 +36,14 @@ def test_partial_failure_then_rerun_does_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.glob("*.png")) == [f"j{i}.png" for i in range(1, 5)]
     assert not list(out.glob(".*tmp*")) and not list(out.glob("results.part*"))
     calls = []
-    monkeypatch.setattr(cli, "run_method", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runner, "run_method", lambda *a, **k: calls.append(a))
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 3
     assert calls == [] and records(out) == recs
 
 
 def test_killed_run_resumes_without_duplicates(tmp_path, monkeypatch):
     jobs, out = write_jobs(tmp_path, n=4, corrupt=0), tmp_path / "out"
-    real, calls = cli.run_method, []
+    real, calls = runner.run_method, []
 
     def dying(*args, **kwargs):
         calls.append(args[0])
@@ -51,9 +51,9 @@ def test_killed_run_resumes_without_duplicates(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of job 3
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "run_method", dying)
+    monkeypatch.setattr(runner, "run_method", dying)
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 130
-    monkeypatch.setattr(cli, "run_method", real)
+    monkeypatch.setattr(runner, "run_method", real)
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
     recs = records(out)
     assert [r["id"] for r in recs] == ["j0", "j1", "j2", "j3"] and all(r["status"] == "ok" for r in recs)
@@ -99,8 +99,8 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, monke
     process.wait(timeout=30)
     finished = {json.loads(line)["id"] for line in shard.read_text().splitlines()}
     assert 2 <= len(finished) < 8, "the kill should land mid-run"
-    real, calls = cli.run_method, []
-    monkeypatch.setattr(cli, "run_method", lambda *a, **k: (calls.append(k.get("name")), real(*a, **k))[1])
+    real, calls = runner.run_method, []
+    monkeypatch.setattr(runner, "run_method", lambda *a, **k: (calls.append(k.get("name")), real(*a, **k))[1])
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
     recs = records(out)
     assert [r["id"] for r in recs] == [f"j{i}" for i in range(8)] and all(r["status"] == "ok" for r in recs)
