@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import random
 import re
@@ -36,6 +37,18 @@ SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback
 RUN_KEYS = {"model", "out", "quiet", "device", "dtype", "method", "id"}  # config keys that are not API arguments
 SEPARATOR = "~"  # NAME~i.png for the i-th of several images; never part of a name
 _STALE_TMP = re.compile(r"^\..+\.tmp\d+$")  # write_atomically's temporary files
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """transformers >= 5.25 warns on stderr that its image processors fall back to PIL without torchvision;
+    zeroedit never uses torchvision (it does not work beside torch 2.13 here), so the entry points drop that
+    one notice: a user error stays one line."""
+
+    def filter(self, record):
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 
 class UserError(ZeroEditError):
@@ -88,9 +101,10 @@ def _numbers(values) -> tuple | None:
     return tuple(out)
 
 
-def parse_value(name: str, value, base: Path | None = None):
+def parse_value(name: str, value, base: Path | None = None, typed: bool = False):
     """A flag/config value -> the API's value: paths resolved against `base` (the config's folder), boxes
-    "x0,y0,x1,y1" (or four numbers), references "phrase=img[,img]", JSON for numbers/lists/null."""
+    "x0,y0,x1,y1" (or four numbers), references "phrase=img[,img]", JSON for numbers/lists/null (flags only:
+    `typed` values, from a config file, a job or a form, keep their strings as they are)."""
     if value is None:
         return None
 
@@ -103,12 +117,14 @@ def parse_value(name: str, value, base: Path | None = None):
         box = _numbers(value)
         if box is not None:
             return box
+        if isinstance(value, list) and value and all(re.fullmatch(r"-?[\d.]+", str(v)) for v in value):
+            raise UserError(f"--region {' '.join(map(str, value))}: a box is four numbers x0 y0 x1 y1 (or x0,y0,x1,y1).")
         if isinstance(value, str) and value.count(",") == 3:
             box = _numbers(value.split(","))
             if box is None:
                 raise UserError(f"--region {value!r}: give x0,y0,x1,y1 in pixels or a mask image.")
             return box
-        return [parse_value(name, v, base) for v in value] if isinstance(value, list) else path(value)
+        return [parse_value(name, v, base, typed) for v in value] if isinstance(value, list) else path(value)
     if name == "references":
         if isinstance(value, dict):
             return {k: [path(v) for v in vs] if isinstance(vs, list) else path(vs) for k, vs in value.items()}
@@ -120,7 +136,7 @@ def parse_value(name: str, value, base: Path | None = None):
             files = [path(v) for v in images.split(",")]
             out[phrase] = files if len(files) > 1 else files[0]
         return out
-    if isinstance(value, str):
+    if isinstance(value, str) and not typed:
         try:
             return json.loads(value)
         except ValueError:
@@ -159,8 +175,10 @@ def read_config(path: str) -> tuple[dict, Path]:
     return config, file.resolve().parent
 
 
-def resolve_arguments(method: str, flags: dict, config: dict, base: Path | None) -> dict:
-    """Merge config and flags (flags win), check names, parse values; draw a seed when none is given."""
+def resolve_arguments(method: str, flags: dict, config: dict, base: Path | None, typed: bool = True) -> dict:
+    """Merge config and flags (flags win), check names, parse values; draw a seed when none is given.
+    Flags are strings (parsed as JSON where they are numbers, lists, null); `config` values are typed (YAML,
+    JSON, a job, a form) unless typed=False."""
     params = parameters(method)
     unknown = sorted(set(config) - set(params) - RUN_KEYS)
     if unknown:
@@ -172,7 +190,7 @@ def resolve_arguments(method: str, flags: dict, config: dict, base: Path | None)
             raw = raw[0] if isinstance(raw, list) and len(raw) == 1 and name != "references" else raw
             values[name] = parse_value(name, raw, Path.cwd())  # absolute: the sidecar works from anywhere
         elif name in config:
-            values[name] = parse_value(name, config[name], base)
+            values[name] = parse_value(name, config[name], base, typed)
     required = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in values]
     if required:
         raise UserError(f"{method} needs {', '.join(flag(n) for n in required)}.")
@@ -363,7 +381,6 @@ def job_arguments(job: dict, base: Path, model: str | None) -> tuple[str, dict, 
 
 def guarded(job: dict, work) -> dict:
     """Run `work(record)`; user and internal errors become an error record (one bad job never stops the others)."""
-    import logging
     record = {"id": job["id"], "method": job.get("method")}
     try:
         work(record)
