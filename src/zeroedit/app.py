@@ -11,11 +11,13 @@ folder) reproduces the image with `zeroedit METHOD --config METHOD.json`.
 
 Runs share one model: every run event is queued in one concurrency group of size 1, and a lock serialises the
 work on the pipeline. Progress comes from the methods' step callback (`callback_on_step_end`; invert: its
-inversion callback); "Stop" sets the session's cancel flag, the callback raises at the next step, the method
-restores the pipeline's processors as on any exception, and the app says where it stopped. A user error (no
+inversion callback); "Stop" sets the session's cancel flag, the callback raises at the next step (a forward
+pre-hook on the UNet raises before the next UNet call, so the inversion phases stop too), the method restores
+the pipeline's processors as on any exception, and the app says where it stopped. A user error (no
 image, a mask of another size, steps 0, ...) is shown as the library's message (`gr.Error`), never a traceback;
 an internal failure is logged on the server and shown in one line. The server keeps serving either way.
 """
+import contextlib
 import inspect
 import logging
 import os
@@ -42,7 +44,21 @@ CONCURRENCY = "model"  # every run event shares one queue slot: one model, one r
 
 
 class Cancelled(Exception):
-    """Raised inside the step callback when the user pressed Stop."""
+    """Raised inside the step callback (or before a UNet call) when the user pressed Stop."""
+
+
+@contextlib.contextmanager
+def _stop_before_unet_calls(unet, flag: threading.Event):
+    """While a run is on, every UNet forward first checks the Stop flag (a forward pre-hook, removed after):
+    Stop also ends the phases without a step callback (the inversions, the PCA picture) within one call."""
+    def check(module, args):
+        if flag.is_set():
+            raise Cancelled()
+    handle = unet.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def default(method: str, name: str):
@@ -128,14 +144,14 @@ class App:
         session = getattr(request, "session_hash", None) or "local"
         flag = self.cancel_flags[session] = threading.Event()
         model = (model or self.model).strip()
+        seen, total = {"step": 0}, 0
         try:
             values = runner.resolve_arguments(method, {}, config, folder)
             total = int(values.get("steps") or default(method, "steps"))
-            seen = {"step": 0}
 
             def callback(pipe, step, timestep, kwargs):
                 if flag.is_set():
-                    raise Cancelled(f"stopped at step {step} of {total}")
+                    raise Cancelled()
                 seen["step"] = step + 1
                 if progress is not None:
                     progress((step + 1, total), desc=f"{method}: step", unit="steps")
@@ -145,12 +161,14 @@ class App:
                 if progress is not None:
                     progress(0, desc=f"loading {model}")
                 pipe = runner.load_pipeline(model, method, self.device, self.dtype)
-                result, stats = runner.execute(method, values, pipe, callback)
-                extras = after(pipe, result, values) if after is not None else {}
+                with _stop_before_unet_calls(pipe.unet, flag):
+                    result, stats = runner.execute(method, values, pipe, callback)
+                    extras = after(pipe, result, values) if after is not None else {}
             sidecar = runner.save(result.images, stats, method, values, model, folder)
             return result, sidecar, extras
-        except Cancelled as stop:
-            raise gr.Error(f"Cancelled: {stop}; the pipeline is restored.", title="Cancelled") from None
+        except Cancelled:
+            raise gr.Error(f"Cancelled at step {seen['step']} of {total}; the pipeline is restored.",
+                           title="Cancelled") from None
         except (ZeroEditError, FileNotFoundError) as error:
             raise gr.Error(str(error).splitlines()[0] or type(error).__name__, title="Input error") from None
         except gr.Error:
@@ -318,15 +336,15 @@ class App:
             model = gr.Dropdown(list(dict.fromkeys([self.model, *MODELS])), value=self.model, allow_custom_value=True,
                                 label="model", info="toy (trained on coloured shapes, offline), tiny / tiny-xl "
                                 "(random weights, for tests), a hub id or a local folder")
-            with gr.Tab("compose", id="compose"):
+            with gr.Tab("compose", id="compose", elem_id="compose-tab"):
                 self._compose_tab(model)
-            with gr.Tab("translate", id="translate"):
+            with gr.Tab("translate", id="translate", elem_id="translate-tab"):
                 self._translate_tab(model)
-            with gr.Tab("edit", id="edit"):
+            with gr.Tab("edit", id="edit", elem_id="edit-tab"):
                 self._edit_tab(model)
-            with gr.Tab("personalize", id="personalize"):
+            with gr.Tab("personalize", id="personalize", elem_id="personalize-tab"):
                 self._personalize_tab(model)
-            with gr.Tab("invert", id="invert"):
+            with gr.Tab("invert", id="invert", elem_id="invert-tab"):
                 self._invert_tab(model)
         return demo
 
@@ -446,9 +464,11 @@ class App:
                 pairs = []
                 for index in range(MAX_REFERENCES):
                     with gr.Row():
-                        pairs.append(gr.Textbox(label=f"object {index + 1}: its phrase in the prompt", scale=2))
+                        pairs.append(gr.Textbox(label=f"object {index + 1}: its phrase in the prompt", scale=2,
+                                                elem_id=f"personalize-phrase{index + 1}"))
                         pairs.append(gr.Image(type="pil", label=f"object {index + 1}: reference image", height=160,
-                                              sources=("upload", "clipboard"), scale=3))
+                                              sources=("upload", "clipboard"), scale=3,
+                                              elem_id=f"personalize-image{index + 1}"))
                 with gr.Row():
                     steps = gr.Number(value=default("personalize", "steps"), precision=0, label="steps",
                                       elem_id="personalize-steps")
