@@ -4,11 +4,13 @@ and toy-world inputs, taken in headless Chromium through Playwright (Debian's `c
     python scripts/app_screenshots.py [--out docs] [--chromium /usr/bin/chromium] [--steps 20]
 """
 import argparse
+import re
 import socket
 import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from zeroedit import app as zapp
@@ -19,17 +21,24 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 
 
-def paint(page, editor: str, x: float, y: float, size: float):
-    """Brush strokes over the square (x, y, size) given as fractions of the editor's displayed image."""
-    box = page.locator(f"{editor} canvas").last.bounding_box()
-    side = min(box["width"], box["height"]) * 0.63  # the image is shown centred, ~63 % of the canvas height
-    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
-    for row in range(0, 5):
-        yy = top + (y + size * row / 4) * side
-        page.mouse.move(left + x * side, yy)
-        page.mouse.down()
-        page.mouse.move(left + (x + size) * side, yy, steps=2)
-        page.mouse.up()
+def paint(page, editor: str, image_size: int, box):
+    """One dab of the brush at the centre of `box` (x0, y0, x1, y1 in image pixels) of an ImageEditor showing a
+    square image of `image_size` px, centred in its canvas at the zoom its toolbar reads (e.g. "450%"). compose
+    takes the painted mask's bounding box; the brush's default radius (~16 px on a 64 px toy image) sets its size."""
+    canvas = page.locator(f"{editor} canvas").last.bounding_box()
+    zoom = float(page.locator(editor).get_by_text(re.compile(r"^\d+%$")).first.inner_text().rstrip("%")) / 100
+    side = image_size * zoom
+    left, top = canvas["x"] + (canvas["width"] - side) / 2, canvas["y"] + (canvas["height"] - side) / 2
+    x0, y0, x1, y1 = box
+    page.mouse.move(left + (x0 + x1) / 2 * zoom, top + (y0 + y1) / 2 * zoom)
+    page.mouse.down()
+    page.mouse.move(left + (x0 + x1) / 2 * zoom + 2, top + (y0 + y1) / 2 * zoom, steps=1)
+    page.mouse.up()
+
+
+def shrink(path: Path):
+    """A 256-colour palette PNG: a UI screenshot loses nothing visible and takes a third of the bytes."""
+    Image.open(path).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def fill(page, tab: str, inputs: dict, steps: int):
@@ -42,14 +51,18 @@ def fill(page, tab: str, inputs: dict, steps: int):
         page.locator("#compose-background canvas").last.wait_for()
         time.sleep(1)
         case = inputs["compose"]
-        x0, y0, x1, y1 = case.box
-        paint(page, "#compose-background", x0 / 64, y0 / 64, (x1 - x0) / 64)
-        paint(page, "#compose-reference", 0.2, 0.2, 0.6)
+        paint(page, "#compose-background", 64, case.box)
+        page.locator("button", has_text="advanced").first.click()  # the object's own mask, as a file
+        page.locator("#compose-mask-file input[type=file]").set_input_files(paths["toy-reference-mask"])
         page.locator("#compose-prompt textarea").fill(case.prompt)
     elif tab in ("translate", "edit"):
         page.locator(f"#{tab}-image input[type=file]").set_input_files(paths["toy-scene"])
         if tab == "translate":
             page.locator("#translate-prompt textarea").fill(inputs["caption"].replace("red", "blue"))
+        else:  # the toy model knows colours, not cats
+            page.locator("#edit-source textarea").fill("red")
+            page.locator("#edit-target textarea").fill("blue")
+            page.locator("#edit-caption textarea").fill(inputs["caption"])
     elif tab == "personalize":
         page.locator("#personalize-prompt textarea").fill("a circle on stripes, photo style")
         page.locator("#personalize-phrase1 textarea").fill("circle")
@@ -85,6 +98,7 @@ def main():
                 page.locator(f"#{tab}-result img").first.wait_for(timeout=60_000)
                 time.sleep(1)
                 page.screenshot(path=str(out / f"app-{tab}.png"), full_page=True)
+                shrink(out / f"app-{tab}.png")
                 print(f"{out / f'app-{tab}.png'}: {page.locator(f'#{tab}-stats').inner_text()}")
             browser.close()
     finally:

@@ -76,6 +76,10 @@ def test_compose_in_chromium(page, tmp_path):
     assert page.evaluate("(img) => img.complete && img.naturalWidth", image.element_handle()) == 256
     files = page.locator("#compose-files").inner_text().replace("\n", "")
     assert "compose.png" in files and "compose.json" in files and ".zip" in files
+    links = [a.get_attribute("href") for a in page.locator("#compose-files a").all()]
+    sidecar = page.request.get(next(h for h in links if h and h.endswith("compose.json"))).json()
+    assert sidecar["args"]["guidance_scale"] is None  # the empty "auto" field, not 0
+    assert sidecar["stats"]["params"]["guidance_scale"] == 5.0 and sidecar["args"]["region"] == "region.png"
     page.screenshot(path=str(tmp_path / "compose.png"))
     assert Path(tmp_path / "compose.png").stat().st_size > 0
 

@@ -18,6 +18,7 @@ image, a mask of another size, steps 0, ...) is shown as the library's message (
 an internal failure is logged on the server and shown in one line. The server keeps serving either way.
 """
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -106,9 +107,33 @@ def _box(text: str):
     return box
 
 
-def _number(value):
-    """An empty Number field -> None (the API's "automatic")."""
-    return None if value is None or value == "" else value
+def _optional(value, name: str, integer: bool = False):
+    """An "auto" field (a Textbox: empty means the API's automatic value, None) -> None or its number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value) if integer and float(value).is_integer() else value
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise runner.UserError(f"{name}: write a number, or leave it empty for the automatic value; got {value!r}.") from None
+    return int(number) if integer and number.is_integer() else number
+
+
+def _auto(label: str, elem_id: str | None = None):
+    """A number field whose empty value means "automatic" (gr.Number cannot be empty in the browser)."""
+    return gr.Textbox(label=label, placeholder="auto", elem_id=elem_id)
+
+
+def _shown(function):
+    """A tab's function: user errors raised while reading the form become the app's message (gr.Error)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ZeroEditError as error:
+            raise gr.Error(str(error).splitlines()[0], title="Input error") from None
+    return wrapper
 
 
 def _save(image: Image.Image, folder: Path, name: str) -> str:
@@ -198,11 +223,13 @@ class App:
             evals += stats["reconstruction"]["unet_evals"]
             seconds += stats["reconstruction"]["seconds"]
             peak = max(peak, stats["reconstruction"]["peak_memory_bytes"])
-        size = stats.get("params", {}).get("size")
+        params = stats.get("params", {})
+        size = params.get("size") or ([params["width"], params["height"]] if "width" in params else None)
         text = (f"**{calls} UNet calls** ({evals} sample-evaluations"
                 + (f", {stats['unet_backward']} backward" if stats.get("unet_backward") else "") + ") · "
-                f"**{seconds:.2f} s** · peak memory **{peak / 2**20:.0f} MiB** · seed {sidecar.get('seed')} · "
-                f"model `{sidecar['model']}`" + (f" · {size[0]}×{size[1]} px" if size else ""))
+                f"**{seconds:.2f} s** · peak memory **{peak / 2**20:.0f} MiB**"
+                + (f" · seed {sidecar['seed']}" if sidecar.get("seed") is not None else "")
+                + f" · model `{sidecar['model']}`" + (f" · {size[0]}×{size[1]} px" if size else ""))
         bundle = folder / f"{folder.name}.zip"
         with zipfile.ZipFile(bundle, "w") as archive:
             for file in sorted(folder.iterdir()):
@@ -211,47 +238,43 @@ class App:
         return images, text, images + [str(folder / f"{sidecar['method']}.json"), str(bundle)]
 
     # ------------------------------------------------------------------ tabs
+    @_shown
     def compose(self, model, background, reference, reference_mask_file, box, prompt, domain, steps, seed, preset,
                 order, tau_a, tau_b, guidance_scale, progress=gr.Progress(), request: gr.Request = None):
         """TF-ICON: the brushed (or boxed) region of the background receives the brushed object of the reference."""
         folder = self._folder("compose")
-        try:
-            picture, region_mask = _editor(background, "background")
-            ref, ref_mask = _editor(reference, "reference")
-            region = _box(box)
-            if region is None:
-                if region_mask is None:
-                    raise runner.UserError("region: paint where the object goes on the background with the brush, "
-                                           "or write a box x0,y0,x1,y1.")
-                region = _save(region_mask, folder, "region.png")
-            if ref_mask is None and reference_mask_file is not None:
-                ref_mask = reference_mask_file  # an uploaded mask, used as given (its size is checked by compose)
-        except ZeroEditError as error:
-            raise gr.Error(str(error), title="Input error") from None
+        picture, region_mask = _editor(background, "background")
+        ref, ref_mask = _editor(reference, "reference")
+        region = _box(box)
+        if region is None:
+            if region_mask is None:
+                raise runner.UserError("region: paint where the object goes on the background with the brush, "
+                                       "or write a box x0,y0,x1,y1.")
+            region = _save(region_mask, folder, "region.png")
+        if ref_mask is None and reference_mask_file is not None:
+            ref_mask = reference_mask_file  # an uploaded mask, used as given (its size is checked by compose)
         config = dict(background=_save(picture, folder, "background.png"), reference=_save(ref, folder, "reference.png"),
-                      region=region, prompt=prompt or "", domain=domain, steps=steps, seed=_number(seed),
+                      region=region, prompt=prompt or "", domain=domain, steps=steps, seed=_optional(seed, "seed", integer=True),
                       preset="reference" if preset else None, order=int(order), tau_a=tau_a, tau_b=tau_b,
-                      guidance_scale=_number(guidance_scale))
+                      guidance_scale=_optional(guidance_scale, "guidance scale"))
         if ref_mask is not None:
             config["reference_mask"] = _save(ref_mask, folder, "reference_mask.png")
         _, sidecar, _ = self._run("compose", model, config, folder, progress, request)
         return self._report(folder, sidecar)
 
+    @_shown
     def translate(self, model, image, prompts, source_prompt, steps, guidance_scale, seed, preset, negative_prompt,
                   inversion_steps, feature_steps, attention_steps, source_cache, pca,
                   progress=gr.Progress(), request: gr.Request = None):
         """Plug-and-Play: one image per prompt line, keeping the structure; the PCA picture of the injected
         decoder features on request."""
         folder = self._folder("translate")
-        try:
-            picture = _picture(image, "image")
-        except ZeroEditError as error:
-            raise gr.Error(str(error), title="Input error") from None
+        picture = _picture(image, "image")
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         config = dict(image=_save(picture, folder, "image.png"), prompt=lines if len(lines) > 1 else (lines or [""])[0],
-                      source_prompt=source_prompt or "", steps=steps, guidance_scale=guidance_scale, seed=_number(seed),
+                      source_prompt=source_prompt or "", steps=steps, guidance_scale=guidance_scale, seed=_optional(seed, "seed", integer=True),
                       preset="reference" if preset else None, negative_prompt=negative_prompt or "",
-                      inversion_steps=_number(inversion_steps), feature_steps=feature_steps,
+                      inversion_steps=_optional(inversion_steps, "inversion steps", integer=True), feature_steps=feature_steps,
                       attention_steps=attention_steps, source_cache=source_cache)
 
         def draw(pipe, result, values):
@@ -264,21 +287,20 @@ class App:
         _, sidecar, extras = self._run("translate", model, config, folder, progress, request, draw)
         return (*self._report(folder, sidecar), extras.get("picture"))
 
+    @_shown
     def edit(self, model, image, source, target, caption, steps, seed, preset, xa_guidance, guidance_scale, reg_steps,
              lambda_ac, lambda_kl, progress=gr.Progress(), request: gr.Request = None):
         """pix2pix-zero: move the image from the source concept to the target one."""
         folder = self._folder("edit")
-        try:
-            picture = _picture(image, "image")
-        except ZeroEditError as error:
-            raise gr.Error(str(error), title="Input error") from None
+        picture = _picture(image, "image")
         config = dict(image=_save(picture, folder, "image.png"), source=source, target=target,
-                      caption=caption or None, steps=steps, seed=_number(seed), preset="reference" if preset else None,
-                      xa_guidance=_number(xa_guidance), guidance_scale=guidance_scale, reg_steps=reg_steps,
+                      caption=caption or None, steps=steps, seed=_optional(seed, "seed", integer=True), preset="reference" if preset else None,
+                      xa_guidance=_optional(xa_guidance, "cross-attention guidance"), guidance_scale=guidance_scale, reg_steps=reg_steps,
                       lambda_ac=lambda_ac, lambda_kl=lambda_kl)
         _, sidecar, _ = self._run("edit", model, config, folder, progress, request)
         return self._report(folder, sidecar)
 
+    @_shown
     def personalize(self, model, prompt, phrase1, image1, phrase2, image2, phrase3, image3, steps, scale, seed,
                     weighting, phrase_encoding, guidance_scale, negative_prompt, height, width,
                     progress=gr.Progress(), request: gr.Request = None):
@@ -292,15 +314,16 @@ class App:
             if image is None and not phrase:
                 continue
             if image is None or not phrase:
-                raise gr.Error(f"reference {phrase or '(no phrase)'}: give both the phrase it names in the prompt "
-                               "and its image.", title="Input error")
+                raise runner.UserError(f"reference {phrase or '(no phrase)'}: give both the phrase it names in the "
+                                       "prompt and its image.")
             references[phrase] = _save(image.convert("RGB"), folder, f"reference-{_slug(phrase)}.png")
         if not references:
-            raise gr.Error("references: give at least one phrase of the prompt and its image.", title="Input error")
-        config = dict(prompt=prompt or "", references=references, steps=steps, scale=_number(scale), seed=_number(seed),
-                      weighting=weighting, phrase_encoding=phrase_encoding, guidance_scale=_number(guidance_scale),
+            raise runner.UserError("references: give at least one phrase of the prompt and its image.")
+        config = dict(prompt=prompt or "", references=references, steps=steps, scale=_optional(scale, "IP-Adapter scale"), seed=_optional(seed, "seed", integer=True),
+                      weighting=weighting, phrase_encoding=phrase_encoding, guidance_scale=_optional(guidance_scale, "guidance scale"),
                       negative_prompt=negative_prompt if negative_prompt else None,
-                      height=_number(height) or None, width=_number(width) or None)
+                      height=_optional(height, "height", integer=True),
+                      width=_optional(width, "width", integer=True))
 
         def draw(pipe, result, values):
             from . import visualize
@@ -310,13 +333,11 @@ class App:
         _, sidecar, extras = self._run("personalize", model, config, folder, progress, request, draw)
         return (*self._report(folder, sidecar), extras.get("picture"))
 
+    @_shown
     def invert(self, model, image, method, prompt, steps, order, progress=gr.Progress(), request: gr.Request = None):
         """Invert the image to noise and sample it back; the stats add both passes, the text gives the PSNR."""
         folder = self._folder("invert")
-        try:
-            picture = _picture(image, "image")
-        except ZeroEditError as error:
-            raise gr.Error(str(error), title="Input error") from None
+        picture = _picture(image, "image")
         config = dict(image=_save(picture, folder, "image.png"), method=method, prompt=prompt or "", steps=steps,
                       order=int(order))
         result, sidecar, _ = self._run("invert", model, config, folder, progress, request)
@@ -396,13 +417,13 @@ class App:
                     box = gr.Textbox(label="region box x0,y0,x1,y1 in pixels (instead of painting)",
                                      elem_id="compose-box")
                     mask_file = gr.Image(type="pil", image_mode="L", label="reference mask file (instead of painting)",
-                                         sources=("upload", "clipboard"))
+                                         sources=("upload", "clipboard"), elem_id="compose-mask-file")
                     order = gr.Radio([1, 2], value=default("compose", "order"), label="DPM-Solver++ order")
                     tau_a = gr.Slider(0, 1, value=default("compose", "tau_a"), step=0.05,
                                       label="tau_a: composite self-attention injection (fraction of steps)")
                     tau_b = gr.Slider(0, 1, value=default("compose", "tau_b"), step=0.05,
                                       label="tau_b: background preservation (fraction of steps)")
-                    guidance = gr.Number(value=None, label="guidance scale (empty: 5.0 cross, 2.5 same)")
+                    guidance = _auto("guidance scale (empty: 5.0 cross, 2.5 same)")
             outputs = self._outputs("compose")
         self._buttons("compose", self.compose, [model, background, reference, mask_file, box, prompt, domain, steps,
                                                 seed, preset, order, tau_a, tau_b, guidance], outputs)
@@ -423,7 +444,7 @@ class App:
                 pca = gr.Checkbox(value=True, label="draw the PCA of the injected decoder features (one more inversion)")
                 with gr.Accordion("advanced", open=False):
                     negative = gr.Textbox(value=default("translate", "negative_prompt"), label="negative prompt")
-                    inversion_steps = gr.Number(value=None, precision=0, label="inversion steps (empty: = steps)")
+                    inversion_steps = _auto("inversion steps (empty: = steps)")
                     feature = gr.Slider(0, 1, value=default("translate", "feature_steps"), step=0.05,
                                         label="feature injection (fraction of steps)")
                     attention = gr.Slider(0, 1, value=default("translate", "attention_steps"), step=0.05,
@@ -439,14 +460,14 @@ class App:
             with gr.Column():
                 image = gr.Image(type="pil", label="image", sources=("upload", "clipboard"), elem_id="edit-image")
                 with gr.Row():
-                    source = gr.Textbox(value=default("edit", "source"), label="source concept")
-                    target = gr.Textbox(value=default("edit", "target"), label="target concept")
-                caption = gr.Textbox(label="caption (empty: 'a photo of a {source}')")
+                    source = gr.Textbox(value=default("edit", "source"), label="source concept", elem_id="edit-source")
+                    target = gr.Textbox(value=default("edit", "target"), label="target concept", elem_id="edit-target")
+                caption = gr.Textbox(label="caption (empty: 'a photo of a {source}')", elem_id="edit-caption")
                 steps = gr.Number(value=default("edit", "steps"), precision=0, label="steps", elem_id="edit-steps")
                 seed = self._seed()
                 preset = gr.Checkbox(label="reference preset (a seeded sample of the VAE posterior, as the official code)")
                 with gr.Accordion("advanced", open=False):
-                    xa = gr.Number(value=None, label="cross-attention guidance (empty: 0.1, or 0.01 for v-prediction)")
+                    xa = _auto("cross-attention guidance (empty: 0.1, or 0.01 for v-prediction)")
                     guidance = gr.Number(value=default("edit", "guidance_scale"), label="guidance scale")
                     reg_steps = gr.Number(value=default("edit", "reg_steps"), precision=0,
                                           label="noise regularisation rounds per inversion step")
@@ -482,8 +503,8 @@ class App:
                     guidance = gr.Number(value=5.0, label="guidance scale")
                     negative = gr.Textbox(label="negative prompt (empty: the reference's)")
                     with gr.Row():
-                        height = gr.Number(value=None, precision=0, label="height (empty: the model's)")
-                        width = gr.Number(value=None, precision=0, label="width (empty: the model's)")
+                        height = _auto("height in px (empty: the model's)")
+                        width = _auto("width in px (empty: the model's)")
             outputs = self._outputs("personalize", "relevance: which reference went where")
         self._buttons("personalize", self.personalize, [model, prompt, *pairs, steps, scale, seed, weighting, phrases,
                                                         guidance, negative, height, width], outputs)
