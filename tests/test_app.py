@@ -135,13 +135,17 @@ def test_invert_tab(client, inputs):
     ("mask-of-another-size", "mask"),
     ("steps-0", "steps must be"),
     ("no-region", "region"),
+    ("auto-field-not-a-number", "guidance scale: write a number"),
+    ("box-of-three-numbers", "four numbers"),
 ])
 def test_bad_input_is_a_message_and_the_server_goes_on(case, message, client, inputs, tmp_path):
     if case == "no-image":
         call = lambda: client.predict("tiny", None, "a dog", "", 3, 7.5, 0, False, "", None, 0.8, 0.5, "memory",
                                       False, api_name="/translate")
     else:
-        change = {"steps-0": dict(steps=0), "no-region": dict(background=editor(inputs / "background.png"))}.get(case, {})
+        change = {"steps-0": dict(steps=0), "no-region": dict(background=editor(inputs / "background.png")),
+                  "auto-field-not-a-number": dict(guidance_scale="strong"),
+                  "box-of-three-numbers": dict(box="10, 10, 50")}.get(case, {})
         if case == "mask-of-another-size":
             Image.new("L", (32, 48), 255).save(tmp_path / "small.png")
             change = dict(reference=editor(inputs / "reference.png"), reference_mask_file=handle_file(str(tmp_path / "small.png")))
@@ -196,3 +200,18 @@ def test_two_users_share_the_queue_and_get_their_own_results(server, inputs):
              for seed in (1, 2)]
     assert all(np.array_equal(a, b) for a, b in zip(together, alone))
     assert not np.array_equal(together[0], together[1])
+
+
+def test_zeroedit_app_command(monkeypatch, capsys):
+    """`zeroedit app` passes model/host/port/share to serve(); share is off and the host local by default; a
+    device the machine lacks is refused before anything starts."""
+    calls = []
+    monkeypatch.setattr(zapp, "serve", lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["app"]) == 0
+    assert calls[-1] == dict(model=None, host="127.0.0.1", port=7860, share=False, device=None, dtype=None)
+    assert cli.main(["app", "--model", "tiny", "--host", "0.0.0.0", "--port", "8080", "--share"]) == 0
+    assert calls[-1]["model"] == "tiny" and calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 8080
+    assert calls[-1]["share"] is True
+    if not __import__("torch").cuda.is_available():
+        assert cli.main(["app", "--device", "cuda"]) == 2 and len(calls) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
