@@ -116,8 +116,13 @@ def _optional(value, name: str, integer: bool = False):
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise runner.UserError(f"{name}: write a number, or leave it empty for the automatic value; got {value!r}.") from None
+        raise runner.UserError(f"{name}: write a number, or leave it empty for the automatic value; "
+                               f"got {value!r}.") from None
     return int(number) if integer and number.is_integer() else number
+
+
+def _seed(value):
+    return _optional(value, "seed", integer=True)
 
 
 def _auto(label: str, elem_id: str | None = None):
@@ -132,7 +137,7 @@ def _shown(function):
         try:
             return function(*args, **kwargs)
         except ZeroEditError as error:
-            raise gr.Error(str(error).splitlines()[0], title="Input error") from None
+            raise gr.Error(str(error).splitlines()[0], title="Input error", print_exception=False) from None
     return wrapper
 
 
@@ -193,14 +198,16 @@ class App:
             return result, sidecar, extras
         except Cancelled:
             raise gr.Error(f"Cancelled at step {seen['step']} of {total}; the pipeline is restored.",
-                           title="Cancelled") from None
+                           title="Cancelled", print_exception=False) from None
         except (ZeroEditError, FileNotFoundError) as error:
-            raise gr.Error(str(error).splitlines()[0] or type(error).__name__, title="Input error") from None
+            raise gr.Error(str(error).splitlines()[0] or type(error).__name__, title="Input error",
+                           print_exception=False) from None
         except gr.Error:
             raise
         except Exception as error:  # noqa: BLE001 — an internal failure: logged, shown in one line, server goes on
             logger.exception("%s run failed", method)
-            raise gr.Error(f"internal error: {type(error).__name__}: {error}", title="Internal error") from None
+            raise gr.Error(f"internal error: {type(error).__name__}: {error}", title="Internal error",
+                           print_exception=False) from None  # logged above, with its traceback
         finally:
             if self.cancel_flags.get(session) is flag:
                 del self.cancel_flags[session]
@@ -254,7 +261,7 @@ class App:
         if ref_mask is None and reference_mask_file is not None:
             ref_mask = reference_mask_file  # an uploaded mask, used as given (its size is checked by compose)
         config = dict(background=_save(picture, folder, "background.png"), reference=_save(ref, folder, "reference.png"),
-                      region=region, prompt=prompt or "", domain=domain, steps=steps, seed=_optional(seed, "seed", integer=True),
+                      region=region, prompt=prompt or "", domain=domain, steps=steps, seed=_seed(seed),
                       preset="reference" if preset else None, order=int(order), tau_a=tau_a, tau_b=tau_b,
                       guidance_scale=_optional(guidance_scale, "guidance scale"))
         if ref_mask is not None:
@@ -272,10 +279,10 @@ class App:
         picture = _picture(image, "image")
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         config = dict(image=_save(picture, folder, "image.png"), prompt=lines if len(lines) > 1 else (lines or [""])[0],
-                      source_prompt=source_prompt or "", steps=steps, guidance_scale=guidance_scale, seed=_optional(seed, "seed", integer=True),
+                      source_prompt=source_prompt or "", steps=steps, guidance_scale=guidance_scale, seed=_seed(seed),
                       preset="reference" if preset else None, negative_prompt=negative_prompt or "",
-                      inversion_steps=_optional(inversion_steps, "inversion steps", integer=True), feature_steps=feature_steps,
-                      attention_steps=attention_steps, source_cache=source_cache)
+                      inversion_steps=_optional(inversion_steps, "inversion steps", integer=True),
+                      feature_steps=feature_steps, attention_steps=attention_steps, source_cache=source_cache)
 
         def draw(pipe, result, values):
             from . import visualize
@@ -294,9 +301,9 @@ class App:
         folder = self._folder("edit")
         picture = _picture(image, "image")
         config = dict(image=_save(picture, folder, "image.png"), source=source, target=target,
-                      caption=caption or None, steps=steps, seed=_optional(seed, "seed", integer=True), preset="reference" if preset else None,
-                      xa_guidance=_optional(xa_guidance, "cross-attention guidance"), guidance_scale=guidance_scale, reg_steps=reg_steps,
-                      lambda_ac=lambda_ac, lambda_kl=lambda_kl)
+                      caption=caption or None, steps=steps, seed=_seed(seed), preset="reference" if preset else None,
+                      xa_guidance=_optional(xa_guidance, "cross-attention guidance"), guidance_scale=guidance_scale,
+                      reg_steps=reg_steps, lambda_ac=lambda_ac, lambda_kl=lambda_kl)
         _, sidecar, _ = self._run("edit", model, config, folder, progress, request)
         return self._report(folder, sidecar)
 
@@ -319,8 +326,9 @@ class App:
             references[phrase] = _save(image.convert("RGB"), folder, f"reference-{_slug(phrase)}.png")
         if not references:
             raise runner.UserError("references: give at least one phrase of the prompt and its image.")
-        config = dict(prompt=prompt or "", references=references, steps=steps, scale=_optional(scale, "IP-Adapter scale"), seed=_optional(seed, "seed", integer=True),
-                      weighting=weighting, phrase_encoding=phrase_encoding, guidance_scale=_optional(guidance_scale, "guidance scale"),
+        config = dict(prompt=prompt or "", references=references, steps=steps, scale=_optional(scale, "IP-Adapter scale"),
+                      seed=_seed(seed), weighting=weighting, phrase_encoding=phrase_encoding,
+                      guidance_scale=_optional(guidance_scale, "guidance scale"),
                       negative_prompt=negative_prompt if negative_prompt else None,
                       height=_optional(height, "height", integer=True),
                       width=_optional(width, "width", integer=True))
