@@ -73,7 +73,9 @@ def test_compose_in_chromium(page, tmp_path):
     image = page.locator("#compose-result img").first
     image.wait_for(timeout=30_000)
     assert "6 UNet calls" in stats.inner_text()  # 3 inversion + 3 sampling steps
-    assert page.evaluate("(img) => img.complete && img.naturalWidth", image.element_handle()) == 256
+    handle = image.element_handle()
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=handle, timeout=30_000)
+    assert page.evaluate("(img) => img.naturalWidth", handle) == 256
     files = page.locator("#compose-files").inner_text().replace("\n", "")
     assert "compose.png" in files and "compose.json" in files and ".zip" in files
     links = [a.get_attribute("href") for a in page.locator("#compose-files a").all()]
