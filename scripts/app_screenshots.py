@@ -94,7 +94,7 @@ def main():
                 page.locator(f"button[role=tab]:has-text('{tab}')").first.click()
                 fill(page, tab, inputs, args.steps)
                 page.locator(f"#{tab}-run").click()
-                page.locator(f"#{tab}-stats").get_by_text("UNet calls").wait_for(timeout=300_000)
+                page.locator(f"#{tab}-stats").get_by_text("sample-evaluations").wait_for(timeout=300_000)
                 page.locator(f"#{tab}-result img").first.wait_for(timeout=60_000)
                 time.sleep(1)
                 page.screenshot(path=str(out / f"app-{tab}.png"), full_page=True)

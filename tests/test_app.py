@@ -160,8 +160,9 @@ def test_bad_input_is_a_message_and_the_server_goes_on(case, message, client, in
 
 @pytest.mark.parametrize("phase,steps", [("inversion", 400), ("sampling", 40)])
 def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, server, inputs):
-    """Stop during the inversion (no step callback there: the UNet pre-hook raises) or during sampling (the
-    step callback raises): the run ends early with a message, the processors are as before, the app goes on."""
+    """Stop during the inversion (no step callback there: the progress counts UNet calls and the UNet pre-hook
+    raises) or during sampling (the step callback raises): the run ends early with a message, the processors
+    are as before, the app goes on."""
     client = Client(server, verbose=False)  # its own session: Stop stops only this session's run
     client.predict("tiny", handle_file(str(inputs / "cat.png")), "ddim", "", 2, 2, api_name="/invert")
     pipe = runner._PIPES[("tiny", False, None, None)]
@@ -172,10 +173,9 @@ def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, server,
     while time.monotonic() < deadline:
         status = job.status()
         progress = status.progress_data
-        if phase == "inversion" and progress:  # the run has begun (its first progress: loading the model)
-            time.sleep(0.5)
+        if phase == "inversion" and progress and progress[0].unit == "UNet calls":  # inverting, counted per call
             break
-        if progress and progress[0].index and progress[0].index >= 2:  # sampling has begun
+        if progress and progress[0].unit == "steps" and (progress[0].index or 0) >= 2:  # sampling has begun
             break
         assert not job.done(), job.result()
         time.sleep(0.05)

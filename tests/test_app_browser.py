@@ -69,7 +69,7 @@ def test_compose_in_chromium(page, tmp_path):
     page.locator("#compose-steps input").fill("3")
     page.locator("#compose-run").click()
     stats = page.locator("#compose-stats")
-    stats.get_by_text("UNet calls").wait_for(timeout=90_000)
+    stats.get_by_text("sample-evaluations").wait_for(timeout=90_000)
     image = page.locator("#compose-result img").first
     image.wait_for(timeout=30_000)
     assert "6 UNet calls" in stats.inner_text()  # 3 inversion + 3 sampling steps

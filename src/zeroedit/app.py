@@ -26,6 +26,7 @@ import random
 import re
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -49,12 +50,15 @@ class Cancelled(Exception):
 
 
 @contextlib.contextmanager
-def _stop_before_unet_calls(unet, flag: threading.Event):
+def _stop_before_unet_calls(unet, flag: threading.Event, on_call=None):
     """While a run is on, every UNet forward first checks the Stop flag (a forward pre-hook, removed after):
-    Stop also ends the phases without a step callback (the inversions, the PCA picture) within one call."""
+    Stop also ends the phases without a step callback (the inversions, the PCA picture) within one call.
+    `on_call()` runs before each call (the progress of those phases)."""
     def check(module, args):
         if flag.is_set():
             raise Cancelled()
+        if on_call is not None:
+            on_call()
     handle = unet.register_forward_pre_hook(check)
     try:
         yield
@@ -174,7 +178,7 @@ class App:
         session = getattr(request, "session_hash", None) or "local"
         flag = self.cancel_flags[session] = threading.Event()
         model = (model or self.model).strip()
-        seen, total = {"step": 0}, 0
+        seen, total = {"step": 0, "calls": 0, "shown": 0.0}, 0
         try:
             values = runner.resolve_arguments(method, {}, config, folder)
             total = int(values.get("steps") or default(method, "steps"))
@@ -187,11 +191,19 @@ class App:
                     progress((step + 1, total), desc=f"{method}: step", unit="steps")
                 return kwargs
 
+            def on_call():  # the phases without a step callback: count UNet calls (at most 5 updates a second)
+                seen["calls"] += 1
+                now = time.monotonic()
+                if progress is not None and (seen["step"] == 0 or seen["step"] >= total) and now - seen["shown"] > 0.2:
+                    seen["shown"] = now
+                    phase = "inverting" if seen["step"] == 0 else "finishing"
+                    progress((seen["calls"], None), desc=f"{method}: {phase}", unit="UNet calls")
+
             with self.lock:
                 if progress is not None:
                     progress(0, desc=f"loading {model}")
                 pipe = runner.load_pipeline(model, method, self.device, self.dtype)
-                with _stop_before_unet_calls(pipe.unet, flag):
+                with _stop_before_unet_calls(pipe.unet, flag, on_call):
                     result, stats = runner.execute(method, values, pipe, callback)
                     extras = after(pipe, result, values) if after is not None else {}
             sidecar = runner.save(result.images, stats, method, values, model, folder)
