@@ -557,5 +557,11 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, s
     """Start the app (`zeroedit app`); block=False returns the running Blocks (tests close it)."""
     demo, app = build(model, device, dtype)
     demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.workdir)],
-                prevent_thread_lock=not block, quiet=not block)
+                prevent_thread_lock=True, quiet=True)
+    if block:
+        where = "this machine only; --host 0.0.0.0 opens it to the network" if host in ("127.0.0.1", "localhost") \
+            else "reachable from other machines at this host's address"
+        print(f"zeroedit app: {demo.local_url} ({where})" + (f"; public link: {demo.share_url}" if share else "")
+              + f"; model {app.model}; runs in {app.workdir}; Ctrl-C stops", flush=True)
+        demo.block_thread()
     return demo
