@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zeroedit import batch, cli
+from zeroedit import batch, cli, runner
 
 ASSETS = Path(cli.asset("cat.png")).parent
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), HF_HUB_OFFLINE="1",
@@ -36,14 +36,14 @@ def test_partial_failure_then_rerun_does_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.glob("*.png")) == [f"j{i}.png" for i in range(1, 5)]
     assert not list(out.glob(".*tmp*")) and not list(out.glob("results.part*"))
     calls = []
-    monkeypatch.setattr(cli, "run_method", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runner, "run_method", lambda *a, **k: calls.append(a))
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 3
     assert calls == [] and records(out) == recs
 
 
 def test_killed_run_resumes_without_duplicates(tmp_path, monkeypatch):
     jobs, out = write_jobs(tmp_path, n=4, corrupt=0), tmp_path / "out"
-    real, calls = cli.run_method, []
+    real, calls = runner.run_method, []
 
     def dying(*args, **kwargs):
         calls.append(args[0])
@@ -51,9 +51,9 @@ def test_killed_run_resumes_without_duplicates(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of job 3
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "run_method", dying)
+    monkeypatch.setattr(runner, "run_method", dying)
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 130
-    monkeypatch.setattr(cli, "run_method", real)
+    monkeypatch.setattr(runner, "run_method", real)
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
     recs = records(out)
     assert [r["id"] for r in recs] == ["j0", "j1", "j2", "j3"] and all(r["status"] == "ok" for r in recs)
@@ -99,11 +99,56 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, monke
     process.wait(timeout=30)
     finished = {json.loads(line)["id"] for line in shard.read_text().splitlines()}
     assert 2 <= len(finished) < 8, "the kill should land mid-run"
-    real, calls = cli.run_method, []
-    monkeypatch.setattr(cli, "run_method", lambda *a, **k: (calls.append(k.get("name")), real(*a, **k))[1])
+    real, calls = runner.run_method, []
+    monkeypatch.setattr(runner, "run_method", lambda *a, **k: (calls.append(k.get("name")), real(*a, **k))[1])
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
     recs = records(out)
     assert [r["id"] for r in recs] == [f"j{i}" for i in range(8)] and all(r["status"] == "ok" for r in recs)
     assert sorted(calls) == sorted(set(f"j{i}" for i in range(8)) - finished)  # nothing run twice
     assert sorted(p.name for p in out.glob("*.png")) == [f"j{i}.png" for i in range(8)]
     assert not list(out.glob(".*tmp*"))
+
+
+def test_output_names_never_collide(tmp_path):
+    """Job "h" with two prompts and job "h-0" (issue 15 §4): every file is its own; a case-only duplicate id
+    is refused (it would share files on macOS/Windows)."""
+    shutil.copyfile(ASSETS / "cat.png", tmp_path / "cat.png")
+    lines = [{"method": "translate", "id": "h", "image": "cat.png", "prompt": ["a red cat", "a blue cat"], "steps": 2,
+              "model": "tiny"},
+             {"method": "translate", "id": "h-0", "image": "cat.png", "prompt": "a green cat", "steps": 2, "model": "tiny"},
+             {"method": "translate", "id": "H", "image": "cat.png", "prompt": "a cat", "steps": 2, "model": "tiny"}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 3  # "H" duplicates "h"
+    recs = {r["id"]: r for r in records(out)}
+    assert recs["h"]["outputs"] == ["h~0.png", "h~1.png", "h.json"]
+    assert recs["h-0"]["outputs"] == ["h-0.png", "h-0.json"]
+    assert recs["job00003"]["status"] == "error" and "duplicate id" in recs["job00003"]["error"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".json")) == \
+        ["h-0.json", "h-0.png", "h.json", "h~0.png", "h~1.png"]
+    assert json.loads((out / "h-0.json").read_text())["args"]["prompt"] == "a green cat"
+    assert json.loads((out / "h.json").read_text())["outputs"] == ["h~0.png", "h~1.png"]
+
+
+def test_ids_are_file_names_without_the_separator():
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        jobs = Path(folder) / "jobs.jsonl"
+        jobs.write_text('{"id": "a~0/../b"}\n{"id": ".hidden"}\n')
+        ids = [job["id"] for job in batch.read_jobs(jobs)]
+    assert ids == ["a_0_.._b", "_hidden"] and not any(runner.SEPARATOR in i for i in ids)
+
+
+def test_resume_removes_stale_temporary_files(tmp_path):
+    """A kill mid-write leaves `.NAME.tmpPID` files; the resume removes them (and nothing else)."""
+    jobs, out = write_jobs(tmp_path, n=2, corrupt=0), tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".j0.png.tmp4242", out / ".j1.json.tmp17", out / ".results.jsonl.tmp99"]
+    for file in stale:
+        file.write_bytes(b"half-written")
+    keep = out / "notes.tmp.txt"
+    keep.write_text("the user's own file")
+    assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
+    assert not any(file.exists() for file in stale) and keep.is_file()
+    assert sorted(p.name for p in out.glob("*.png")) == ["j0.png", "j1.png"]

@@ -49,12 +49,11 @@ def test_invert_from_the_shell_and_sidecar_reproduces(tmp_path):
                      "--steps", "2"]),
 ])
 def test_method_sidecar_reproduces_bit_for_bit(method, argv, tmp_path, capsys, monkeypatch):
-    """Each subcommand from the shell (a real subprocess, relative paths from its working directory); then
-    its sidecar alone, from another directory, reproduces the image bit for bit."""
-    done = subprocess.run([sys.executable, "-m", "zeroedit.cli", method, *argv, "--model", "tiny", "--quiet",
-                           "--out", str(tmp_path / "a")], cwd=ASSETS, env=ENV, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0, done.stderr
+    """Each subcommand (relative paths from the working directory; the shell entry itself is exercised by the
+    subprocess test above); then its sidecar alone, from another directory, reproduces the image bit for bit."""
+    monkeypatch.chdir(ASSETS)
+    code, err = run([method, *argv, "--model", "tiny", "--quiet", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
     sidecar = json.loads((tmp_path / "a" / f"{method}.json").read_text())
     assert isinstance(sidecar["seed"], int) and sidecar["args"]["seed"] == sidecar["seed"]
     assert sidecar["stats"]["unet_calls"] > 0 and sidecar["stats"]["params"]
@@ -131,7 +130,9 @@ def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
     assert code == 2 and "folder" in err.lower(), err
 
 
-def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys):
+def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys, monkeypatch):
+    from zeroedit import demo
+    monkeypatch.setattr(demo, "TOY_STEPS", 4)  # the gallery's shape does not depend on the steps
     code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
     page = (tmp_path / "index.html").read_text()
@@ -139,3 +140,124 @@ def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys):
         assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.json").is_file()
         assert f'src="{name}.png"' in page
     assert "steps" in page and "inputs/cat.png" in page
+
+
+# ----------------------------------------------------------------------------------------- issue 15 §2
+def _unchanged(out: Path, before):
+    """Nothing written: the --out path is as it was (absent, or the same file)."""
+    if before is None:
+        return not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    return out.is_file() and out.read_bytes() == before
+
+
+def _bad_cases():
+    cat, bg, ref = (str(ASSETS / n) for n in ("cat.png", "background.png", "reference.png"))
+    compose = ["compose", "--background", bg, "--reference", ref, "--prompt", "a ball", "--model", "tiny", "--steps", "2"]
+    invert = ["invert", "--image", cat, "--model", "tiny", "--steps", "2"]
+    translate = ["translate", "--image", cat, "--model", "tiny", "--steps", "2"]
+    cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+    return [  # (id, argv without --out, where --out points: "dir" | "file" | "under-file" | "/proc/...")
+        ("out-is-a-file", invert, "file"),
+        ("out-under-a-file", invert, "under-file"),
+        ("out-not-writable", invert, "/proc/zeroedit-cannot-write-here"),
+        pytest.param("device-cuda-without-cuda", invert + ["--device", "cuda"], "dir", marks=cuda),
+        ("device-not-a-device", invert + ["--device", "banana"], "dir"),
+        ("dtype-unknown", invert + ["--dtype", "float8"], "dir"),
+        ("unquoted-multi-word-prompt", ["translate", "--image", cat, "--prompt", "a", "red", "cat", "--model", "tiny"], "dir"),
+        ("unquoted-prompt-single-prompt-method", compose[:5] + ["--region", "40,40,100,100", "--prompt", "a", "ball"], "dir"),
+        ("prompt-mixing-a-single-word", translate + ["--prompt", "a red cat", "dog"], "dir"),
+        ("caption-given-twice", ["edit", "--image", cat, "--caption", "a cat", "--caption", "a dog", "--model", "tiny"], "dir"),
+        ("region-three-numbers", compose + ["--region", "1", "2", "3"], "dir"),
+        ("region-not-numbers", compose + ["--region", "1,2,x,4"], "dir"),
+        ("steps-zero", invert[:-1] + ["0"], "dir"),
+        ("steps-not-a-number", invert[:-1] + ["many"], "dir"),
+        ("missing-prompt", translate, "dir"),
+        ("missing-image-file", ["invert", "--image", str(ASSETS / "nope.png"), "--model", "tiny"], "dir"),
+        ("quiet-not-a-bool-in-config", ["invert", "--config", "QUIET_CONFIG"], "dir"),
+        ("negative-region-as-flag-typo", compose + ["--region", "-20,-20,40"], "dir"),
+    ]
+
+
+@pytest.mark.parametrize("name,argv,where", _bad_cases())
+def test_bad_input_exits_2_one_line_nothing_written(name, argv, where, tmp_path, capsys):
+    """Each bad command line: exit 2, one `zeroedit: error` line, no traceback, nothing written in --out."""
+    before = None
+    if where == "dir":
+        out = tmp_path / "out"
+    elif where == "file":
+        out = tmp_path / "taken.txt"
+        out.write_text("not a folder")
+        before = out.read_bytes()
+    elif where == "under-file":
+        (tmp_path / "taken.txt").write_text("not a folder")
+        out = tmp_path / "taken.txt" / "out"
+    else:
+        out = Path(where)
+    config = tmp_path / "quiet.yaml"
+    config.write_text(f"image: {ASSETS / 'cat.png'}\nmodel: tiny\nquiet: 'yes please'\n")
+    argv = [str(config) if a == "QUIET_CONFIG" else a for a in argv]
+    code, err = run(argv + ["--out", str(out)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (name, code, err)
+    assert len(lines) == 1 and lines[0].startswith("zeroedit: error: ") and "Traceback" not in err, (name, err)
+    assert _unchanged(out, before), name
+
+
+def test_bad_out_fails_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    """--out is checked first: a model that does not exist is never even looked at."""
+    from zeroedit import runner
+    loads = []
+    monkeypatch.setattr(runner, "load_pipeline", lambda *a, **k: loads.append(a))
+    (tmp_path / "f").write_text("x")
+    code, err = run(["invert", "--image", str(ASSETS / "cat.png"), "--model", "no/such-model", "--out",
+                     str(tmp_path / "f" / "out")], capsys)
+    assert code == 2 and "is a file" in err and loads == []
+
+
+@pytest.mark.parametrize("region,box", [(["-20,-20,40,40"], [-20, -20, 40, 40]), (["32", "32", "96", "96"], [32, 32, 96, 96]),
+                                        (["-20", "-20", "40", "40"], [-20, -20, 40, 40])])
+def test_region_negative_and_space_separated(region, box, tmp_path, capsys):
+    argv = ["compose", "--background", str(ASSETS / "background.png"), "--reference", str(ASSETS / "reference.png"),
+            "--region", *region, "--prompt", "a ball", "--steps", "2", "--model", "tiny", "--quiet", "--out", str(tmp_path)]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "compose.json").read_text())["args"]["region"] == box
+
+
+def test_quiet_true_in_config_is_quiet(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"image: {ASSETS / 'cat.png'}\nsteps: 2\nmodel: tiny\nquiet: true\n")
+    assert cli.main(["invert", "--config", str(config), "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out == ""
+    config.write_text(f"image: {ASSETS / 'cat.png'}\nsteps: 2\nmodel: tiny\n")
+    assert cli.main(["invert", "--config", str(config), "--out", str(tmp_path / "b")]) == 0
+    assert "invert: wrote" in capsys.readouterr().out
+
+
+def test_several_prompts_quoted_or_repeated(tmp_path, capsys):
+    """`--prompt "a" "b"` (each with a space) and `--prompt x --prompt y` give several prompts; one image each,
+    named translate~0.png, translate~1.png; the help says how."""
+    base = ["translate", "--image", str(ASSETS / "cat.png"), "--steps", "2", "--model", "tiny", "--quiet"]
+    for argv, prompts in ((["--prompt", "a red cat", "a blue dog"], ["a red cat", "a blue dog"]),
+                          (["--prompt", "red", "--prompt", "blue"], ["red", "blue"])):
+        out = tmp_path / prompts[0].replace(" ", "_")
+        code, err = run(base + argv + ["--out", str(out)], capsys)
+        assert code == 0, err
+        sidecar = json.loads((out / "translate.json").read_text())
+        assert sidecar["args"]["prompt"] == prompts
+        assert sidecar["outputs"] == ["translate~0.png", "translate~1.png"]
+        assert all((out / name).is_file() for name in sidecar["outputs"])
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices["translate"].format_help()
+    assert "repeat --prompt" in " ".join(helptext.split())
+
+
+def test_no_import_cycle_through_the_entry_points():
+    """runner (and everything under it) never imports an entry point, not even inside a function."""
+    import ast
+    src = Path(cli.__file__).parent
+    entry = {"cli", "batch", "demo", "app"}
+    for file in [src / "runner.py"]:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
+                assert not (names & entry and node.level >= 1), (file.name, ast.dump(node))

@@ -5,7 +5,10 @@ One job per line: {"method": "translate", "id": "cat1", "model": "tiny", "image"
 model). Every image and sidecar is written atomically (tmp + os.replace); each finished job appends one record
 {"id", "status": "ok"|"error", "outputs", "stats" | "error"} to its process's shard `results.part<rank>.jsonl`;
 at the end the main process merges all shards into `results.jsonl` (one record per job, in job order). A re-run
-skips every job that already has a record, so a crash or Ctrl-C loses nothing and duplicates nothing. Under
+skips every job that already has a record, so a crash or Ctrl-C loses nothing and duplicates nothing; it first
+removes the temporary files (`.NAME.tmpPID`) a kill left behind. Outputs are named by the job's id: `ID.png`,
+or `ID~0.png`, `ID~1.png`, ... for several images, and `ID.json`; ids cannot contain `~`, so two jobs' files
+never collide (job "h" with two prompts writes h~0.png, h~1.png; job "h-0" writes h-0.png). Under
 `accelerate launch` the jobs are split with `PartialState().split_between_processes`.
 
 `--max-batch N` (N > 1): each process groups its unfinished jobs by a compatibility key (method, model, image
@@ -24,16 +27,19 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ZeroEditError
+from . import runner
+from .runner import UserError, guarded, job_arguments, run_job  # noqa: F401 — batch.run_job as before
 
 logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
-METHODS = ("compose", "translate", "edit", "personalize", "invert")
+METHODS = runner.METHODS
+ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")  # any other character of an id becomes "_" (never runner.SEPARATOR)
 
 
 def read_jobs(path: Path) -> list[dict]:
-    """Parse the jobs file; a line that is not a JSON object becomes a job that fails with the parse error."""
-    from .cli import UserError
+    """Parse the jobs file; a line that is not a JSON object becomes a job that fails with the parse error.
+    Ids are file names: characters other than letters, digits, `.`, `_`, `-` become `_`, a leading `.` too;
+    two ids equal up to case are duplicates (they would share files on macOS and Windows)."""
     if not path.is_file():
         raise UserError(f"jobs file {str(path)!r} does not exist.")
     jobs, seen = [], set()
@@ -46,10 +52,10 @@ def read_jobs(path: Path) -> list[dict]:
                 raise ValueError("not a JSON object")
         except ValueError as error:
             job = {"_error": f"line {number} is not a JSON object: {error}"}
-        job_id = re.sub(r"[^A-Za-z0-9._-]", "_", str(job.get("id", f"job{number:05d}")))
-        if job_id in seen:
+        job_id = re.sub(r"^\.", "_", ID_CHARS.sub("_", str(job.get("id", f"job{number:05d}"))))
+        if job_id.lower() in seen:
             job, job_id = {"_error": f"line {number}: duplicate id {job_id!r}"}, f"job{number:05d}"
-        seen.add(job_id)
+        seen.add(job_id.lower())
         jobs.append(dict(job, id=job_id))
     return jobs
 
@@ -73,51 +79,11 @@ PER_JOB = {"image", "background", "reference", "reference_mask", "region", "refe
            "negative_prompt", "caption", "source", "target", "direction", "seed"}  # may differ inside one batch
 
 
-def _arguments(job: dict, base: Path, model: str | None) -> tuple[str, dict, str]:
-    """(method, resolved values, model) of a job; raises a user error for a bad job."""
-    from . import cli
-    if "_error" in job:
-        raise cli.UserError(job["_error"])
-    method = job.get("method")
-    if method not in METHODS:
-        raise cli.UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
-    config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
-    values = cli.resolve_arguments(method, {}, config, base)
-    return method, values, job.get("model") or model or cli.DEFAULT_MODELS[method]
-
-
-def _guarded(job: dict, work) -> dict:
-    """Run `work(record)`; user and internal errors become an error record (one bad job never stops the others)."""
-    record = {"id": job["id"], "method": job.get("method")}
-    try:
-        work(record)
-    except KeyboardInterrupt:
-        raise
-    except (ZeroEditError, FileNotFoundError) as error:
-        record.update(status="error", kind="user", error=str(error).splitlines()[0] if str(error) else repr(error))
-    except Exception as error:  # noqa: BLE001 — internal failure of this job only
-        logger.exception("job %s failed", job["id"])
-        record.update(status="error", kind="internal", error=f"{type(error).__name__}: {error}")
-    return record
-
-
-def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True) -> dict:
-    """Run one job; user and internal errors become an error record (one bad job never stops the others)."""
-    from . import cli
-
-    def work(record):
-        method, values, job_model = _arguments(job, base, model)
-        sidecar = cli.run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet)
-        record.update(status="ok", model=job_model, outputs=sidecar["outputs"] + [f"{job['id']}.json"],
-                      stats=sidecar["stats"])
-    return _guarded(job, work)
-
-
 def batch_key(job: dict, base: Path, model: str | None) -> tuple:
     """Compatibility key: jobs with equal keys run in one sampling batch. Method, model, the loaded size of
     the main image(s), and every argument except the per-job inputs (PER_JOB). Validates the job's images."""
     from .images import prepare_image
-    method, values, job_model = _arguments(job, base, model)
+    method, values, job_model = job_arguments(job, base, model)
     sizes = []
     for name in ("image", "background"):
         if values.get(name) is not None:
@@ -135,7 +101,7 @@ def plan(todo: list[dict], base: Path, model: str | None, max_batch: int) -> tup
     failed = []
     for job in todo:
         keys = []
-        record = _guarded(job, lambda record: keys.append(batch_key(job, base, model)))
+        record = guarded(job, lambda record: keys.append(batch_key(job, base, model)))
         if keys:
             groups.setdefault(keys[0], []).append(job)
         else:
@@ -146,11 +112,10 @@ def plan(todo: list[dict], base: Path, model: str | None, max_batch: int) -> tup
 
 def run_group(group: list[dict], base: Path, out: Path, model: str | None, device=None) -> list[dict]:
     """Run compatible jobs as one JobSession (one sampling batch); one record per job, in group order."""
-    from . import cli
     from .jobs import JobSession
-    method, _, job_model = _arguments(group[0], base, model)
+    method, _, job_model = job_arguments(group[0], base, model)
     try:
-        pipe = cli.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
+        pipe = runner.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
     except Exception:  # noqa: BLE001 — e.g. a missing model: every job gets its own error record, as unbatched
         return [run_job(job, base, out, model, device) for job in group]
     if getattr(pipe, "unet", None) is None:  # SD3/FLUX: no job batching on transformers yet, one job after another
@@ -175,12 +140,11 @@ def _append(shard: Path, record: dict):
 
 def merge(out: Path, jobs: list[dict]) -> list[dict]:
     """Merge shards and the previous results into results.jsonl (job order), then remove the shards."""
-    from .cli import write_atomically
     records = read_records(out)
     order = {job["id"]: i for i, job in enumerate(jobs)}
     merged = sorted(records.values(), key=lambda r: (order.get(r["id"], len(order)), r["id"]))
     text = "".join(json.dumps(r) + "\n" for r in merged)
-    write_atomically(out / RESULTS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    runner.write_atomically(out / RESULTS, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     for shard in out.glob("results.part*.jsonl"):
         shard.unlink()
     return merged
@@ -196,7 +160,6 @@ def _state():
 
 
 def check_max_batch(max_batch) -> int:
-    from .cli import UserError
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise UserError(f"--max-batch must be a whole number ≥ 1 (jobs per sampling batch), got {max_batch!r}.")
     return max_batch
@@ -211,6 +174,10 @@ def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool 
     out.mkdir(parents=True, exist_ok=True)
     state = _state()
     rank = state.process_index if state else 0
+    if state is None or state.is_main_process:
+        stale = runner.remove_stale_tmp(out)  # left by a kill mid-write; nobody writes before the barrier below
+        if stale:
+            logger.info("removed %d stale temporary file(s) of a killed run: %s", len(stale), ", ".join(stale))
     done = read_records(out)
     todo = [job for job in jobs if job["id"] not in done]
     todo.sort(key=lambda job: (str(job.get("model") or model or ""), job.get("method") == "personalize"))  # fewer loads

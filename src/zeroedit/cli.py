@@ -1,5 +1,6 @@
 """The `zeroedit` command line: one subcommand per method (flags mirror the API one to one), `invert`,
-`direction`, `demo` and `batch`.
+`direction`, `demo`, `batch` and `app`
+(new subcommands: a function decorated with `@command`). Every subcommand goes through `runner`.
 
     zeroedit compose --background bg.png --reference obj.png --reference-mask mask.png --region 40,30,100,90 \\
         --prompt "an oil painting of a ball" --model tiny --out out/
@@ -14,245 +15,96 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
-import random
+import re
 import sys
-from importlib import resources
 from pathlib import Path
 
+from . import runner
 from .errors import ZeroEditError
+# The runner's names, re-exported: `zeroedit.cli.asset`, `cli.resolve_arguments`, ... keep working.
+from .runner import (DEFAULT_MODELS, IMAGE_ARGS, SKIPPED, UserError, asset, flag, load_pipeline, method_function,  # noqa: F401
+                     parse_value, read_config, resolve_arguments, run_method, versions, write_atomically)
 
-# The model each method's paper used (hub ids; offline, pass a local folder or tiny/tiny-xl/toy).
-DEFAULT_MODELS = {"compose": "stabilityai/stable-diffusion-2-1-base", "translate": "stabilityai/stable-diffusion-2-1-base",
-                  "edit": "CompVis/stable-diffusion-v1-4", "personalize": "stabilityai/stable-diffusion-xl-base-1.0",
-                  "invert": "stabilityai/stable-diffusion-2-1-base", "direction": "CompVis/stable-diffusion-v1-4"}
-IMAGE_ARGS = {"image", "background", "reference", "reference_mask"}
-SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback"}
-
-
-class UserError(ZeroEditError):
-    """A bad command line, config or jobs file."""
-
-
-def asset(name: str) -> Path:
-    """Path of a bundled sample image (src/zeroedit/assets, drawn by scripts/make_assets.py)."""
-    return Path(str(resources.files("zeroedit") / "assets" / name))
-
-
-def method_function(name: str):
-    import zeroedit as ze
-    return {"compose": lambda: ze.compose, "translate": lambda: ze.translate, "edit": lambda: ze.edit,
-            "personalize": lambda: ze.personalize, "invert": lambda: ze.invert}[name]()
-
-
-# ----------------------------------------------------------------------------------------- values
-def parse_value(name: str, value, base: Path | None = None):
-    """A flag/config value -> the API's value: paths resolved against `base` (the config's folder), boxes
-    "x0,y0,x1,y1", references "phrase=img[,img]", JSON for numbers/lists/null."""
-    if value is None:
-        return None
-    def path(v):
-        p = Path(os.path.expanduser(str(v)))
-        return str(p if p.is_absolute() or base is None else (base / p))
-    if name in IMAGE_ARGS or name in ("mip_weights", "sentences") or (name == "direction" and isinstance(value, str)):
-        return [path(v) for v in value] if isinstance(value, list) else path(value)
-    if name == "region":
-        if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
-            return tuple(value)
-        if isinstance(value, str) and value.count(",") == 3:
-            try:
-                return tuple(float(v) for v in value.split(","))
-            except ValueError:
-                raise UserError(f"--region {value!r}: give x0,y0,x1,y1 in pixels or a mask image.") from None
-        return [parse_value(name, v, base) for v in value] if isinstance(value, list) else path(value)
-    if name == "references":
-        if isinstance(value, dict):
-            return {k: [path(v) for v in vs] if isinstance(vs, list) else path(vs) for k, vs in value.items()}
-        out = {}
-        for item in value if isinstance(value, list) else [value]:
-            if "=" not in item:
-                raise UserError(f"--references {item!r}: write phrase=image.png (several: phrase=a.png,b.png).")
-            phrase, images = item.split("=", 1)
-            files = [path(v) for v in images.split(",")]
-            out[phrase] = files if len(files) > 1 else files[0]
-        return out
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+# Text flags: several words after one of them are refused (an unquoted `--prompt a red cat` is never three prompts).
+TEXT_FLAGS = ("prompt", "source_prompt", "negative_prompt", "caption", "source", "target")
+MANY = ("prompt", "references", "reference", "reference_mask", "region")  # flags that take several values
+SEVERAL_PROMPTS = ('several prompts (translate): quote each and give them after one --prompt, '
+                   '--prompt "a bronze horse" "a lego horse", or repeat --prompt "..." --prompt "..."')
 
 
 def _doc_of(function, name: str) -> str:
     """The docstring's sentence about argument `name` ("name: text" or "name (...): text"), if any."""
-    import re
     match = re.search(rf"(?:^|[\s,;.(])`?{re.escape(name)}`?(?: \([^)]*\))?:\s*([^\n]+)", function.__doc__ or "")
-    return match.group(1).strip().rstrip(".") + " " if match else ""
+    return match.group(1).strip().rstrip(".").replace("%", "%%") + " " if match else ""
+
+
+class _Text(argparse.Action):
+    """A text flag (`--prompt`, `--caption`, ...). One occurrence takes one text; translate's `--prompt` also
+    takes several texts that each contain a space (`--prompt "a bronze horse" "a lego horse"`) and may be
+    repeated. Several single words (`--prompt a red cat`: the shell split an unquoted prompt) are refused."""
+
+    def __init__(self, option_strings, dest, many=False, **kwargs):
+        self.many = many
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 1 and (not self.many or any(len(v.split()) < 2 for v in values)):
+            quoted = " ".join(values)
+            hint = f'; {SEVERAL_PROMPTS}' if self.many else ""
+            raise argparse.ArgumentError(self, f"got {len(values)} separate words {values!r}: quote a text with "
+                                               f'spaces, {option_string} "{quoted}"{hint}')
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and not self.many:
+            raise argparse.ArgumentError(self, "given twice; give it once")
+        setattr(namespace, self.dest, (previous or []) + list(values))
 
 
 def _add_method_flags(parser: argparse.ArgumentParser, function):
     for name, param in inspect.signature(function).parameters.items():
         if name in SKIPPED:
             continue
-        many = name in ("prompt", "references", "reference", "reference_mask", "region") or \
-            (name == "image" and function.__name__ == "invert")
+        default = "" if param.default is inspect.Parameter.empty else f", default {param.default!r}"
+        help_text = _doc_of(function, name) + f"(API: {name}{default})".replace("%", "%%")
         if isinstance(param.default, bool):  # an on/off switch, e.g. --compile (a config may give a dict)
-            parser.add_argument(_flag(name), dest=name, action="store_true", default=None,
+            parser.add_argument(flag(name), dest=name, action="store_true", default=None,
                                 help=_doc_of(function, name) + f"(API: {name}=True)")
-            continue
-        parser.add_argument(_flag(name), dest=name, nargs="+" if many else None, default=None,
-                            help=_doc_of(function, name) + f"(API: {name}" + ("" if param.default is inspect.Parameter.empty
-                                                    else f", default {param.default!r}") + ")")
+        elif name in TEXT_FLAGS:
+            many = name == "prompt" and function.__name__ == "translate"
+            parser.add_argument(flag(name), dest=name, action=_Text, many=many, default=None,
+                                help=help_text + (f". {SEVERAL_PROMPTS}" if many else ""))
+        else:
+            many = name in MANY or (name == "image" and function.__name__ == "invert")
+            parser.add_argument(flag(name), dest=name, nargs="+" if many else None, default=None,
+                                help=help_text + (". A box: x0,y0,x1,y1 or four numbers (negative values allowed)"
+                                                  if name == "region" else ""))
 
 
 def _common_flags(parser: argparse.ArgumentParser, out_default="out"):
     parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags (or a sidecar)")
     parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy")
     parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars or summary")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32")
 
 
-def read_config(path: str) -> tuple[dict, Path]:
-    """Keys of a YAML/JSON config (or of a sidecar's "args"), and the folder relative paths start from."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file {path!r} does not exist.")
-    try:
-        import yaml
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except Exception as error:  # noqa: BLE001 — yaml.YAMLError, UnicodeDecodeError
-        raise UserError(f"config file {path!r} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path!r} must hold a mapping of argument names to values.")
-    if "args" in data and "method" in data:  # a sidecar
-        data = dict(data["args"], model=data.get("model"))
-    return {k.replace("-", "_"): v for k, v in data.items()}, file.resolve().parent
-
-
-def resolve_arguments(method: str, flags: dict, config: dict, base: Path | None) -> dict:
-    """Merge config and flags (flags win), check names, parse values."""
-    function = method_function(method)
-    names = [n for n in inspect.signature(function).parameters if n not in SKIPPED]
-    unknown = sorted(set(config) - set(names) - {"model", "out", "quiet", "device", "dtype", "method", "id"})
-    if unknown:
-        raise UserError(f"unknown key(s) {unknown} for {method}; valid: {', '.join(names)}.")
-    values = {}
-    for name in names:
-        if flags.get(name) is not None:
-            raw = flags[name]
-            raw = raw[0] if isinstance(raw, list) and len(raw) == 1 and name not in ("references",) else raw
-            values[name] = parse_value(name, raw, Path.cwd())  # absolute: the sidecar works from anywhere
-        elif name in config:
-            values[name] = parse_value(name, config[name], base)
-    required = [n for n, p in inspect.signature(function).parameters.items()
-                if n not in SKIPPED and p.default is inspect.Parameter.empty and n not in values]
-    if required:
-        raise UserError(f"{method} needs {', '.join(_flag(n) for n in required)}.")
-    if "seed" in inspect.signature(function).parameters and values.get("seed") is None:
-        values["seed"] = random.randrange(2**31)  # recorded in the sidecar, so the run can be reproduced
-    return values
-
-
-# ----------------------------------------------------------------------------------------- running
-_PIPES: dict = {}
-
-
-def load_pipeline(model: str, method: str, device=None, dtype=None, quiet: bool = True):
-    """Load (once per process) the model for a method; personalize gets an IP-Adapter."""
-    import torch
-
-    from .loading import load
-    ip = method == "personalize"  # the model family's reference adapter (loading.DEFAULT_IP_ADAPTERS), or tiny/toy's own
-    key = (model, ip, device, dtype)
-    if key not in _PIPES:
-        if len(_PIPES) >= 2:
-            _PIPES.clear()
-        device = device or ("cuda" if torch.cuda.is_available() else None)
-        dtype = dtype or ("float16" if device == "cuda" else None)
-        _PIPES[key] = load(model, dtype=dtype, device=device, ip_adapter=ip or None)
-    pipe = _PIPES[key]
-    pipe.set_progress_bar_config(disable=quiet)
-    return pipe
-
-
-def versions() -> dict:
-    import diffusers
-    import torch
-    import transformers
-
-    from . import __version__
-    return {"zeroedit": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}
-
-
-
-
-def write_atomically(path: Path, write):
-    """Write through a temporary file in the same folder, then rename: no half-written file is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def run_method(method: str, values: dict, model: str, out: Path, name: str | None = None, device=None, dtype=None,
-               quiet: bool = True) -> dict:
-    """Run one method, write its images and sidecar; return the sidecar."""
-    from . import invert, reconstruct
-    pipe = load_pipeline(model, method, device, dtype, quiet)
-    function = method_function(method)
-    name = name or method
-    if method == "invert":
-        inversion = invert(pipe, **values)
-        result = reconstruct(pipe, inversion)
-        stats = inversion.stats.to_dict()
-        stats["reconstruction"] = result.stats.to_dict()
-    else:
-        result = function(pipe, **values)
-        stats = result.stats.to_dict()
-    outputs = []
-    for index, image in enumerate(result.images):
-        path = out / (f"{name}.png" if len(result.images) == 1 else f"{name}-{index}.png")
-        write_atomically(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
-        outputs.append(path.name)
-    sidecar = {"method": method, "model": model, "args": _jsonable(values), "seed": values.get("seed"),
-               "versions": versions(), "stats": _jsonable(stats), "outputs": outputs}
-    write_atomically(out / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
-    return sidecar
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+def _run_options(args, config: dict) -> tuple[str | None, str | None, bool]:
+    """--device, --dtype, --quiet from the flags, else the config (checked before any model work)."""
+    device = args.device or config.get("device")
+    dtype = args.dtype or config.get("dtype")
+    runner.check_device(device, dtype)
+    return device, dtype, bool(args.quiet if args.quiet is not None else config.get("quiet", False))
 
 
 def run_method_command(args) -> int:
     config, base = read_config(args.config) if args.config else ({}, None)
-    flags = {k: v for k, v in vars(args).items()}
-    values = resolve_arguments(args.command, flags, config, base)
+    values = resolve_arguments(args.command, vars(args), config, base)
     model = args.model or config.get("model") or DEFAULT_MODELS[args.command]
-    out = Path(args.out or config.get("out") or "out")
-    sidecar = run_method(args.command, values, model, out, device=args.device, dtype=args.dtype, quiet=args.quiet)
-    if not args.quiet:
+    out = runner.check_out_folder(args.out or config.get("out") or "out")
+    device, dtype, quiet = _run_options(args, config)
+    sidecar = run_method(args.command, values, model, out, device=device, dtype=dtype, quiet=quiet)
+    if not quiet:
         stats = sidecar["stats"]
         print(f"{args.command}: wrote {', '.join(str(out / o) for o in sidecar['outputs'])} "
               f"({stats['unet_calls']} UNet calls, {stats['seconds']:.1f} s)")
@@ -267,63 +119,134 @@ def run_direction(args) -> int:
         raise UserError("direction needs --source and --target concepts.")
     sentences = parse_value("sentences", args.sentences or config.get("sentences"), base if not args.sentences else Path.cwd())
     model = args.model or config.get("model") or DEFAULT_MODELS["direction"]
-    pipe = load_pipeline(model, "direction", args.device, args.dtype)
+    out = runner.check_out_file(args.out or config.get("out") or f"{source}2{target}.safetensors")
+    device, dtype, quiet = _run_options(args, config)
+    pipe = load_pipeline(model, "direction", device, dtype)
     direction = directions.build(pipe, source, target, sentences=sentences)
-    out = Path(args.out or f"{source}2{target}.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     directions.save(direction, out, pipe, source, target, model=model)
-    if not args.quiet:
+    if not quiet:
         print(f"direction {source} -> {target}: wrote {out}")
     return 0
 
 
 def run_demo(args) -> int:
     from .demo import demo
-    demo(Path(args.out or "demo-out"), model=args.model, quiet=args.quiet)
+    out = runner.check_out_folder(args.out or "demo-out")
+    _, _, quiet = _run_options(args, {})
+    demo(out, model=args.model, quiet=quiet)
     return 0
 
 
 def run_batch(args) -> int:
     from .batch import run_batch as batch
-    failed = batch(Path(args.jobs), Path(args.out or "batch-out"), model=args.model, quiet=args.quiet,
-                   max_batch=args.max_batch)
+    out = runner.check_out_folder(args.out or "batch-out")
+    _, _, quiet = _run_options(args, {})
+    failed = batch(Path(args.jobs), out, model=args.model, quiet=quiet, max_batch=args.max_batch)
     return 3 if failed else 0
+
+
+def run_app(args) -> int:
+    try:
+        from .app import serve
+    except ImportError as error:
+        raise UserError(f"the app needs gradio ({error}): pip install 'zeroedit[app]'.") from None
+    runner.check_device(args.device, args.dtype)
+    serve(model=args.model, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
+    # A value that starts with "-" and a digit is a value, not a flag: `--region -20,-20,40,40`, `--region -20 -5 40
+    # 40` (argparse's own pattern only knows plain negative numbers such as -3).
+    NUMBERS = re.compile(r"^-(\d+\.?\d*|\.\d+)([, ]+-?(\d+\.?\d*|\.\d+))*$")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NUMBERS
+
     def error(self, message):  # one line, exit 2 (argparse prints usage too)
         raise UserError(f"{message} (see zeroedit {self.prog.split()[-1] if ' ' in self.prog else ''} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zeroedit", description="Training-free diffusion editing (TF-ICON, Plug-and-Play, "
-                                                  "pix2pix-zero, MIP-Adapter) on current diffusers.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for method in ("compose", "translate", "edit", "personalize", "invert"):
-        p = sub.add_parser(method, help=(method_function(method).__doc__ or "").strip().splitlines()[0])
-        _add_method_flags(p, method_function(method))
+COMMANDS: list = []  # one function (subparsers) -> None per subcommand, in --help order; add yours with @command
+
+
+def command(build):
+    COMMANDS.append(build)
+    return build
+
+
+def _method_command(method: str):
+    def build(sub):
+        function = method_function(method)
+        p = sub.add_parser(method, help=(function.__doc__ or "").strip().splitlines()[0])
+        _add_method_flags(p, function)
         _common_flags(p)
         p.set_defaults(func=run_method_command)
+    return build
+
+
+for _method in runner.METHODS:
+    command(_method_command(_method))
+
+
+@command
+def _direction_command(sub):
     d = sub.add_parser("direction", help="build and save an edit direction (pix2pix-zero)")
     d.add_argument("--source")
     d.add_argument("--target")
     d.add_argument("--sentences", help="a text file, one sentence per line with {} for the concept")
     _common_flags(d, "SOURCE2TARGET.safetensors")
     d.set_defaults(func=run_direction)
+
+
+@command
+def _demo_command(sub):
     demo = sub.add_parser("demo", help="run every method on the bundled samples (offline) and write a gallery")
     _common_flags(demo, "demo-out")
     demo.set_defaults(func=run_demo)
+
+
+@command
+def _batch_command(sub):
     batch = sub.add_parser("batch", help="run a JSONL file of jobs (resumable; accelerate launch for many GPUs)")
     batch.add_argument("jobs")
     batch.add_argument("--max-batch", type=int, default=1, help="run up to N compatible jobs (same method, model, "
                        "size, steps and flags) as one sampling batch (default 1: one job at a time)")
     _common_flags(batch, "batch-out")
     batch.set_defaults(func=run_batch)
+
+
+@command
+def _app_command(sub):
+    app = sub.add_parser("app", help="a web app (Gradio) with one tab per method; toy model offline by default")
+    app.add_argument("--model", default=None, help="the model the app starts with (default toy; a picker in the "
+                     "app switches): hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                     "only; 0.0.0.0 lets other machines reach it)")
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    app.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    app.add_argument("--dtype", default=None, help="float16, bfloat16 or float32")
+    app.set_defaults(func=run_app)
+
+
+@command
+def _eval_command(sub):
     from . import eval as evaluation  # zeroedit eval: the papers' metrics on a finished batch
     scoring = sub.add_parser("eval", help="score a finished batch by a paper's protocol (PIE-Bench, TF-ICON, MIP)")
     evaluation.add_arguments(scoring)
     scoring.set_defaults(func=evaluation.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zeroedit", description="Training-free diffusion editing (TF-ICON, Plug-and-Play, "
+                                                  "pix2pix-zero, MIP-Adapter) on current diffusers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for build in COMMANDS:
+        build(sub)
     return parser
 
 

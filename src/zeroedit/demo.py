@@ -45,8 +45,7 @@ def toy_inputs(folder: Path) -> dict:
 def toy_jobs(folder: Path, steps: int = TOY_STEPS) -> list[dict]:
     """The demo's runs on the toy model and toy-world inputs."""
     from . import directions
-    from .cli import asset
-    from .cli import load_pipeline
+    from .runner import asset, load_pipeline
     made = toy_inputs(folder)
     paths, caption, case = made["paths"], made["caption"], made["compose"]
     direction = str(folder / "red2blue.safetensors")
@@ -76,7 +75,7 @@ def _toy_sentences():
 
 def demo_jobs(steps: int = DEMO_STEPS) -> list[dict]:
     """The demo's runs: (method, name, arguments) on the bundled assets (for --model)."""
-    from .cli import asset
+    from .runner import asset
     bg, ref, mask, cat = (str(asset(n)) for n in ("background.png", "reference.png", "reference_mask.png", "cat.png"))
     return [
         {"method": "invert", "id": "invert", "image": cat, "steps": steps},
@@ -94,7 +93,7 @@ def demo_jobs(steps: int = DEMO_STEPS) -> list[dict]:
 def demo(out: Path, model: str | None = None, quiet: bool = True, steps: int | None = None) -> list[dict]:
     """Run the demo into `out` and write out/index.html; return one record per run. model=None: the toy model
     on toy-world inputs; otherwise that model on the bundled samples."""
-    from .batch import run_job
+    from .runner import run_job
     out = Path(out)
     (out / "inputs").mkdir(parents=True, exist_ok=True)
     if model is None:
