@@ -72,6 +72,22 @@ def test_pnp_convention_by_hand(setup):
     assert model.times == [1, 251, 501, 751] and len(path) == 5
 
 
+def test_pnp_convention_equals_diffusers_inverse_scheduler(tiny_pipe, setup):
+    """The "pnp" convention is also diffusers' DDIMInverseScheduler (ε at the target t, from ᾱ[t − ratio], the
+    first step from ᾱ[0] when set_alpha_to_one is False): an independent implementation of the same steps."""
+    from diffusers import DDIMInverseScheduler
+    backbone, _, x0 = setup
+    scheduler = DDIMInverseScheduler.from_config(tiny_pipe.scheduler.config)
+    scheduler.set_timesteps(10)
+    model, x = FakeModel(), x0
+    for t in scheduler.timesteps:
+        x = scheduler.step(model.eps(x, int(t)), t, x).prev_sample
+    assert [int(t) for t in scheduler.timesteps] == ddim_timesteps(backbone, 10)
+    ours = ddim_invert(backbone, model, x0, ddim_timesteps(backbone, 10), convention="pnp")[-1]
+    assert torch.allclose(ours, x, atol=1e-5)
+    assert not torch.allclose(ddim_invert(backbone, model, x0, ddim_timesteps(backbone, 10))[-1], x, atol=1e-3)
+
+
 def test_pix2pix_zero_convention_by_hand(setup):
     """Official pix2pix-zero: `timesteps.flip(0)[1:-1]` and `alphas_cumprod[t − 1]` → ᾱ[t + ratio − 1]."""
     backbone, abar, x0 = setup
