@@ -10,16 +10,18 @@
    own error), mean over toy-world scenes (zeroedit.toy.world):
    - Plug-and-Play: empty prompt, conventions "zeroedit" (default) and "pnp" (pnp-diffusers `preprocess.py`)
      at 50 inversion steps (the default preset) and 999 (preset="reference"), 50 sampling steps;
-   - pix2pix-zero: the scene's caption, 50 steps, conventions "zeroedit", "pix2pix-zero" (official
-     `ddim_inv.py`: 48 calls, `t − 1` indexing) and, for comparison, "pnp" (ε at the target t: also diffusers'
-     DDIMInverseScheduler), with the method's noise regulariser (5 rounds, λ = 20) and without it. The VAE posterior mean in both (preset="reference" samples it; that is not the convention).
+   - pix2pix-zero: the scene's caption, 50 steps, conventions "zeroedit" (ε at the moved latent's time),
+     "pix2pix-zero" (official `ddim_inv.py`: 48 calls, `t − 1` indexing) and "diffusers" (ε at the target t,
+     = "pnp", diffusers' DDIMInverseScheduler; edit's default), with the method's noise regulariser (5 rounds,
+     λ = 20) and without it. The VAE posterior mean in both (preset="reference" samples it; that is not the convention).
    The VAE's own round trip is the ceiling.
 2. End to end: relative difference ‖a − b‖ / ‖b‖ of the final latents when only the convention differs:
    `ze.translate(preset="reference")` (its "pnp" inversion, source recomputed) vs `ze.translate(inversion_steps=
    999, source_cache="recompute")`, and the same at 50 inversion steps; for pix2pix-zero the regularised
-   inversion under each convention (same x0, caption, seed) followed by the same edit stage
-   (`methods.pix2pix_zero._edit`, direction from the toy sentences, the method's defaults); for scale, the
-   same with zeroedit's convention and only the regulariser's random rolls (seed) changed.
+   inversion under the reference's convention and under edit's default ("diffusers") (same x0, caption, seed)
+   followed by the same edit stage (`methods.pix2pix_zero._edit`, direction from the toy sentences, the
+   method's defaults); for scale, the same with the default convention and only the regulariser's random rolls
+   (seed) changed.
 `run(pipe, ...)` returns the figures as a dict (also for a pipe on CUDA).
 """
 from __future__ import annotations
@@ -103,7 +105,7 @@ def translate_difference(pipe, cases, inversion_steps: int) -> float:
 
 def edit_difference(pipe, cases) -> tuple[float, float]:
     """Mean relative difference of pix2pix-zero's edit when only the inversion convention differs, and, for
-    scale, when only the regulariser's seed differs (zeroedit's convention)."""
+    scale, when only the regulariser's seed differs (the default convention)."""
     backbone, conventions, seeds = Backbone(pipe), [], []
     grid = ddim_timesteps(backbone, STEPS)
     for i, case in enumerate(cases):
@@ -113,7 +115,7 @@ def edit_difference(pipe, cases) -> tuple[float, float]:
             cond = backbone.encode_prompt(case.source_prompt)
             edited = Cond(cond.embeds + direction.to(cond.embeds.device, cond.embeds.dtype))
             outs = []
-            for convention, seed in (("pix2pix-zero", i), ("zeroedit", i), ("zeroedit", i + 1000)):
+            for convention, seed in (("pix2pix-zero", i), ("diffusers", i), ("diffusers", i + 1000)):
                 top = _regularized_inversion(backbone, cond, x0, grid, 5, 20.0, 20.0, generator(seed), convention)
                 outs.append(_edit(pipe, backbone, top, cond, edited, list(reversed(grid)), 0.1, 5.0, None))
         conventions.append(relative(outs[0], outs[1]))
@@ -143,7 +145,7 @@ def run(pipe, n_scenes: int = 20, e2e_cases: int = 2, fine_scenes: int | None = 
                 log(f"PnP {convention} {steps}: {value[0]:.2f} / {value[1]:.2f} dB ({time.perf_counter() - start:.0f} s)")
         conds = [backbone.encode_prompt(caption) for _, caption in data[:p2p_scenes]]
         for reg_steps in (5, 0):
-            for convention in ("zeroedit", "pix2pix-zero", "pnp"):
+            for convention in ("zeroedit", "pix2pix-zero", "diffusers"):
                 start = time.perf_counter()
                 value = p2p_round_trip(backbone, list(x0[:p2p_scenes].split(1)), conds, images[:p2p_scenes],
                                        vae_images[:p2p_scenes], convention, reg_steps)
@@ -178,7 +180,7 @@ def main(argv=None):
     print("| inversion | PSNR vs input (dB) | PSNR vs VAE round trip (dB) |\n| --- | --- | --- |")
     for name, (to_input, to_vae) in res["round_trip"].items():
         print(f"| {name} | {to_input:.2f} | {to_vae:.2f} |")
-    print(f"\nEnd to end, reference convention vs zeroedit's (relative difference of the final latents, mean of "
+    print(f"\nEnd to end, the reference's convention vs the default's (relative difference of the final latents, mean of "
           f"{args.e2e} cases)\n")
     print("| run | relative difference |\n| --- | --- |")
     for name, value in res["end_to_end"].items():

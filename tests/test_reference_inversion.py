@@ -174,7 +174,21 @@ def test_edit_reference_runs_48_inversion_calls_at_50_steps(tiny_pipe):
     assert out.stats.unet_calls == 48 + 2 * 50 and out.stats.unet_backward == 50
     assert out.stats.unet_evals == 48 + 50 * (3 + 2) and out.stats.params["inversion_convention"] == "pix2pix-zero"
     default = ze.edit(tiny_pipe, make_image(0, (64, 64)), steps=4, reg_steps=0, seed=0, output_type="latent")
-    assert default.stats.unet_calls == 4 + 2 * 4 and default.stats.params["inversion_convention"] == "zeroedit"
+    assert default.stats.unet_calls == 4 + 2 * 4 and default.stats.params["inversion_convention"] == "diffusers"
+
+
+def test_edit_default_inverts_with_diffusers_convention(tiny_pipe):
+    """Default preset: the posterior mean, then the regularised inversion with ε at the target t (diffusers'
+    DDIMInverseScheduler's steps), 50 UNet calls at 50 steps as before."""
+    image = make_image(1)
+    out = ze.edit(tiny_pipe, image, caption="a cat", steps=6, reg_steps=1, seed=3, output_type="latent")
+    backbone = Backbone(tiny_pipe)
+    with torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(prepare_image(image)))
+        grid = ddim_timesteps(backbone, 6)
+        top = _regularized_inversion(backbone, backbone.encode_prompt("a cat"), x0, grid, 1, 20.0, 20.0,
+                                     generator(3), "pnp")
+    assert torch.allclose(out.inverted, top, atol=1e-5)
 
 
 def test_edit_reference_inverts_with_the_official_convention(tiny_pipe):
