@@ -30,7 +30,7 @@ Choices and deviations (documented here, as the spec asks):
   reference's preprocessing evaluates it at the *target* timestep from the previous latent ("pnp"). The
   default keeps zeroedit's because only it makes the source cache exact (151 instead of 200 evaluations, the
   same 100 calls). "pnp" reconstructs a little better on the toy model (benchmarks/reference_inversion.py,
-  20 scenes, 50 steps: 33.8 vs 33.2 dB vs the input; at 999 steps both 32.6 dB).
+  20 scenes, 50 steps: 33.8 vs 33.2 dB vs the input; at 999 steps equal to 0.01 dB on 4 scenes).
 - `preset="reference"`: 999 inversion steps (as the reference preprocessing; only the latents on the
   sampling grid are kept, nothing is written to disk) with the reference's convention ("pnp"), its
   thresholds, guidance and negative prompt. That inversion does not evaluate the (latent, t) pairs the
