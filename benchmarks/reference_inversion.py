@@ -13,7 +13,7 @@
    - pix2pix-zero: the scene's caption, 50 steps, conventions "zeroedit" (ε at the moved latent's time),
      "pix2pix-zero" (official `ddim_inv.py`: 48 calls, `t − 1` indexing) and "diffusers" (ε at the target t,
      = "pnp", diffusers' DDIMInverseScheduler; edit's default), with the method's noise regulariser (5 rounds,
-     λ = 20) and without it. The VAE posterior mean in both (preset="reference" samples it; that is not the convention).
+     λ = 20) and without it. The VAE posterior mean in all (preset="reference" samples it; that is not the convention).
    The VAE's own round trip is the ceiling.
 2. End to end: relative difference ‖a − b‖ / ‖b‖ of the final latents when only the convention differs:
    `ze.translate(preset="reference")` (its "pnp" inversion, source recomputed) vs `ze.translate(inversion_steps=
