@@ -27,12 +27,19 @@ Choices and deviations (documented here, as the spec asks):
   first k sampling steps inject (features 40 of 50 at t = 981…201, q/k 25 of 50 at t = 981…501).
 - The source branch is conditioned on `source_prompt`, the same prompt as the inversion (the reference
   always uses "" there even with another inversion prompt; with the default "" both agree).
-- DDIM inversion evaluates ε at the latent being moved (the reference's 999-step inversion evaluates at the
-  next t from the previous latent; at 999 steps the difference is negligible).
-- `preset="reference"`: 999 inversion steps (as the reference preprocessing; only the latents and features
-  on the sampling grid are kept, nothing is written to disk), its thresholds, guidance and negative prompt.
-  With 999 inversion steps the inversion also evaluates the first sampling step's source input, so memory
-  mode then needs no extra source evaluation at all.
+- DDIM inversion evaluates ε at the latent being moved (inversion/ddim.py, convention "zeroedit"); the
+  reference's preprocessing evaluates it at the *target* timestep from the previous latent ("pnp"). The
+  default keeps zeroedit's because only it makes the source cache exact (151 instead of 200 evaluations, the
+  same 100 calls). "pnp" reconstructs a little better on the toy model (benchmarks/reference_inversion.py,
+  20 scenes, 50 steps: 33.8 vs 33.2 dB vs the input; at 999 steps equal to 0.01 dB on 4 scenes).
+- `preset="reference"`: 999 inversion steps (as the reference preprocessing; only the latents on the
+  sampling grid are kept, nothing is written to disk) with the reference's convention ("pnp"), its
+  thresholds, guidance and negative prompt. That inversion does not evaluate the (latent, t) pairs the
+  source branch needs, so no cache can be exact: the preset always recomputes the source branch in-batch
+  (`source_cache` resolves to "recompute", as the reference does; stats.params records it): 999 + 3·50 =
+  1149 evaluations in 999 + 50 sequential calls at defaults.
+- With the default convention and `inversion_steps` a multiple of `steps` (e.g. 999), the inversion also
+  evaluates the first sampling step's source input, so memory mode then needs no extra source evaluation.
 - SDXL: features at `up_blocks[0].resnets[1]` and q/k in the self-attention of `up_blocks[0].attentions[1,2]`
   and `up_blocks[1].attentions[*]` (SDXL's decoder has two attention levels instead of three; these are the
   decoder's attention layers after the first block, as 4–11 are on SD).
@@ -92,6 +99,14 @@ def _cached_or_branch(store: dict):
     return source
 
 
+def _convention(preset, source_cache) -> tuple[str, str]:
+    """(inversion convention, source cache): the reference's "pnp" inversion under preset="reference", and
+    then the source branch recomputed in-batch (its inversion calls are not the source branch's inputs)."""
+    if preset == "reference":
+        return "pnp", "recompute"
+    return "zeroedit", source_cache
+
+
 def _resolve(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale):
     check_choice(preset, "preset", PRESETS)
     limit = step_limit(backbone)
@@ -138,8 +153,9 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
             0.5; flow: the attention-value window, the preset's).
         guidance_scale: classifier-free guidance (None: 7.5; flow: FLUX-dev's guidance embedding or SD3's CFG).
         seed: accepted for a uniform API; DDIM with eta 0 does not draw noise.
-        preset: None or "reference" (999-step inversion, as the reference preprocessing).
-        source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (201).
+        preset: None or "reference" (999-step inversion with the reference's convention, source recomputed).
+        source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (200);
+            preset="reference" always recomputes (see the module docstring).
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
@@ -179,11 +195,13 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     backbone = Backbone(pipe, stats, compile)
     steps, inversion_steps, k_feature, k_attention = _resolve(
         backbone, preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
+    convention, source_cache = _convention(preset, source_cache)
     original, picture = load_input(image, backbone, size, allow_large)
     stats.params.update(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
                         inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
                         guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
-                        size=list(picture.size), input_size=list(original.size), compile=compile)
+                        inversion_convention=convention, size=list(picture.size), input_size=list(original.size),
+                        compile=compile)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
     descending = list(reversed(grid))
@@ -193,7 +211,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         source_cond = backbone.encode_prompt(source_prompt)
         store = {}
         trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
-                             feature_ts, attention_ts, store if source_cache == "memory" else None)
+                             feature_ts, attention_ts, store if source_cache == "memory" else None, convention)
         stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
                           descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
@@ -202,9 +220,10 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     return Result(images=images, stats=stats, latents=latents)
 
 
-def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_layers, feature_ts, attention_ts, store):
-    """DDIM inversion; returns {t: latent} on the sampling grid, and (memory mode) records the features and
-    q/k of the calls whose (latent, t) the source branch needs."""
+def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_layers, feature_ts, attention_ts, store,
+            convention="zeroedit"):
+    """DDIM inversion (`convention` as inversion/ddim.py); returns {t: latent} on the sampling grid, and (memory
+    mode, "zeroedit" only) records the features and q/k of the calls whose (latent, t) the source branch needs."""
     controller = Controller()
     if store is not None:
         controller.add(Record([feature_layer], "feature", steps=lambda c: c.timestep in feature_ts, store=store,
@@ -217,7 +236,7 @@ def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_
         return backbone.unet_call(x, t, cond)
 
     with controller.installed(backbone.unet):
-        path = ddim_invert(backbone, model_fn, x0, fine_grid)
+        path = ddim_invert(backbone, model_fn, x0, fine_grid, convention=convention)
     levels = dict(zip(fine_grid, path[1:]))
     return {t: levels[t] for t in grid}
 
