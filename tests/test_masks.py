@@ -1,0 +1,166 @@
+"""masks: open-vocabulary box -> SAM mask on tiny random-weight SAM / OWLv2 built here (no weights can be
+downloaded); shapes, binarity, caching, errors, and the methods' phrase / "auto" / region options."""
+import numpy as np
+import pytest
+import torch
+
+import zeroedit as ze
+from zeroedit import masks
+from zeroedit.errors import ImageError, MaskError, ModelError, ParameterError
+
+from conftest import make_image
+
+
+def tiny_sam(seed: int = 0):
+    """A random SAM (64 px input, 2 ViT layers, 32 channels) and its PIL-backend processor."""
+    from transformers import SamConfig, SamModel, SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+    torch.manual_seed(seed)
+    config = SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=16,
+                           mlp_dim=64),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))
+    processor = SamProcessor(image_processor=SamImageProcessorPil(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16}))
+    return SamModel(config).eval(), processor
+
+
+def tiny_owlv2(shift: float = 2.0, seed: int = 0):
+    """A random OWLv2 (64 px, 8 px patches: 64 query boxes) with the tiny CLIP tokenizer of zeroedit.tiny.
+    The class head's logit shift is set to `shift` (scale 1), so every score is sigmoid(cos + shift):
+    0.73–0.95 for shift 2 (found at the 0.1 threshold), ≤ 0.02 for shift −5 (never found)."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+    from zeroedit.tiny import tiny_tokenizer
+    torch.manual_seed(seed)
+    text = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=16, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+                  patch_size=8)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)).eval()
+    with torch.no_grad():
+        for layer, bias in ((model.class_head.logit_shift, shift), (model.class_head.logit_scale, 0.0)):
+            layer.weight.zero_()
+            layer.bias.fill_(bias)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 16
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}),
+                               tokenizer=tokenizer)
+    return model, processor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models():
+    masks.register("tiny-sam", *tiny_sam())
+    masks.register("tiny-owlv2", *tiny_owlv2())
+    masks.register("tiny-owlv2-blind", *tiny_owlv2(shift=-5.0))
+    before = masks.set_defaults()
+    masks.set_defaults(segmenter="tiny-sam", detector="tiny-owlv2")
+    yield
+    masks.set_defaults(**before)
+    masks.clear_cache()
+
+
+IMAGE = make_image(3, (96, 64))  # non-square: 96 wide, 64 high
+
+
+# ----------------------------------------------------------------------------------------- the API
+def test_segment_a_phrase_gives_a_binary_mask_of_the_image_size():
+    mask = masks.segment(IMAGE, "the panda")
+    assert mask.dtype == np.bool_ and mask.shape == (64, 96) and mask.any()
+    square = masks.segment(make_image(4, (80, 80)), "the panda")
+    assert square.shape == (80, 80) and square.dtype == np.bool_
+
+
+def test_salient_object_gives_a_binary_mask_of_reasonable_area():
+    mask = masks.segment(IMAGE)
+    assert mask.dtype == np.bool_ and mask.shape == (64, 96)
+    assert masks.SALIENT_AREA[0] <= mask.mean() <= masks.SALIENT_AREA[1]
+    assert np.array_equal(mask, masks.segment(IMAGE, "auto"))
+
+
+def test_box_lies_in_the_image_and_the_mask_follows_the_box_prompt():
+    x0, y0, x1, y1 = masks.box(IMAGE, "the table")
+    assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64
+    (found, score) = masks.detect(IMAGE, "the table")
+    assert found == (x0, y0, x1, y1) and 0.7 < score < 0.96  # sigmoid(cos + 2) of the rigged head
+
+
+def test_owlv2_boxes_are_relative_to_the_padded_square():
+    """OWLv2 pads the image at the bottom/right to a square: normalised boxes scale by the long side."""
+    class Out:
+        logits = torch.tensor([[[-3.0], [4.0]]])
+        pred_boxes = torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.5, 0.25, 0.5, 0.5]]])
+
+    class Model(torch.nn.Module):
+        config = type("C", (), {"model_type": "owlv2"})()
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, **kw):
+            return Out()
+
+    class Processor:
+        def __call__(self, **kw):
+            return {"pixel_values": torch.zeros(1, 3, 4, 4)}
+
+    masks.register("fake-owlv2", Model(), Processor())
+    assert masks.box(make_image(0, (80, 48)), "x", detector="fake-owlv2") == (20.0, 0.0, 60.0, 40.0)
+
+
+def test_models_are_loaded_once_per_process(tmp_path):
+    model, processor = tiny_sam(seed=1)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    name = str(tmp_path)
+    first = masks.segment(IMAGE, "the panda", segmenter=name)
+    second = masks.segment(IMAGE, "the panda", segmenter=name)
+    assert masks.loads[("segmenter", name)] == 1 and np.array_equal(first, second)
+    assert masks._load("segmenter", name, *masks.placement())[0] is masks._load("segmenter", name, *masks.placement())[0]
+
+
+def test_a_phrase_that_is_not_found_names_the_best_score():
+    with pytest.raises(MaskError, match=r"best detection score 0\.0\d+ is under the threshold 0\.100"):
+        masks.segment(IMAGE, "the panda", detector="tiny-owlv2-blind")
+    with pytest.raises(MaskError, match="under the threshold 0.990"):
+        masks.box(IMAGE, "the panda", threshold=0.99)
+
+
+def test_a_missing_model_is_a_model_error_with_the_download_command(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelError, match="hf download .*no-such-model"):
+        masks.box(IMAGE, "the panda", detector=missing)
+    with pytest.raises(ModelError, match="SAM segmenter 'facebook/sam-vit-base'.*hf download facebook/sam-vit-base"):
+        masks.segment(IMAGE, segmenter="sam")  # not in this machine's cache (HF_HUB_OFFLINE=1)
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: masks.segment(IMAGE, "   "), ParameterError),
+    (lambda: masks.box(IMAGE, ""), ParameterError),
+    (lambda: masks.box(IMAGE, 3), ParameterError),
+    (lambda: masks.segment("no/such/file.png", "a cat"), ImageError),
+    (lambda: masks.segment(object(), "a cat"), ImageError),
+    (lambda: masks.box(IMAGE, "a cat", threshold=2.0), ParameterError),
+    (lambda: masks.segment(IMAGE, "a cat", segmenter=""), ParameterError),
+])
+def test_bad_inputs_are_refused_before_model_work(call, error):
+    before = sum(masks.loads.values())
+    with pytest.raises(error):
+        call()
+    assert sum(masks.loads.values()) == before
+
+
+def test_method_values_are_resolved():
+    assert masks.is_phrase("auto") and masks.is_phrase("the red circle")
+    assert not masks.is_phrase("mask.png") and not masks.is_phrase("") and not masks.is_phrase((1, 2, 3, 4))
+    boxed = masks.resolve_mask(IMAGE, (10, 20, 30, 40), "mask")
+    assert boxed.shape == (64, 96) and boxed.sum() == 20 * 20 and boxed[20:40, 10:30].all()
+    assert masks.resolve_region(IMAGE, (1, 2, 3, 4)) == (1, 2, 3, 4)
+    assert masks.resolve_region(IMAGE, "the table") == masks.box(IMAGE, "the table")
+    with pytest.raises(MaskError, match="file not found"):
+        masks.resolve_mask(IMAGE, "missing.png")
