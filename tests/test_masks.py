@@ -52,6 +52,29 @@ def tiny_owlv2(shift: float = 2.0, seed: int = 0):
     return model, processor
 
 
+def tiny_grounding_dino(folder):
+    """A random Grounding DINO (Swin 8 channels, 1+2 layers, 10 queries) with a 37-word BERT vocabulary."""
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoProcessor, SwinConfig)
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + list("abcdefghijklmnopqrstuvwxyz") + [
+        "the", "panda", "table", "red", "circle"]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    torch.manual_seed(0)
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=64)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, num_queries=10, encoder_layers=1,
+                                 decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+                                 decoder_attention_heads=2, d_model=32, encoder_n_points=2, decoder_n_points=2,
+                                 max_text_len=64)
+    processor = GroundingDinoProcessor(tokenizer=BertTokenizer(str(folder / "vocab.txt")),
+                                       image_processor=GroundingDinoImageProcessorPil(
+                                           size={"shortest_edge": 64, "longest_edge": 96}))
+    return GroundingDinoForObjectDetection(config).eval(), processor
+
+
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models():
     masks.register("tiny-sam", *tiny_sam())
@@ -87,6 +110,16 @@ def test_box_lies_in_the_image_and_the_mask_follows_the_box_prompt():
     assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64
     (found, score) = masks.detect(IMAGE, "the table")
     assert found == (x0, y0, x1, y1) and 0.7 < score < 0.96  # sigmoid(cos + 2) of the rigged head
+
+
+def test_grounding_dino_detector(tmp_path):
+    masks.register("tiny-gdino", *tiny_grounding_dino(tmp_path))
+    (x0, y0, x1, y1), score = masks.detect(IMAGE, "the panda", detector="tiny-gdino", threshold=0.0)
+    assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64 and 0 < score <= 1
+    mask = masks.segment(IMAGE, "the panda", detector="tiny-gdino", threshold=0.0)
+    assert mask.shape == (64, 96) and mask.dtype == np.bool_
+    assert masks.set_defaults(detector="grounding-dino")["detector"] == "IDEA-Research/grounding-dino-tiny"
+    masks.set_defaults(detector="tiny-owlv2")
 
 
 def test_owlv2_boxes_are_relative_to_the_padded_square():
