@@ -197,3 +197,46 @@ def test_method_values_are_resolved():
     assert masks.resolve_region(IMAGE, "the table") == masks.box(IMAGE, "the table")
     with pytest.raises(MaskError, match="file not found"):
         masks.resolve_mask(IMAGE, "missing.png")
+
+
+# ----------------------------------------------------------------------------------------- compose
+BG = make_image(0, (192, 128))
+REF = make_image(1, (64, 48))
+
+
+def test_compose_reference_mask_phrase_and_auto_segment_the_reference(tiny_pipe):
+    """A phrase / "auto" as reference_mask gives exactly the result of passing masks.segment's mask."""
+    kw = dict(region=(40, 30, 100, 90), prompt="a painting", steps=3, seed=0, output_type="latent")
+    for value in ("the panda", "auto"):
+        mask = masks.segment(REF, value)
+        assert 0 < mask.mean() < 1  # a real segmentation, not the whole reference
+        by_value = ze.compose(tiny_pipe, BG, REF, reference_mask=value, **kw)
+        by_mask = ze.compose(tiny_pipe, BG, REF, reference_mask=mask, **kw)
+        assert torch.equal(by_value.latents, by_mask.latents)
+        assert by_value.stats.unet_calls == by_mask.stats.unet_calls == 6
+    whole = ze.compose(tiny_pipe, BG, REF, reference_mask=None, **kw)
+    assert not torch.equal(whole.latents, by_mask.latents)
+
+
+def test_compose_region_phrase_composes_into_the_detected_box(tiny_pipe):
+    found = masks.box(BG, "the table")
+    kw = dict(reference_mask=None, prompt="a painting", steps=3, seed=0, output_type="latent")
+    by_phrase = ze.compose(tiny_pipe, BG, REF, region="the table", **kw)
+    by_box = ze.compose(tiny_pipe, BG, REF, region=found, **kw)
+    assert torch.equal(by_phrase.latents, by_box.latents)
+    x0, y0, x1, y1 = by_phrase.stats.extra["regions"][0]  # the pasted reference: centred on the box, its long side
+    assert abs((x0 + x1) / 2 - (found[0] + found[2]) / 2) <= 1 and abs((y0 + y1) / 2 - (found[1] + found[3]) / 2) <= 1
+    assert abs(max(x1 - x0, y1 - y0) - max(found[2] - found[0], found[3] - found[1])) <= 1
+
+
+def test_compose_phrase_not_found_is_a_mask_error_before_unet_work(tiny_pipe):
+    masks.set_defaults(detector="tiny-owlv2-blind")
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(MaskError, match="best detection score"):
+            ze.compose(tiny_pipe, BG, REF, region="the table", steps=3, seed=0)
+    finally:
+        handle.remove()
+        masks.set_defaults(detector="tiny-owlv2")
+    assert not calls

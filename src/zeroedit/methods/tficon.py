@@ -38,7 +38,9 @@ Deviations from the reference code (`preset="reference"` reproduces what it can)
 - The VAE encodes with the posterior mean (`preset="reference"`: a seeded posterior sample, and seed 3407).
 - The segmentation is thresholded at 0.5 (the reference's `convert("1")` dithers edges); masks at coarser
   resolutions by nearest-neighbour resizing (the reference strides).
-- `reference_mask=None` makes the whole reference the object (R ∩ segmentation = R).
+- `reference_mask=None` makes the whole reference the object (R ∩ segmentation = R); `"auto"` or a phrase
+  segments the reference with zeroedit.masks (SAM; a phrase through an open-vocabulary detector's box), and
+  a phrase as `region` is the detected box of that object in the background (TF-ICON #18's request).
 - Several objects in one call: references, masks and regions as equal-length lists; each reference canvas is
   inverted in the same batch and composited into its own region, in list order.
 """
@@ -53,6 +55,7 @@ from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, prepare_image, to_tensor
+from ..masks import is_phrase, resolve_region, segment
 from ..inversion.dpm_solver import MultistepDPMSolverPP, VPSchedule, x0_from_model
 from ..result import Result, Stats, Timer
 from .common import check_choice, check_fraction, check_steps, finish, generator, randn, step_end
@@ -166,8 +169,9 @@ class CompositeSelfAttention(Rule):
 
 
 # ----------------------------------------------------------------------------------------- method
-def _inputs(background, reference, region, reference_mask):
-    """Normalise single/list inputs to equal-length lists and validate them (before any model work)."""
+def _inputs(background, reference, region, reference_mask, pipe=None):
+    """Normalise single/list inputs to equal-length lists and validate them (before any model work). A
+    reference_mask "auto" or a phrase, and a region phrase, are found by zeroedit.masks (on `pipe`'s device)."""
     many = isinstance(reference, (list, tuple))
     references = list(reference) if many else [reference]
     regions = list(region) if many else [region]
@@ -182,14 +186,15 @@ def _inputs(background, reference, region, reference_mask):
     refs = [load_image(r, "reference") for r in references]
     segs = []
     for ref, mask in zip(refs, masks):
-        seg = np.ones((ref.height, ref.width), bool) if mask is None else load_mask(mask, "reference_mask")
+        seg = np.ones((ref.height, ref.width), bool) if mask is None else \
+            segment(ref, mask, like=pipe) if is_phrase(mask) else load_mask(mask, "reference_mask")
         if seg.shape != (ref.height, ref.width):
             raise MaskError(f"reference_mask is {seg.shape[1]}×{seg.shape[0]} but the reference is "
                             f"{ref.width}×{ref.height}: give the segmentation of this reference image.")
         if not seg.any():
             raise MaskError("reference_mask is empty: mark the object's pixels in white.")
         segs.append(seg)
-    boxes = [region_box(r, picture.size) for r in regions]
+    boxes = [region_box(resolve_region(picture, r, like=pipe), picture.size) for r in regions]
     return picture, refs, segs, boxes
 
 
@@ -204,8 +209,8 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     Args:
         background: the image to put the object into (path, PIL, numpy or torch; its size is rounded to multiples of 64 px).
         reference: the image that holds the object (or a list: one object each).
-        region: where the object goes: a mask image on the background (its bounding box) or a box x0,y0,x1,y1 in pixels.
-        reference_mask: the object's segmentation in the reference (white = object); None: the whole reference.
+        region: where the object goes: a mask image on the background (its bounding box), a box x0,y0,x1,y1 in pixels, or a phrase naming an object of the background to replace (its detected box, zeroedit.masks).
+        reference_mask: the object's segmentation in the reference (white = object); "auto": the salient object; a phrase: that object (zeroedit.masks); None: the whole reference.
         prompt: the text describing the result, e.g. "an oil painting of a panda in a forest".
         domain: "cross" (different visual domains, guidance 5.0) or "same" (photorealistic, 2.5).
         steps: DPM-Solver++ steps of the inversion and of the sampling (20).
@@ -234,7 +239,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         raise ParameterError(f"guidance_scale must be a number or None, got {guidance_scale!r}.")
     seed = REFERENCE_SEED if (seed is None and preset == "reference") else seed
     gen = generator(seed)
-    picture, refs, segs, boxes = _inputs(background, reference, region, reference_mask)
+    picture, refs, segs, boxes = _inputs(background, reference, region, reference_mask, pipe)
     k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
     stats = Stats(params=dict(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
                               guidance_scale=float(guidance), seed=seed, preset=preset, size=list(picture.size),
