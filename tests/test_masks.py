@@ -240,3 +240,38 @@ def test_compose_phrase_not_found_is_a_mask_error_before_unet_work(tiny_pipe):
         handle.remove()
         masks.set_defaults(detector="tiny-owlv2")
     assert not calls
+
+
+# ----------------------------------------------------------------------------------------- translate
+def test_translate_mask_keeps_the_source_outside_at_the_same_cost(tiny_pipe):
+    from zeroedit.backbone import Backbone
+    from zeroedit.images import prepare_image, to_tensor
+    image = make_image(2, (192, 128))
+    kw = dict(prompt="a watercolor", steps=4, output_type="latent")
+    box = (64, 32, 136, 96)  # pixels; at latent resolution columns 8..16, rows 4..12
+    plain = ze.translate(tiny_pipe, image, **kw)
+    masked = ze.translate(tiny_pipe, image, mask=box, **kw)
+    assert (masked.stats.unet_calls, masked.stats.unet_evals) == (plain.stats.unet_calls, plain.stats.unet_evals)
+    source = Backbone(tiny_pipe).encode_image(to_tensor(prepare_image(image))).float()
+    inside = torch.zeros(16, 24, dtype=torch.bool)
+    inside[4:12, 8:17] = True
+    assert torch.equal(masked.latents[..., ~inside], source[..., ~inside])  # the source's own latent outside
+    assert not torch.allclose(masked.latents[..., inside], source[..., inside], atol=1e-2)
+    # pixels: the VAE reconstruction of the source outside. The tiny random VAE's decoder mixes globally (its
+    # mid-block attention), so far from the mask they are only closer to it than inside (a trained VAE is local).
+    pixels = ze.translate(tiny_pipe, image, mask=box, steps=4, prompt="a watercolor", output_type="np").images[0]
+    reconstruction = ((Backbone(tiny_pipe).decode(source).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()
+    far = np.ones((128, 192), bool)
+    far[16:112, 48:152] = False  # two latent cells away from the mask
+    difference = np.abs(pixels - reconstruction).mean(-1)
+    assert difference[far].mean() < 0.5 * difference[32:96, 64:136].mean()
+
+
+def test_translate_mask_phrase_is_segmented(tiny_pipe):
+    image = make_image(2, (128, 128))
+    kw = dict(prompt="a watercolor", steps=3, output_type="latent")
+    by_phrase = ze.translate(tiny_pipe, image, mask="the panda", **kw)
+    by_mask = ze.translate(tiny_pipe, image, mask=masks.segment(image, "the panda"), **kw)
+    assert torch.equal(by_phrase.latents, by_mask.latents) and by_phrase.stats.params["masked"]
+    with pytest.raises(MaskError, match="empty"):
+        ze.translate(tiny_pipe, image, mask=np.zeros((128, 128), bool), **kw)

@@ -32,6 +32,12 @@ Choices and deviations (documented here, as the spec asks):
   on the sampling grid are kept, nothing is written to disk), its thresholds, guidance and negative prompt.
   With 999 inversion steps the inversion also evaluates the first sampling step's source input, so memory
   mode then needs no extra source evaluation at all.
+- `mask=` (zeroedit's addition, as compose's background preservation): after every sampling step the latent
+  outside the mask is replaced by the source's DDIM-inversion latent at the next time, and after the last step
+  by the source's own latent — the window is the whole trajectory, so the output latent outside the mask IS
+  the source's, and its pixels are the VAE reconstruction of the source up to the decoder's reach across the
+  mask border. The mask is taken at latent resolution as every 8×8 cell it touches (the edit may spill by up
+  to 7 px). A phrase or "auto" is segmented by zeroedit.masks. No UNet call is added.
 - SDXL: features at `up_blocks[0].resnets[1]` and q/k in the self-attention of `up_blocks[0].attentions[1,2]`
   and `up_blocks[1].attentions[*]` (SDXL's decoder has two attention levels instead of three; these are the
   decoder's attention layers after the first block, as 4–11 are on SD).
@@ -41,11 +47,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..backbone import Backbone, Cond, compile_options
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
-from ..errors import ParameterError
+from ..errors import MaskError, ParameterError
 from ..images import prepare_image, to_tensor
+from ..masks import resolve_mask
 from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step
 from ..result import Result, Stats, Timer
@@ -112,7 +120,7 @@ def _resolve(preset, steps, inversion_steps, feature_steps, attention_steps, neg
 
 def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str = REFERENCE_NEGATIVE, steps: int = 50,
               inversion_steps: int | None = None, feature_steps=0.8, attention_steps=0.5, guidance_scale: float = 7.5,
-              seed: int | None = None, preset: str | None = None, source_cache: str = "memory",
+              seed: int | None = None, preset: str | None = None, source_cache: str = "memory", mask=None,
               output_type: str = "pil", callback_on_step_end=None, compile=False) -> Result:
     """Re-render `image` to the target `prompt` (or a list of prompts: one image each, one inversion) keeping
     its structure, by injecting the source's decoder features and self-attention q/k (see module docstring).
@@ -131,6 +139,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         seed: accepted for a uniform API; DDIM with eta 0 does not draw noise.
         preset: None or "reference" (999-step inversion, as the reference preprocessing).
         source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (201).
+        mask: where to translate (white = change); outside it the source is kept: a mask image, a box x0,y0,x1,y1 in pixels, "auto" (the salient object) or a phrase naming an object (zeroedit.masks); None: everywhere.
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
@@ -144,10 +153,13 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     steps, inversion_steps, k_feature, k_attention = _resolve(
         preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
     picture = prepare_image(image)
+    edited = None if mask is None else resolve_mask(picture, mask, "mask", like=pipe)
+    if edited is not None and not edited.any():
+        raise MaskError("mask is empty: mark the part of the image to translate in white.")
     stats = Stats(params=dict(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
                               inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
                               guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
-                              size=list(picture.size), compile=compile))
+                              size=list(picture.size), compile=compile, masked=edited is not None))
     backbone = Backbone(pipe, stats, compile)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
@@ -160,9 +172,10 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
                              feature_ts, attention_ts, store if source_cache == "memory" else None)
         stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
+        keep = None if edited is None else (_latent_mask(edited, backbone.vae_scale).to(x0.device), x0)
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
                           descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
-                          callback_on_step_end, always_source=source_cache == "recompute")
+                          callback_on_step_end, always_source=source_cache == "recompute", keep=keep)
         images = finish(backbone, latents, output_type)
     return Result(images=images, stats=stats, latents=latents)
 
@@ -187,11 +200,17 @@ def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_
     return {t: levels[t] for t in grid}
 
 
+def _latent_mask(edited, scale: int) -> torch.Tensor:
+    """(1, 1, h, w) float: 1 on every latent cell that the pixel mask touches."""
+    return F.max_pool2d(torch.from_numpy(edited).float()[None, None], scale)
+
+
 def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, guidance_scale, descending,
-            feature_layer, attention_layers, feature_ts, attention_ts, store, callback, always_source=False):
+            feature_layer, attention_layers, feature_ts, attention_ts, store, callback, always_source=False, keep=None):
     """DDIM sampling with CFG and PnP injection; every branch of a step in one UNet call. The source branch
     rides in the batch at every step (`always_source`, recompute mode, as the reference) or only where an
-    injected tensor is not in the inversion's cache (memory mode: the first step)."""
+    injected tensor is not in the inversion's cache (memory mode: the first step). `keep` = (latent mask, source
+    latent): outside the mask the source's inversion latent replaces the sample after every step."""
     count = len(prompts)
     negative = backbone.encode_negative([negative_prompt] * count)
     conditional = backbone.encode_prompt(prompts)
@@ -215,6 +234,9 @@ def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, g
             guided = uncond + guidance_scale * (cond_out - uncond)
             t_to = descending[i + 1] if i + 1 < len(descending) else None
             x = ddim_step(backbone, guided, x, t, t_to)
+            if keep is not None:  # the source outside the mask: its inversion latent at t_to (its own latent at the end)
+                inside, x0 = keep
+                x = x * inside + (trajectory[t_to] if t_to is not None else x0) * (1 - inside)
             x = step_end(pipe, callback, i, t, x)
             bar.update()
     return x
