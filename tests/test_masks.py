@@ -275,3 +275,67 @@ def test_translate_mask_phrase_is_segmented(tiny_pipe):
     assert torch.equal(by_phrase.latents, by_mask.latents) and by_phrase.stats.params["masked"]
     with pytest.raises(MaskError, match="empty"):
         ze.translate(tiny_pipe, image, mask=np.zeros((128, 128), bool), **kw)
+
+
+# ----------------------------------------------------------------------------------------- personalize
+@pytest.fixture(scope="module")
+def ip_pipe():
+    return ze.load("tiny", ip_adapter=True)
+
+
+REFS = {"cat": make_image(0), "dog": make_image(1)}
+
+
+def test_personalize_regions_confine_each_object_and_keep_the_budget(ip_pipe):
+    kw = dict(steps=4, seed=0, output_type="latent")
+    free = ze.personalize(ip_pipe, "a cat and a dog", REFS, **kw)
+    split = ze.personalize(ip_pipe, "a cat and a dog", REFS, regions={"cat": (0, 0, 64, 128), "dog": (64, 0, 128, 128)}, **kw)
+    assert (split.stats.unet_calls, split.stats.unet_evals) == (free.stats.unet_calls, free.stats.unet_evals) == (4, 8)
+    maps = split.relevance_maps  # merge weights of the cond branch, averaged over layers and steps (bilinear to 16×16)
+    assert (maps[0][:, 12:] == 0).all() and (maps[1][:, :4] == 0).all()  # zero beyond the coarsest grid's reach
+    assert torch.allclose(maps[0][:, :4], torch.ones(16, 4)) and torch.allclose(maps[1][:, 12:], torch.ones(16, 4))
+    assert not torch.equal(split.latents, free.latents)
+    whole = ze.personalize(ip_pipe, "a cat and a dog", REFS, regions={"cat": (0, 0, 128, 128)}, **kw)
+    assert torch.equal(whole.latents, free.latents)  # a region covering everything changes nothing
+
+
+def test_personalize_region_weights_are_zero_outside_at_every_grid():
+    """The merge rule's weights on a layer grid: object 0 only on the tokens its region touches; object 1
+    (no region) everywhere; uniform weighting: the region masks themselves."""
+    import types
+    from zeroedit.methods.mip import MultiObjectMerge
+    region = torch.zeros(1, 1, 16, 24)
+    region[..., 2:6, 3:9] = 1.0
+    rule = MultiObjectMerge([], [], [[0], [1]], 1.0, "uniform", regions=[region, None])
+    for grid in ((16, 24), (8, 12), (4, 6), (2, 3)):
+        weights = rule.weights(types.SimpleNamespace(grid=grid), torch.zeros(1))
+        inside = torch.nn.functional.adaptive_max_pool2d(region, grid).flatten().bool()
+        assert weights.shape == (2, 1, grid[0] * grid[1]) and (weights[0, 0, ~inside] == 0).all()
+        assert (weights[0, 0, inside] == 1).all() and (weights[1] == 1).all()
+
+
+def test_personalize_phrase_regions_are_found_in_the_layout(ip_pipe):
+    layout = make_image(5, (128, 128))
+    kw = dict(steps=3, seed=0, output_type="latent")
+    found = masks.box(layout, "the cat")
+    by_phrase = ze.personalize(ip_pipe, "a cat and a dog", REFS, regions={"cat": "the cat"}, layout=layout, **kw)
+    by_box = ze.personalize(ip_pipe, "a cat and a dog", REFS, regions={"cat": found}, **kw)
+    assert torch.equal(by_phrase.latents, by_box.latents) and by_phrase.stats.params["regions"] == ["cat"]
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(regions={"bird": (0, 0, 10, 10)}), ParameterError),
+    (dict(regions=[(0, 0, 10, 10)]), ParameterError),
+    (dict(regions={"cat": "the cat"}), ParameterError),  # a phrase needs layout=
+    (dict(regions={"cat": (10, 10, 5, 5)}), MaskError),
+    (dict(regions={"cat": (200, 200, 300, 300)}), MaskError),
+])
+def test_personalize_bad_regions_are_refused_before_model_work(ip_pipe, kwargs, error):
+    calls = []
+    handle = ip_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(error):
+            ze.personalize(ip_pipe, "a cat and a dog", REFS, steps=2, **kwargs)
+    finally:
+        handle.remove()
+    assert not calls
