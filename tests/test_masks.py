@@ -1,8 +1,11 @@
 """masks: open-vocabulary box -> SAM mask on tiny random-weight SAM / OWLv2 built here (no weights can be
 downloaded); shapes, binarity, caching, errors, and the methods' phrase / "auto" / region options."""
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import zeroedit as ze
 from zeroedit import masks
@@ -339,3 +342,39 @@ def test_personalize_bad_regions_are_refused_before_model_work(ip_pipe, kwargs, 
     finally:
         handle.remove()
     assert not calls
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def test_cli_passes_phrases_boxes_and_paths(tmp_path):
+    from zeroedit import cli
+    (tmp_path / "m.png").write_bytes(b"")
+    assert cli.parse_value("reference_mask", "auto", tmp_path) == "auto"
+    assert cli.parse_value("reference_mask", "the panda", tmp_path) == "the panda"
+    assert cli.parse_value("reference_mask", "m.png", tmp_path) == str(tmp_path / "m.png")
+    assert cli.parse_value("reference_mask", "typo.png", tmp_path) == str(tmp_path / "typo.png")  # a file, not words
+    assert cli.parse_value("reference_mask", ["auto", "m.png"], tmp_path) == ["auto", str(tmp_path / "m.png")]
+    assert cli.parse_value("region", "40,30,100,90") == (40.0, 30.0, 100.0, 90.0)
+    assert cli.parse_value("region", "the table") == "the table"
+    assert cli.parse_value("mask", "1,2,3,4") == (1.0, 2.0, 3.0, 4.0) and cli.parse_value("mask", [1, 2, 3, 4]) == (1, 2, 3, 4)
+    assert cli.parse_value("mask", "the cat") == "the cat"
+    assert cli.parse_value("regions", ["cat=0,0,64,128", "dog=the dog"]) == {"cat": (0.0, 0.0, 64.0, 128.0),
+                                                                             "dog": "the dog"}
+    assert cli.parse_value("regions", {"cat": [0, 0, 64, 128], "dog": "m.png"}, tmp_path) == {
+        "cat": (0, 0, 64, 128), "dog": str(tmp_path / "m.png")}
+    with pytest.raises(cli.UserError, match="phrase="):
+        cli.parse_value("regions", ["cat"])
+    args = cli.build_parser().parse_args(["personalize", "--prompt", "a cat and a dog", "--references", "cat=a.png",
+                                          "--regions", "cat=0,0,64,128", "dog=the dog"])
+    assert args.regions == ["cat=0,0,64,128", "dog=the dog"]
+
+
+def test_cli_compose_with_auto_mask_and_region_phrase(tmp_path, capsys):
+    from zeroedit import cli
+    Image.fromarray(BG).save(tmp_path / "bg.png")
+    Image.fromarray(REF).save(tmp_path / "ref.png")
+    code = cli.main(["compose", "--background", str(tmp_path / "bg.png"), "--reference", str(tmp_path / "ref.png"),
+                     "--reference-mask", "auto", "--region", "the table", "--prompt", "a ball", "--steps", "2",
+                     "--seed", "0", "--model", "tiny", "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "out" / "compose.json").read_text())
+    assert sidecar["args"]["reference_mask"] == "auto" and sidecar["args"]["region"] == "the table"

@@ -27,7 +27,9 @@ from .errors import ZeroEditError
 DEFAULT_MODELS = {"compose": "stabilityai/stable-diffusion-2-1-base", "translate": "stabilityai/stable-diffusion-2-1-base",
                   "edit": "CompVis/stable-diffusion-v1-4", "personalize": "stabilityai/stable-diffusion-xl-base-1.0",
                   "invert": "stabilityai/stable-diffusion-2-1-base", "direction": "CompVis/stable-diffusion-v1-4"}
-IMAGE_ARGS = {"image", "background", "reference", "reference_mask"}
+IMAGE_ARGS = {"image", "background", "reference", "reference_mask", "layout"}
+BOX_ARGS = {"region", "mask"}  # a box "x0,y0,x1,y1", a mask image or a phrase
+PHRASE_ARGS = {"reference_mask", "region", "mask"}  # "auto" or a phrase naming an object reaches the API unchanged
 SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback"}
 
 
@@ -49,23 +51,39 @@ def method_function(name: str):
 # ----------------------------------------------------------------------------------------- values
 def parse_value(name: str, value, base: Path | None = None):
     """A flag/config value -> the API's value: paths resolved against `base` (the config's folder), boxes
-    "x0,y0,x1,y1", references "phrase=img[,img]", JSON for numbers/lists/null."""
+    "x0,y0,x1,y1", references "phrase=img[,img]", regions "phrase=box|mask|words", masks and regions that are
+    "auto" or words naming an object (not a file, no image suffix: zeroedit.masks.is_phrase) unchanged, JSON
+    for numbers/lists/null."""
+    from .masks import is_phrase
     if value is None:
         return None
     def path(v):
         p = Path(os.path.expanduser(str(v)))
         return str(p if p.is_absolute() or base is None else (base / p))
+    if name in PHRASE_ARGS and isinstance(value, list) and name not in BOX_ARGS:
+        return [parse_value(name, v, base) for v in value]
+    if name in PHRASE_ARGS and isinstance(value, str) and is_phrase(value, base) and \
+            not (name in BOX_ARGS and value.count(",") == 3):
+        return value
     if name in IMAGE_ARGS or name in ("mip_weights", "sentences") or (name == "direction" and isinstance(value, str)):
         return [path(v) for v in value] if isinstance(value, list) else path(value)
-    if name == "region":
+    if name in BOX_ARGS:
         if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
             return tuple(value)
         if isinstance(value, str) and value.count(",") == 3:
             try:
                 return tuple(float(v) for v in value.split(","))
             except ValueError:
-                raise UserError(f"--region {value!r}: give x0,y0,x1,y1 in pixels or a mask image.") from None
+                raise UserError(f"{_flag(name)} {value!r}: give x0,y0,x1,y1 in pixels, a mask image or words naming "
+                                "an object.") from None
         return [parse_value(name, v, base) for v in value] if isinstance(value, list) else path(value)
+    if name == "regions":
+        items = value.items() if isinstance(value, dict) else \
+            [item.split("=", 1) if "=" in item else (item, None) for item in (value if isinstance(value, list) else [value])]
+        for phrase, region in items:
+            if region is None:
+                raise UserError(f"--regions {phrase!r}: write phrase=x0,y0,x1,y1, phrase=mask.png or phrase=\"words\".")
+        return {phrase: parse_value("region", region, base) for phrase, region in items}
     if name == "references":
         if isinstance(value, dict):
             return {k: [path(v) for v in vs] if isinstance(vs, list) else path(vs) for k, vs in value.items()}
@@ -100,7 +118,7 @@ def _add_method_flags(parser: argparse.ArgumentParser, function):
     for name, param in inspect.signature(function).parameters.items():
         if name in SKIPPED:
             continue
-        many = name in ("prompt", "references", "reference", "reference_mask", "region") or \
+        many = name in ("prompt", "references", "reference", "reference_mask", "region", "regions") or \
             (name == "image" and function.__name__ == "invert")
         if isinstance(param.default, bool):  # an on/off switch, e.g. --compile (a config may give a dict)
             parser.add_argument(_flag(name), dest=name, action="store_true", default=None,
