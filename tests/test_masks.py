@@ -1,6 +1,7 @@
 """masks: open-vocabulary box -> SAM mask on tiny random-weight SAM / OWLv2 built here (no weights can be
 downloaded); shapes, binarity, caching, errors, and the methods' phrase / "auto" / region options."""
 import json
+import types
 
 import numpy as np
 import pytest
@@ -378,3 +379,14 @@ def test_cli_compose_with_auto_mask_and_region_phrase(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     sidecar = json.loads((tmp_path / "out" / "compose.json").read_text())
     assert sidecar["args"]["reference_mask"] == "auto" and sidecar["args"]["region"] == "the table"
+
+
+def test_a_registered_model_keeps_its_first_placement():
+    model, processor = tiny_sam(seed=2)
+    masks.register("tiny-sam-2", model, processor)
+    on_float = masks._load("segmenter", "tiny-sam-2", torch.device("cpu"), torch.float32)[0]
+    on_double = masks._load("segmenter", "tiny-sam-2", torch.device("cpu"), torch.float64)[0]
+    assert on_float is model and on_double is not model
+    assert on_float.dtype == torch.float32 and on_double.dtype == torch.float64
+    assert masks.placement(like=types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16)) == \
+        (torch.device("cpu"), torch.float32)  # a CPU pipeline in half precision: the mask models stay float32

@@ -30,6 +30,7 @@ a mask image/path as before.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import os
 import threading
@@ -62,7 +63,8 @@ loads = collections.Counter()  # (kind, name) -> how many times a model was buil
 
 # ----------------------------------------------------------------------------------------- models
 def register(name: str, model, processor) -> None:
-    """Use `model` + `processor` (already built) whenever `name` is asked for; clears cached placements of it."""
+    """Use `model` + `processor` (already built) whenever `name` is asked for; clears cached placements of it.
+    The model is moved to the asked device/dtype in place (a copy for a second placement)."""
     if not isinstance(name, str) or not name.strip():
         raise ParameterError(f"register needs a model name, got {name!r}.")
     with _lock:
@@ -114,8 +116,9 @@ def _load(kind: str, name: str, device, dtype):
     key = (kind, name, str(device), str(dtype))
     with _lock:
         if key not in _cache:
-            if name in _registered:
+            if name in _registered:  # a copy for each further placement: .to() moves a module in place
                 model, processor = _registered[name]
+                model = copy.deepcopy(model) if any(k[:2] == (kind, name) for k in _cache) else model
             else:
                 model, processor = _from_pretrained(kind, name)
             loads[(kind, name)] += 1
