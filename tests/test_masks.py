@@ -184,6 +184,8 @@ def test_a_missing_model_is_a_model_error_with_the_download_command(tmp_path):
     (lambda: masks.segment(object(), "a cat"), ImageError),
     (lambda: masks.box(IMAGE, "a cat", threshold=2.0), ParameterError),
     (lambda: masks.segment(IMAGE, "a cat", segmenter=""), ParameterError),
+    (lambda: masks.segment(IMAGE, "a cat", device="gpu7"), ParameterError),
+    (lambda: masks.segment(IMAGE, "a cat", dtype="float17"), ParameterError),
 ])
 def test_bad_inputs_are_refused_before_model_work(call, error):
     before = sum(masks.loads.values())

@@ -102,7 +102,10 @@ def placement(device=None, dtype=None, like=None) -> tuple[torch.device, torch.d
     if like is not None:
         device = device or getattr(like, "_execution_device", None) or like.device
         dtype = dtype or like.dtype
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise ParameterError(f"device must be a torch device or a name such as 'cuda', got {device!r}.") from None
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
