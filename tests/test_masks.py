@@ -172,10 +172,10 @@ def test_a_missing_model_is_a_model_error_with_the_download_command(tmp_path):
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ModelError, match="hf download .*no-such-model"):
         masks.box(IMAGE, "the panda", detector=missing)
-    from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:  # never download SAM from a test
-        with pytest.raises(ModelError, match="SAM segmenter 'facebook/sam-vit-base'.*hf download facebook/sam-vit-base"):
-            masks.segment(IMAGE, segmenter="sam")  # not in this machine's cache
+    with pytest.raises(ModelError, match="SAM segmenter 'zeroedit-tests/no-sam'.*hf download zeroedit-tests/no-sam"):
+        masks.segment(IMAGE, segmenter="zeroedit-tests/no-sam")  # a hub id in no cache
+    assert masks.set_defaults(segmenter="sam")["segmenter"] == "facebook/sam-vit-base"
+    masks.set_defaults(segmenter="tiny-sam")
 
 
 @pytest.mark.parametrize("call, error", [
