@@ -87,6 +87,9 @@ def build(tokenizer_dir: Path):
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                            image_size=SIZE, patch_size=4),
         projection_dim=64))
+    with torch.no_grad():  # boxes start at OWLv2's prior (patch-centred, patch-sized): a random head saturates them
+        owl.box_head.dense2.weight.zero_()
+        owl.box_head.dense2.bias.zero_()
     owl_processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": SIZE, "width": SIZE}),
                                    tokenizer=tokenizer)
     return (sam, sam_processor), (owl, owl_processor)
@@ -231,22 +234,23 @@ def run(steps: int = 1500, train: int = 2000, eval_scenes: int = 200, models: Pa
     from transformers import Owlv2ForObjectDetection, Owlv2Processor, SamModel, SamProcessor
     torch.manual_seed(0)
     folder = Path(models or "/tmp/zeroedit-masks-toy")
-    timings = {}
-    if (folder / "sam" / "config.json").exists() and (folder / "owlv2" / "config.json").exists():
-        sam = (SamModel.from_pretrained(folder / "sam"), SamProcessor.from_pretrained(folder / "sam"))
-        owl = (Owlv2ForObjectDetection.from_pretrained(folder / "owlv2"), Owlv2Processor.from_pretrained(folder / "owlv2"))
-    else:
-        sam, owl = build(folder / "tokenizer")
-        data = scenes(0, train, crop_every=2)
+    timings, data = {}, None
+    built = dict(zip(("sam", "owlv2"), build(folder / "tokenizer")))
+    trainers = {"sam": train_sam, "owlv2": train_detector}
+    classes = {"sam": (SamModel, SamProcessor), "owlv2": (Owlv2ForObjectDetection, Owlv2Processor)}
+    loaded = {}
+    for name in ("sam", "owlv2"):  # a model trained before (DIR/name) is reused, else trained and saved there
+        if (folder / name / "config.json").exists():
+            loaded[name] = tuple(cls.from_pretrained(folder / name) for cls in classes[name])
+            continue
+        data = data or scenes(0, train, crop_every=2)
         start = time.perf_counter()
-        train_sam(*sam, data, steps, log=log)
-        timings["sam training s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        train_detector(*owl, data, steps, log=log)
-        timings["owlv2 training s"] = time.perf_counter() - start
-        for name, (model, processor) in (("sam", sam), ("owlv2", owl)):
-            model.save_pretrained(folder / name)
-            processor.save_pretrained(folder / name)
+        trainers[name](*built[name], data, steps, log=log)
+        timings[f"{name} training s"] = time.perf_counter() - start
+        for part in built[name]:
+            part.save_pretrained(folder / name)
+        loaded[name] = built[name]
+    sam, owl = loaded["sam"], loaded["owlv2"]
     masks.register("toy-sam", *sam)
     masks.register("toy-owlv2", *owl)
     start = time.perf_counter()
