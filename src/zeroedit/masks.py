@@ -189,11 +189,15 @@ def detect(image, phrase: str, detector=None, threshold: float | None = None, de
     model, processor = _load("detector", name, *placement(device, dtype, like))
     family = _family(model)
     threshold = THRESHOLDS[family] if threshold is None else threshold
-    if family == "grounding-dino":  # lower case, ends with "." (Grounding DINO's text format)
-        text = phrase.lower() if phrase.endswith(".") else phrase.lower() + "."
-        inputs = processor(images=picture, text=text, return_tensors="pt")
-    else:
-        inputs = processor(text=[[phrase]], images=picture, return_tensors="pt", truncation=True)
+    try:
+        if family == "grounding-dino":  # lower case, ends with "." (Grounding DINO's text format)
+            text = phrase.lower() if phrase.endswith(".") else phrase.lower() + "."
+            inputs = processor(images=picture, text=text, return_tensors="pt")
+        else:
+            inputs = processor(text=[[phrase]], images=picture, return_tensors="pt", truncation=True)
+    except ImportError as error:  # OWLv2's PIL image processor resizes with scipy
+        raise ModelError(f"the detector's image processor needs a package: {str(error).strip().splitlines()[0]} "
+                         "(pip install 'zeroedit[masks]').") from None
     out = model(**_to(inputs, model))
     scores = out.logits[0].float().sigmoid().amax(-1)  # per query: max over the phrase's tokens / the one query
     best = int(scores.argmax())
