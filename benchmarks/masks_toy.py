@@ -17,6 +17,12 @@ held-out scenes (seeds 10_000+), half of them cropped to 64×48 (objects kept if
   segment IoU    masks.segment(scene, "the <colour> <shape>") vs the exact mask (the end-to-end figure)
   box IoU        masks.box vs the exact mask's bounding box;  found@0.5: the share with box IoU ≥ 0.5
   oracle IoU     SAM prompted with the exact box (the segmenter alone)
+
+Seen here (2000 steps each, 2000 training scenes, 200 held-out scenes = 299 objects; 16 min of CPU for both):
+segment IoU 0.52, oracle-box SAM IoU 0.53, box IoU 0.32 (0.32 square, 0.33 on the 64×48 crops: the padded-square
+box mapping holds), found@0.5 30 %. The stand-in SAM partly ignores its box (masks for the two objects of a scene
+overlap with IoU 0.58), so segment IoU ≈ oracle IoU whatever the box: the figures check the plumbing, they do not
+measure SAM/OWLv2 quality, and a stand-in trained in this budget is not good enough to measure segment() with.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from zeroedit.toy.world import COLORS, SHAPES, render, sample_scene  # noqa: E40
 
 SIZE = 64
 PHRASES = [f"the {c} {s}" for c in COLORS for s in SHAPES]
+BOX_WEIGHT = 0.5  # box L1 + GIoU against the phrase classification (5 and 2 drowned the classification)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -186,7 +193,7 @@ def train_detector(model, processor, data, steps: int, batch: int = 16, lr: floa
         pred = out.pred_boxes[positive]
         pred = torch.cat([pred[:, :2] - pred[:, 2:] / 2, pred[:, :2] + pred[:, 2:] / 2], -1)
         target = boxes[index][positive]
-        loss = cls + 5 * F.l1_loss(pred, target) + 2 * (1 - _giou(pred, target)).mean()
+        loss = cls + BOX_WEIGHT * (F.l1_loss(pred, target) + (1 - _giou(pred, target)).mean())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -226,6 +233,7 @@ def evaluate(data, segmenter: str, detector: str) -> dict:
     square = rows[rows[:, 0] == 0]
     return {"objects": len(rows), "segment IoU": rows[:, 1].mean(), "segment IoU, square scenes": square[:, 1].mean(),
             "segment IoU, 64×48 crops": rows[rows[:, 0] == 1, 1].mean(), "box IoU": rows[:, 2].mean(),
+            "box IoU, square scenes": square[:, 2].mean(), "box IoU, 64×48 crops": rows[rows[:, 0] == 1, 2].mean(),
             "found@0.5": (rows[:, 2] >= 0.5).mean(), "oracle-box SAM IoU": rows[:, 3].mean()}
 
 
