@@ -27,6 +27,7 @@ _LAZY = {
     "directions": ("zeroedit.directions", None),
     "captioners": ("zeroedit.captioners", None),
     "visualize": ("zeroedit.visualize", None),
+    "masks": ("zeroedit.masks", None),
 }
 
 

@@ -28,7 +28,7 @@ from .runner import (DEFAULT_MODELS, IMAGE_ARGS, SKIPPED, UserError, asset, flag
 
 # Text flags: several words after one of them are refused (an unquoted `--prompt a red cat` is never three prompts).
 TEXT_FLAGS = ("prompt", "source_prompt", "negative_prompt", "caption", "source", "target")
-MANY = ("prompt", "references", "reference", "reference_mask", "region")  # flags that take several values
+MANY = ("prompt", "references", "reference", "reference_mask", "region", "regions")  # flags that take several values
 SEVERAL_PROMPTS = ('several prompts (translate): quote each and give them after one --prompt, '
                    '--prompt "a bronze horse" "a lego horse", or repeat --prompt "..." --prompt "..."')
 

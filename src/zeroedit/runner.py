@@ -31,8 +31,10 @@ METHODS = ("compose", "translate", "edit", "personalize", "invert")
 DEFAULT_MODELS = {"compose": "stabilityai/stable-diffusion-2-1-base", "translate": "stabilityai/stable-diffusion-2-1-base",
                   "edit": "CompVis/stable-diffusion-v1-4", "personalize": "stabilityai/stable-diffusion-xl-base-1.0",
                   "invert": "stabilityai/stable-diffusion-2-1-base", "direction": "CompVis/stable-diffusion-v1-4"}
-IMAGE_ARGS = {"image", "background", "reference", "reference_mask"}
+IMAGE_ARGS = {"image", "background", "reference", "reference_mask", "layout"}
 PATH_ARGS = IMAGE_ARGS | {"mip_weights", "sentences"}
+BOX_ARGS = {"region", "mask"}  # a box "x0,y0,x1,y1" (or four numbers), a mask image or a phrase
+PHRASE_ARGS = {"reference_mask", "region", "mask"}  # "auto" or words naming an object reach the API unchanged
 SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback"}
 RUN_KEYS = {"model", "out", "quiet", "device", "dtype", "method", "id"}  # config keys that are not API arguments
 SEPARATOR = "~"  # NAME~i.png for the i-th of several images; never part of a name
@@ -78,9 +80,19 @@ def flag(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- values
+def _is_phrase(name: str, value, base: Path | None = None) -> bool:
+    """A mask/region value that is "auto" or words naming an object (zeroedit.masks.is_phrase), not a box."""
+    from .masks import is_phrase
+    return name in PHRASE_ARGS and isinstance(value, str) and is_phrase(value, base) and \
+        not (name in BOX_ARGS and value.count(",") == 3)
+
+
 def _is_path_arg(name: str, value) -> bool:
+    name = "region" if name == "regions" else name
+    if _is_phrase(name, value):
+        return False
     return name in PATH_ARGS or (name == "direction" and isinstance(value, str)) or \
-        (name == "region" and isinstance(value, str) and value.count(",") != 3)
+        (name in BOX_ARGS and isinstance(value, str) and value.count(",") != 3)
 
 
 def _numbers(values) -> tuple | None:
@@ -103,28 +115,41 @@ def _numbers(values) -> tuple | None:
 
 def parse_value(name: str, value, base: Path | None = None, typed: bool = False):
     """A flag/config value -> the API's value: paths resolved against `base` (the config's folder), boxes
-    "x0,y0,x1,y1" (or four numbers), references "phrase=img[,img]", JSON for numbers/lists/null (flags only:
-    `typed` values, from a config file, a job or a form, keep their strings as they are)."""
+    "x0,y0,x1,y1" (or four numbers), references "phrase=img[,img]", regions "phrase=box|mask|words", masks and
+    regions that are "auto" or words naming an object (not a file, no image suffix) unchanged, JSON for
+    numbers/lists/null (flags only: `typed` values, from a config file, a job or a form, keep their strings)."""
     if value is None:
         return None
 
     def path(v):
         p = Path(os.path.expanduser(str(v)))
         return str(p if p.is_absolute() or base is None else (base / p))
+    if name in PHRASE_ARGS and isinstance(value, list) and name not in BOX_ARGS:
+        return [parse_value(name, v, base, typed) for v in value]
+    if _is_phrase(name, value, base):
+        return value
     if name in PATH_ARGS or (name == "direction" and isinstance(value, str)):
         return [path(v) for v in value] if isinstance(value, list) else path(value)
-    if name == "region":
+    if name in BOX_ARGS:
         box = _numbers(value)
         if box is not None:
             return box
         if isinstance(value, list) and value and all(re.fullmatch(r"-?[\d.]+", str(v)) for v in value):
-            raise UserError(f"--region {' '.join(map(str, value))}: a box is four numbers x0 y0 x1 y1 (or x0,y0,x1,y1).")
+            raise UserError(f"{flag(name)} {' '.join(map(str, value))}: a box is four numbers x0 y0 x1 y1 (or x0,y0,x1,y1).")
         if isinstance(value, str) and value.count(",") == 3:
             box = _numbers(value.split(","))
             if box is None:
-                raise UserError(f"--region {value!r}: give x0,y0,x1,y1 in pixels or a mask image.")
+                raise UserError(f"{flag(name)} {value!r}: give x0,y0,x1,y1 in pixels, a mask image or words naming an "
+                                "object.")
             return box
         return [parse_value(name, v, base, typed) for v in value] if isinstance(value, list) else path(value)
+    if name == "regions":
+        items = value.items() if isinstance(value, dict) else \
+            [item.split("=", 1) if "=" in item else (item, None) for item in (value if isinstance(value, list) else [value])]
+        for phrase, region in items:
+            if region is None:
+                raise UserError(f"--regions {phrase!r}: write phrase=x0,y0,x1,y1, phrase=mask.png or phrase=\"words\".")
+        return {phrase: parse_value("region", region, base, typed) for phrase, region in items}
     if name == "references":
         if isinstance(value, dict):
             return {k: [path(v) for v in vs] if isinstance(vs, list) else path(vs) for k, vs in value.items()}

@@ -16,6 +16,12 @@ Decoupled cross-attention with one image attention per object, merged by the obj
   context-dependent embedding: on the toy model "ring" in "a star and a ring …" has cosine 0.01 with "ring"
   encoded alone, and the alone-maps come out flat (4 two-object toy cases, maps averaged over layers and
   steps: std 0.006–0.015 around 1/2 alone, 0.021–0.035 in the prompt).
+- `regions={phrase: box, mask or phrase}` (zeroedit's addition, MIP #6/#11): object i's image attention is
+  allowed only on the layer tokens its region touches (M_i, max-pooled to the layer's grid; no region: every
+  token), and the merge weights become Ã_i = A_i·M_i / Σ_j A_j·M_j (relevance) or M_i (uniform). Where one
+  object alone is allowed this is its plain IP-Adapter term, where regions overlap MIP's relevance merge, and
+  where none is allowed the text alone. A phrase region is the detected box of that object in `layout=` (an
+  image with the wanted arrangement, scaled to the output; zeroedit.masks); "auto" its salient object.
 Several images of one object: their projected tokens are averaged. Any number of objects; non-square sizes
 (the layer grid comes from the latent size, no sqrt(HW)).
 
@@ -34,12 +40,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
-from ..errors import CheckpointError, ModelError, ParameterError
+from ..errors import CheckpointError, MaskError, ModelError, ParameterError
 from ..images import MAX_WORKING_SIDE, load_image
+from ..masks import box, is_phrase, resolve_mask
 from ..result import Result, Stats, Timer
 from .common import (check_callback, check_choice, check_number, check_output_type, check_seed, check_steps,
                      check_text, finish, generator, randn, serialised, step_end, step_limit)
@@ -53,9 +61,11 @@ class MultiObjectMerge(Rule):
     """The MIP merge of per-object image attention into the text cross-attention (module docstring)."""
 
     def __init__(self, layers, phrases: list[tuple[torch.Tensor, int, int]], groups: list[list[int]], scale: float,
-                 weighting: str, gates: dict | None = None, ip_weights: dict | None = None, latent_hw=None):
+                 weighting: str, gates: dict | None = None, ip_weights: dict | None = None, latent_hw=None,
+                 regions: list[torch.Tensor | None] | None = None):
         super().__init__(layers)
         self.phrases, self.groups, self.scale, self.weighting = phrases, groups, scale, weighting
+        self.regions = regions if regions and any(r is not None for r in regions) else None
         self.gates, self.ip_weights = gates or {}, ip_weights or {}
         self.maps_sum, self.maps_count = None, 0
 
@@ -74,14 +84,29 @@ class MultiObjectMerge(Rule):
         key, value = _heads(key, heads).to(q.dtype), _heads(value, heads).to(q.dtype)
         return self.scale * F.scaled_dot_product_attention(q, key, value, scale=ctx.attn.scale)
 
-    def relevance(self, ctx, q) -> torch.Tensor:
-        """Ã (objects, B, N): each phrase's attention over latent positions, normalised across objects."""
+    def allowed(self, ctx, device) -> torch.Tensor | None:
+        """M (objects, 1, N): 1 on the layer's tokens that an object's region touches (every token without one)."""
+        if self.regions is None:
+            return None
+        ones = torch.ones(1, ctx.grid[0] * ctx.grid[1], device=device)
+        return torch.stack([ones if r is None else F.adaptive_max_pool2d(r.to(ones.device), ctx.grid).reshape(1, -1)
+                            for r in self.regions])
+
+    def weights(self, ctx, q) -> torch.Tensor | None:
+        """The merge weights (objects, B, N): relevance Ã (within the regions), the regions M (uniform), or
+        None (uniform, no regions: plain summation)."""
+        allowed = self.allowed(ctx, q.device)
+        return self.relevance(ctx, q, allowed) if self.weighting == "relevance" else allowed
+
+    def relevance(self, ctx, q, allowed=None) -> torch.Tensor:
+        """Ã (objects, B, N): each phrase's attention over latent positions, normalised across objects (those
+        allowed at a position, when regions are given)."""
         maps = []
         for embeds, start, count in self.phrases:  # embeds: (B, 77, D) per branch ("" for uncond)
             keys = _heads(ctx.attn.to_k(embeds[:, start:start + count].to(q.dtype)), ctx.attn.heads)
             scores = (keys @ q.transpose(-1, -2)) * ctx.attn.scale  # (B, heads, count, N)
             maps.append(scores.float().softmax(dim=-1).mean(dim=(1, 2)))
-        maps = torch.stack(maps)
+        maps = torch.stack(maps) if allowed is None else torch.stack(maps) * allowed
         return maps / maps.sum(0, keepdim=True).clamp_min(1e-12)
 
     def _gate(self, ctx, out) -> torch.Tensor | float:
@@ -104,13 +129,13 @@ class MultiObjectMerge(Rule):
             return out
         q = self._q
         gate = self._gate(ctx, out)
-        if self.weighting == "relevance":
-            weights = self.relevance(ctx, q)
+        weights = self.weights(ctx, q)
+        if weights is not None:
             self._keep(ctx, weights)
         merged = out
         for index, tokens in enumerate(self._object_tokens(ctx)):
             z = self._image_attention(ctx, q, tokens)
-            if self.weighting == "relevance":
+            if weights is not None:
                 z = z * weights[index][:, None, :, None].to(z.dtype)
             merged = merged + (z * gate if not isinstance(gate, float) else z)
         ctx.ip_handled = True
@@ -190,6 +215,37 @@ def _check_references(prompt: str, references) -> list[tuple[str, list]]:
     return items
 
 
+def _regions(regions, objects, layout, size, scale: int, pipe) -> list[torch.Tensor | None] | None:
+    """Per object, its region at latent resolution (1, 1, h, w), 1 on every latent cell it touches; None for an
+    object without one. Boxes are in output pixels, masks are scaled to the output, phrases are found in
+    `layout` (their box; "auto": the salient object)."""
+    if regions is None:
+        return None
+    names = [phrase for phrase, _ in objects]
+    if not isinstance(regions, dict) or any(not isinstance(k, str) or k.strip() not in names for k in regions):
+        raise ParameterError(f"regions must be a dict {{phrase of references: box, mask or phrase}}; the phrases are "
+                             f"{names}, got {list(regions) if isinstance(regions, dict) else regions!r}.")
+    regions = {k.strip(): v for k, v in regions.items()}
+    if layout is None and any(is_phrase(v) for v in regions.values()):
+        raise ParameterError("a phrase in regions needs layout= (an image in which to find that object).")
+    width, height = size
+    picture = None if layout is None else load_image(layout, "layout").resize((width, height), Image.BICUBIC)
+    out = []
+    for name in names:
+        value = regions.get(name)
+        if value is None:
+            out.append(None)
+            continue
+        if isinstance(value, str) and is_phrase(value) and value != "auto":
+            value = box(picture, value, like=pipe)  # a phrase: its box in the layout
+        canvas = picture if is_phrase(value) else Image.new("RGB", (width, height))  # "auto" segments the layout
+        mask = resolve_mask(canvas, value, f"region of {name!r}", like=pipe)
+        if not mask.any():
+            raise MaskError(f"the region of {name!r} is empty (or outside the {width}×{height} image).")
+        out.append(F.max_pool2d(torch.from_numpy(mask).float()[None, None], scale))
+    return out
+
+
 def _check_adapter(pipe):
     projection = getattr(pipe.unet, "encoder_hid_proj", None)
     if projection is None or not hasattr(projection, "image_projection_layers") or getattr(pipe, "image_encoder", None) is None:
@@ -249,7 +305,8 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
 @serialised
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
                 phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
-                negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
+                negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None,
+                regions: dict | None = None, layout=None, output_type: str = "pil",
                 callback_on_step_end=None, compile=False, size=None, allow_large: bool = False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
     references={"cat": img, "dog": [img1, img2]}. See the module docstring. `scale` (IP-Adapter scale)
@@ -268,6 +325,8 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         height: image height in px (a multiple of the VAE factor; None: the model's default).
         width: image width in px (a multiple of the VAE factor; None: the model's default).
         seed: integer seed of every random draw (None: a fresh random seed).
+        regions: {phrase of references: where its image attention acts}: a box x0,y0,x1,y1 in output pixels, a mask image, or a phrase found in layout (its box); objects without one act everywhere.
+        layout: an image in which the phrases of regions are found (scaled to the output size).
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
@@ -293,6 +352,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     objects = _check_references(prompt, references)
     spans = [_phrase_in_prompt(pipe, prompt, p) if phrase_encoding == "prompt" else (1, _phrase_tokens(pipe, p))
              for p, _ in objects]
+    areas = _regions(regions, objects, layout, (width, height), backbone.vae_scale, pipe)
     layers = attention_layers(pipe.unet, "attn2")
     gates, ip_weights = load_mip_weights(mip_weights, layers) if mip_weights is not None else ({}, {})
     gen = generator(seed)
@@ -300,7 +360,8 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
                               scale=float(scale), weighting=weighting, phrase_encoding=phrase_encoding,
                               mip_weights=None if mip_weights is None else str(mip_weights),
                               steps=steps, guidance_scale=guidance, negative_prompt=negative, height=height,
-                              width=width, size=[width, height], seed=seed, compile=compile))
+                              width=width, size=[width, height], seed=seed, compile=compile,
+                              regions=None if areas is None else [p for (p, _), a in zip(objects, areas) if a is not None]))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         text = Cond.cat([backbone.encode_negative(negative), backbone.encode_prompt(prompt)])
@@ -310,7 +371,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
             encoded = text.embeds[1:] if phrase_encoding == "prompt" else backbone.encode_prompt(phrase).embeds
             phrases.append((torch.cat([empty.embeds, encoded]), start, count))
         embeds, groups = _image_embeds(pipe, backbone, objects)
-        rule = MultiObjectMerge(layers, phrases, groups, scale, weighting, gates, ip_weights)
+        rule = MultiObjectMerge(layers, phrases, groups, scale, weighting, gates, ip_weights, regions=areas)
         latents = _generate(pipe, backbone, rule, text, embeds, steps, guidance, height, width, gen,
                             callback_on_step_end)
         images = finish(backbone, latents, output_type)

@@ -40,6 +40,12 @@ Choices and deviations (documented here, as the spec asks):
   1149 evaluations in 999 + 50 sequential calls at defaults.
 - With the default convention and `inversion_steps` a multiple of `steps` (e.g. 999), the inversion also
   evaluates the first sampling step's source input, so memory mode then needs no extra source evaluation.
+- `mask=` (zeroedit's addition, as compose's background preservation): after every sampling step the latent
+  outside the mask is replaced by the source's DDIM-inversion latent at the next time, and after the last step
+  by the source's own latent — the window is the whole trajectory, so the output latent outside the mask IS
+  the source's, and its pixels are the VAE reconstruction of the source up to the decoder's reach across the
+  mask border. The mask is taken at latent resolution as every 8×8 cell it touches (the edit may spill by up
+  to 7 px). A phrase or "auto" is segmented by zeroedit.masks. No UNet call is added.
 - SDXL: features at `up_blocks[0].resnets[1]` and q/k in the self-attention of `up_blocks[0].attentions[1,2]`
   and `up_blocks[1].attentions[*]` (SDXL's decoder has two attention levels instead of three; these are the
   decoder's attention layers after the first block, as 4–11 are on SD).
@@ -50,11 +56,13 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
-from ..errors import ParameterError
+from ..errors import MaskError, ParameterError
 from ..images import to_tensor
+from ..masks import resolve_mask
 from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step
 from ..result import Result, Stats, Timer
@@ -130,7 +138,8 @@ def _resolve(backbone, preset, steps, inversion_steps, feature_steps, attention_
 def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str | None = None, steps: int | None = None,
               inversion_steps: int | None = None, feature_steps=None, attention_steps=None,
               guidance_scale: float | None = None, seed: int | None = None, preset: str | None = None,
-              source_cache: str = "memory", output_type: str = "pil", callback_on_step_end=None, compile=False,
+              source_cache: str = "memory", mask=None,
+              output_type: str = "pil", callback_on_step_end=None, compile=False,
               method: str | None = None, solver: str | None = None, layers=None, strength: float | None = None,
               source_guidance_scale: float | None = None, size=None,
               allow_large: bool = False) -> Result:
@@ -156,6 +165,9 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         preset: None or "reference" (999-step inversion with the reference's convention, source recomputed).
         source_cache: "memory" (record the source during inversion, 151 evaluations) or "recompute" (200);
             preset="reference" always recomputes (see the module docstring).
+        mask: where to translate (white = change); outside it the source is kept: a mask image, a box
+            x0,y0,x1,y1 in the image's pixels, "auto" (the salient object) or a phrase naming an object
+            (zeroedit.masks); None: everywhere.
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
@@ -175,6 +187,8 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     seed = check_seed(seed)
     check_callback(callback_on_step_end)
     if is_flow(pipe):
+        if mask is not None:
+            raise ParameterError("mask= runs on UNet pipelines only for now; on SD3/FLUX translate the whole image.")
         from .pnp_flow import translate_flow
         return translate_flow(pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
                               feature_steps, attention_steps, guidance_scale, seed, preset, source_cache, output_type,
@@ -197,11 +211,14 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         backbone, preset, steps, inversion_steps, feature_steps, attention_steps, negative_prompt, guidance_scale)
     convention, source_cache = _convention(preset, source_cache)
     original, picture = load_input(image, backbone, size, allow_large)
+    edited = None if mask is None else resolve_mask(original, mask, "mask", like=pipe)  # in the image's own pixels
+    if edited is not None and not edited.any():
+        raise MaskError("mask is empty: mark the part of the image to translate in white.")
     stats.params.update(prompt=prompts, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
                         inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
                         guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
                         inversion_convention=convention, size=list(picture.size), input_size=list(original.size),
-                        compile=compile)
+                        compile=compile, masked=edited is not None)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
     descending = list(reversed(grid))
@@ -213,9 +230,10 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
                              feature_ts, attention_ts, store if source_cache == "memory" else None, convention)
         stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
+        keep = None if edited is None else (_latent_mask(edited, x0.shape[-2:]).to(x0.device), x0)
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
                           descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
-                          callback_on_step_end, always_source=source_cache == "recompute")
+                          callback_on_step_end, always_source=source_cache == "recompute", keep=keep)
         images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents)
 
@@ -241,11 +259,17 @@ def _invert(backbone, x0, cond, inversion_steps, grid, feature_layer, attention_
     return {t: levels[t] for t in grid}
 
 
+def _latent_mask(edited, latent_hw) -> torch.Tensor:
+    """(1, 1, h, w) float: 1 on every latent cell that the pixel mask (at the image's own size) touches."""
+    return F.adaptive_max_pool2d(torch.from_numpy(edited).float()[None, None], tuple(latent_hw))
+
+
 def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, guidance_scale, descending,
-            feature_layer, attention_layers, feature_ts, attention_ts, store, callback, always_source=False):
+            feature_layer, attention_layers, feature_ts, attention_ts, store, callback, always_source=False, keep=None):
     """DDIM sampling with CFG and PnP injection; every branch of a step in one UNet call. The source branch
     rides in the batch at every step (`always_source`, recompute mode, as the reference) or only where an
-    injected tensor is not in the inversion's cache (memory mode: the first step)."""
+    injected tensor is not in the inversion's cache (memory mode: the first step). `keep` = (latent mask, source
+    latent): outside the mask the source's inversion latent replaces the sample after every step."""
     count = len(prompts)
     negative = backbone.encode_negative([negative_prompt] * count)
     conditional = backbone.encode_prompt(prompts)
@@ -269,6 +293,9 @@ def _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, g
             guided = uncond + guidance_scale * (cond_out - uncond)
             t_to = descending[i + 1] if i + 1 < len(descending) else None
             x = ddim_step(backbone, guided, x, t, t_to)
+            if keep is not None:  # the source outside the mask: its inversion latent at t_to (its own latent at the end)
+                inside, x0 = keep
+                x = x * inside + (trajectory[t_to] if t_to is not None else x0) * (1 - inside)
             x = step_end(pipe, callback, i, t, x)
             bar.update()
     return x

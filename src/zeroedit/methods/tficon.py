@@ -46,7 +46,9 @@ Deviations from the reference code (`preset="reference"` reproduces what it can)
 - The VAE encodes with the posterior mean (`preset="reference"`: a seeded posterior sample, and seed 3407).
 - The segmentation is thresholded at 0.5 (the reference's `convert("1")` dithers edges); masks at coarser
   resolutions by nearest-neighbour resizing (the reference strides).
-- `reference_mask=None` makes the whole reference the object (R ∩ segmentation = R).
+- `reference_mask=None` makes the whole reference the object (R ∩ segmentation = R); `"auto"` or a phrase
+  segments the reference with zeroedit.masks (SAM; a phrase through an open-vocabulary detector's box), and
+  a phrase as `region` is the detected box of that object in the background (TF-ICON #18's request).
 - Several objects in one call: references, masks and regions as equal-length lists; each reference canvas is
   inverted in the same batch and composited into its own region, in list order.
 """
@@ -63,6 +65,7 @@ from ..backbones import Backbone, Cond, compile_options, require_unet
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, to_tensor
+from ..masks import is_phrase, resolve_region, segment
 from ..inversion.dpm_solver import MultistepDPMSolverPP, VPSchedule, x0_from_model
 from ..result import Result, Stats, Timer
 from .common import (check_callback, check_choice, check_fraction, check_number, check_output_type, check_seed,
@@ -207,7 +210,8 @@ class CompositeSelfAttention(Rule):
 
 # ----------------------------------------------------------------------------------------- method
 def _inputs(backbone, background, reference, region, reference_mask, size, allow_large):
-    """Normalise single/list inputs to equal-length lists and validate them (before any model work)."""
+    """Normalise single/list inputs to equal-length lists and validate them (before any model work). A
+    reference_mask "auto" or a phrase, and a region phrase, are found by zeroedit.masks (on the pipeline's device)."""
     many = isinstance(reference, (list, tuple))
     references = list(reference) if many else [reference]
     regions = list(region) if many else [region]
@@ -222,14 +226,15 @@ def _inputs(backbone, background, reference, region, reference_mask, size, allow
     refs = [load_image(r, "reference") for r in references]
     segs = []
     for ref, mask in zip(refs, masks):
-        seg = np.ones((ref.height, ref.width), bool) if mask is None else load_mask(mask, "reference_mask")
+        seg = np.ones((ref.height, ref.width), bool) if mask is None else \
+            segment(ref, mask, like=backbone.pipe) if is_phrase(mask) else load_mask(mask, "reference_mask")
         if seg.shape != (ref.height, ref.width):
             raise MaskError(f"reference_mask is {seg.shape[1]}×{seg.shape[0]} but the reference is "
                             f"{ref.width}×{ref.height}: give the segmentation of this reference image.")
         if not seg.any():
             raise MaskError("reference_mask is empty: mark the object's pixels in white.")
         segs.append(seg)
-    boxes = [region_box(r, picture.size, original.size) for r in regions]
+    boxes = [region_box(resolve_region(original, r, like=backbone.pipe), picture.size, original.size) for r in regions]
     return original, picture, refs, segs, boxes
 
 
@@ -246,8 +251,8 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     Args:
         background: the image to put the object into (path, PIL, numpy or torch); the output comes back at its size.
         reference: the image that holds the object (or a list: one object each).
-        region: where the object goes: a mask image on the background (its bounding box) or a box x0,y0,x1,y1 in the background's pixels.
-        reference_mask: the object's segmentation in the reference (white = object); None: the whole reference.
+        region: where the object goes: a mask image on the background (its bounding box), a box x0,y0,x1,y1 in the background's pixels, or a phrase naming an object of the background to replace (its detected box, zeroedit.masks).
+        reference_mask: the object's segmentation in the reference (white = object); "auto": the salient object; a phrase: that object (zeroedit.masks); None: the whole reference.
         prompt: the text describing the result, e.g. "an oil painting of a panda in a forest".
         domain: "cross" (different visual domains, guidance 5.0) or "same" (photorealistic, 2.5).
         steps: DPM-Solver++ steps of the inversion and of the sampling (20).
