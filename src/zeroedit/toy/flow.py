@@ -128,19 +128,29 @@ def prompt_swap(pipe, image, source_prompt: str, prompt: str, steps: int = 20, g
                 width=width).images[0]
 
 
-def run_translate_flow(pipe, cases, steps: int = 20, guidance: float = 5.0, settings=None) -> dict:
-    """zeroedit's flow translate (`ze.translate` on the SD3 pipeline, its defaults unless `settings` gives
-    {name: kwargs}) vs inversion + prompt swap (`prompt_swap`), on toy/quality.py's EditCases, scored with
-    `score_edit`. Returns {name: [scores]}."""
+FLOW_TRANSLATE_SETTINGS = {  # {row name: ze.translate arguments}; methods/pnp_flow.py documents each value
+    "translate: Euler inversion, V injected in 1/4 of 20 steps": dict(solver="euler", steps=20, attention_steps=0.25,
+                                                                    guidance_scale=5.0),
+    "translate: preset defaults (FireFlow, 8 steps, V injected 1 step)": dict(guidance_scale=5.0),
+    "FlowEdit (SD3 defaults: 50 steps, n_max 33, CFG 3.5 / 13.5)": dict(method="flowedit"),
+}
+
+
+def run_translate_flow(pipe, cases, settings=None, steps: int = 20, guidance: float = 5.0) -> dict:
+    """zeroedit's flow translate (`ze.translate` on the SD3 pipeline, one row per `settings` entry: {name:
+    kwargs}, FLOW_TRANSLATE_SETTINGS by default) vs inversion + prompt swap (`prompt_swap`, Euler, `steps`,
+    CFG `guidance`: the first row's solver, steps and guidance without injection), on toy/quality.py's
+    EditCases, scored with `score_edit`. Returns {name: [scores]}."""
     import zeroedit as ze
     from .quality import score_edit
-    settings = settings or {"flow translate (defaults)": {}}
-    results = {**{name: [] for name in settings}, "inversion + prompt swap (no injection)": []}
+    settings = FLOW_TRANSLATE_SETTINGS if settings is None else settings
+    baseline = f"inversion + prompt swap (Euler, {steps} steps, no injection)"
+    results = {**{name: [] for name in settings}, baseline: []}
     for case in cases:
         for name, kw in settings.items():
             out = ze.translate(pipe, case.image, prompt=case.target_prompt, source_prompt=case.source_prompt,
-                               steps=steps, guidance_scale=guidance, seed=0, **kw)
+                               seed=0, **kw)
             results[name].append(score_edit(case, out.image))
         image = prompt_swap(pipe, case.image, case.source_prompt, case.target_prompt, steps, guidance)
-        results["inversion + prompt swap (no injection)"].append(score_edit(case, image))
+        results[baseline].append(score_edit(case, image))
     return results
