@@ -40,7 +40,7 @@ from . import runner  # noqa: E402
 from .errors import ZeroEditError  # noqa: E402
 
 logger = logging.getLogger(__name__)
-MODELS = ("toy", "tiny", "tiny-xl")
+MODELS = ("toy", "tiny", "tiny-xl", "toy-flow", "tiny-sd3", "tiny-flux")
 MAX_REFERENCES = 3
 CONCURRENCY = "model"  # every run event shares one queue slot: one model, one run at a time
 

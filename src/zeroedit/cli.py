@@ -82,7 +82,7 @@ def _add_method_flags(parser: argparse.ArgumentParser, function):
 
 def _common_flags(parser: argparse.ArgumentParser, out_default="out"):
     parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags (or a sidecar)")
-    parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy")
+    parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy / toy-flow")
     parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
     parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars or summary")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
@@ -223,7 +223,7 @@ def _batch_command(sub):
 def _app_command(sub):
     app = sub.add_parser("app", help="a web app (Gradio) with one tab per method; toy model offline by default")
     app.add_argument("--model", default=None, help="the model the app starts with (default toy; a picker in the "
-                     "app switches): hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy")
+                     "app switches): hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy / toy-flow")
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                      "only; 0.0.0.0 lets other machines reach it)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")

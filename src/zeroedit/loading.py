@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 TINY_MODELS = ("tiny", "tiny-xl")
 TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux")
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
+TOY_FLOW_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy_flow")  # scripts/train_toy_flow.py
 TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
@@ -135,8 +136,9 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     """Return a standard diffusers pipeline.
 
     model: "tiny" / "tiny-xl" / "tiny-sd3" / "tiny-flux" (offline random weights built from `seed`), "toy"
-    (the trained toy-world model, 64 px, offline), a hub id, or a local folder (SD3 / FLUX folders are detected
-    from model_index.json).
+    (the trained toy-world model, 64 px, offline), "toy-flow" (its SD3-layout rectified-flow counterpart,
+    src/zeroedit/assets/toy_flow), a hub id, or a local folder (SD3 / FLUX folders are detected from
+    model_index.json).
     dtype: torch dtype or its name; device: where to move the pipeline.
     ip_adapter: for `personalize`: True loads the tiny models' random adapter, the toy model's trained one, or
     the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`); a dict gives the arguments
@@ -160,12 +162,16 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
             from .tiny_ip import add_tiny_ip_adapter
             add_tiny_ip_adapter(pipe, seed=seed, **(ip_adapter if isinstance(ip_adapter, dict) else {}))
     else:
-        model = TOY_MODEL if model == "toy" else model
+        if model == "toy-flow" and ip_adapter:
+            raise ParameterError("the toy flow model has no IP-Adapter; use load('toy', ip_adapter=True).")
+        model = {"toy": TOY_MODEL, "toy-flow": TOY_FLOW_MODEL}.get(model, model)  # the project's own, offline
         index = _model_index(model)
         pipeline_class = _pipeline_class(index)
         kwargs = dict(dtype=torch_dtype or torch.float32, use_safetensors=True)  # fp16 files load as fp32 unless asked
         if pipeline_class.__name__ == "StableDiffusionPipeline":
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+        # a component saved as null (e.g. SD3 without T5) must be passed as None explicitly
+        kwargs.update({name: None for name, entry in index.items() if isinstance(entry, list) and entry == [None, None]})
         try:
             pipe = pipeline_class.from_pretrained(model, **kwargs)
         except OSError as error:
