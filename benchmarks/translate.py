@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 import zeroedit as ze
-from zeroedit.methods.pnp import window
+from zeroedit.methods.common import check_window as window
 
 # SD 1.x/2.x decoder at 512² (64×64 latent): (tokens, channels) of the injected tensors.
 SD_FEATURE = (16 * 16, 1280)  # up_blocks[1].resnets[1] conv2 output

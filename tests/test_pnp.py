@@ -4,7 +4,8 @@ import torch
 
 import zeroedit as ze
 from zeroedit.errors import ImageError, ParameterError
-from zeroedit.methods.pnp import injection_layers, window
+from zeroedit.methods.common import check_window as window
+from zeroedit.methods.pnp import injection_layers
 
 from conftest import make_image, processors_snapshot
 

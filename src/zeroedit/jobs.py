@@ -37,8 +37,8 @@ from typing import Any, Callable
 import torch
 
 from .control.core import eager_under_compile
+from .sessions import current, member as _member_of_thread, set_member
 
-_local = threading.local()
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> RLock
 _LOCKS_GUARD = threading.Lock()
 
@@ -61,14 +61,6 @@ def exclusive(model):
         return
     with model_lock(model):
         yield
-
-
-def current(unet=None):
-    """The session the calling thread's job runs in (for `unet`, when given), else None."""
-    member = getattr(_local, "member", None)
-    if member is None or (unet is not None and member.session.unet is not unet):
-        return None
-    return member.session
 
 
 class _Member:
@@ -133,7 +125,7 @@ class JobSession:
         outcomes: list = [(None, None)] * len(functions)
 
         def body(member, function):
-            _local.member = member
+            set_member(member)
             with self.cond:
                 try:
                     outcomes[member.index] = (function(), None)
@@ -141,7 +133,7 @@ class JobSession:
                     outcomes[member.index] = (None, error)
                 finally:
                     self._leave(member)
-                    _local.member = None
+                    set_member(None)
 
         threads = [threading.Thread(target=body, args=(m, f), daemon=True, name=f"zeroedit-job{m.index}")
                    for m, f in zip(members, functions)]
@@ -183,7 +175,7 @@ class JobSession:
         return self._submit("backward", dict(loss=loss, inputs=tuple(inputs)))
 
     def _submit(self, kind: str, payload: dict):
-        member = _local.member
+        member = _member_of_thread()
         request = member.request = _Request(member, kind, payload)
         self._serve_if_ready()
         while not request.done:
@@ -266,7 +258,7 @@ class JobSession:
     # ------------------------------------------------------------------ control rules
     def attach(self, controller, attention: bool, feature_layers, modules: dict):
         """Attach a job's controller (Controller.installed under a session): install the dispatchers it needs."""
-        member = _local.member
+        member = _member_of_thread()
         if attention and self._saved_processors is None:
             saved = self.unet.attn_processors
             self.unet.set_attn_processor({key: _DispatchProcessor(self, key[: -len(".processor")], proc)

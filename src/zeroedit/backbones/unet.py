@@ -33,7 +33,7 @@ import weakref
 import torch
 from diffusers import DDPMScheduler
 
-from .. import jobs
+from .. import sessions
 from ..errors import ModelError, ParameterError, UnsupportedModel
 from ..loading import is_sdxl
 from ..result import Stats
@@ -199,7 +199,7 @@ class Backbone(LatentCodec):
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
         args = (self.unet, latents.to(self.dtype), t, cond.embeds, added or None)
-        session = jobs.current(self.unet)
+        session = sessions.current(self.unet)
         if session is not None:  # a job of a batch: one forward for every job of the session
             return session.forward(*args[1:], compile_options=self.compile_options)
         if self.compile_options is not None:
@@ -214,7 +214,7 @@ class Backbone(LatentCodec):
         In a job batch (zeroedit.jobs) the jobs' losses share ONE backward pass."""
         self.stats.unet_backward += 1
         inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-        session = jobs.current(self.unet)
+        session = sessions.current(self.unet)
         if session is not None:
             return session.grad(loss, inputs)
         return torch.autograd.grad(loss, inputs)

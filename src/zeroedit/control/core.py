@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from ..sessions import current
 
 
 class Rule:
@@ -177,7 +178,6 @@ class Controller:
         missing = sorted(feature_layers - set(modules))
         if missing:
             raise ModelError(f"this UNet has no module(s) {missing[:3]}: the method does not support this model.")
-        from ..jobs import current
         session = current(unet)
         if session is not None:  # a job of a JobSession: the session dispatches every job's rules on its slice
             member = session.attach(self, bool(attn_layers), sorted(feature_layers), modules)
@@ -202,14 +202,16 @@ class Controller:
                 unet.set_attn_processor(saved)
 
 
+# Controlled processors of other attention families, by the processor they mirror: [(accepts(original), make(
+# controller, name, original))]. control/joint.py adds SD3's and FLUX's; every other layer gets ControlledAttnProcessor.
+MIRRORS: list = []
+
+
 def _controlled(controller: Controller, name: str, original):
-    """The controlled processor for a layer: the joint-attention one for SD3/FLUX transformer layers, else
-    the UNet one (a transformer layer with another processor raises ModelError)."""
-    from .joint import ControlledJointAttnProcessor, check_joint_processor, is_joint_processor
-    if is_joint_processor(original):
-        return ControlledJointAttnProcessor(controller, name, original)
-    if "Joint" in type(original).__name__ or "Flux" in type(original).__name__:
-        check_joint_processor(name, original)  # fused / PAG / IP-Adapter joint processors: ModelError
+    """The controlled processor for a layer: the mirror that accepts its processor, else the UNet one."""
+    for accepts, make in MIRRORS:
+        if accepts(name, original):
+            return make(controller, name, original)
     return ControlledAttnProcessor(controller, name, original)
 
 

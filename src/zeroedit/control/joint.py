@@ -29,7 +29,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from ..errors import ModelError
-from .core import AttnContext, eager_under_compile
+from .core import MIRRORS, AttnContext, eager_under_compile
 
 JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxAttnProcessor)
 
@@ -186,3 +186,16 @@ def _put2(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tens
     out = full.clone()
     out[:, :, where, where] = part.to(out.dtype)
     return out
+
+
+def _accepts(name: str, processor) -> bool:
+    """SD3's and FLUX's joint-attention processors; another processor of those families (fused projections, PAG,
+    ...) is a ModelError, not silently the UNet mirror."""
+    if is_joint_processor(processor):
+        return True
+    if "Joint" in type(processor).__name__ or "Flux" in type(processor).__name__:
+        check_joint_processor(name, processor)
+    return False
+
+
+MIRRORS.append((_accepts, ControlledJointAttnProcessor))

@@ -58,6 +58,15 @@ def check_fraction(value, name: str) -> float:
     return check_number(value, name, 0.0, 1.0)
 
 
+def check_window(value, steps: int, name: str) -> int:
+    """The number of steps of an injection window: a fraction of `steps` (floor, robust to 0.29·100) or an int count."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if not 0 <= value <= steps:
+            raise ParameterError(f"{name} as a step count must be in 0…{steps}, got {value}.")
+        return int(value)
+    return int(math.floor(steps * check_fraction(value, name) + 1e-6))
+
+
 def check_choice(value, name: str, choices) -> str:
     if not any(value is c or (c is not None and isinstance(value, type(c)) and value == c) for c in choices):
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")

@@ -52,9 +52,6 @@ Choices and deviations (documented here, as the spec asks):
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,12 +59,12 @@ from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Inject, Record, decoder_self_attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import to_tensor
-from ..masks import resolve_mask
 from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step
+from ..masks import resolve_mask
 from ..result import Result, Stats, Timer
-from .common import (check_callback, check_choice, check_fraction, check_number, check_output_type, check_prompts,
-                     check_seed, check_steps, finish, load_input, serialised, step_end, step_limit)
+from .common import (check_callback, check_choice, check_number, check_output_type, check_prompts, check_seed,
+                     check_steps, check_window, finish, load_input, serialised, step_end, step_limit)
 
 REFERENCE_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 PRESETS = (None, "reference")
@@ -88,15 +85,6 @@ def injection_layers(unet) -> tuple[str, list[str]]:
     if feature not in names:
         raise ParameterError("this UNet has no up_blocks[0].resnets[1]; translate supports SD 1.x/2.x and SDXL.")
     return feature, layers
-
-
-def window(value, steps: int, name: str) -> int:
-    """Number of injected steps: a fraction of `steps` (floor, robust to 0.29·100) or an int count."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        if not 0 <= value <= steps:
-            raise ParameterError(f"{name} as a step count must be in 0…{steps}, got {value}.")
-        return int(value)
-    return int(math.floor(steps * check_fraction(value, name) + 1e-6))
 
 
 def _cached_or_branch(store: dict):
@@ -130,8 +118,8 @@ def _resolve(backbone, preset, steps, inversion_steps, feature_steps, attention_
     check_number(guidance_scale, "guidance_scale")
     if not isinstance(negative_prompt, str):
         raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
-    return (steps, inversion_steps, window(feature_steps, steps, "feature_steps"),
-            window(attention_steps, steps, "attention_steps"))
+    return (steps, inversion_steps, check_window(feature_steps, steps, "feature_steps"),
+            check_window(attention_steps, steps, "attention_steps"))
 
 
 @serialised

@@ -54,7 +54,8 @@ from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
-from .common import check_choice, check_number, check_steps, finish, generator, load_input, step_end, step_limit
+from .common import (check_choice, check_number, check_steps, check_window, finish, generator, load_input, step_end,
+                     step_limit)
 
 METHODS = (None, "inject", "flowedit")  # None = "inject"
 LAYER_PRESETS = ("single", "last-single", "vital")
@@ -145,7 +146,6 @@ def _guidance(value, default: float, name: str) -> float:
 def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, attention_steps, solver, layers,
                    guidance_scale, source_guidance_scale) -> dict:
     """Resolved parameters of the injection method (preset defaults, see module docstring)."""
-    from .pnp import window
     if preset not in PRESETS:
         raise ParameterError(f"preset must be None or 'reference' on flow models, got {preset!r}.")
     chosen = PRESETS[preset]
@@ -154,8 +154,8 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
         raise ParameterError("inversion_steps: flow translate inverts on the sampling grid; leave it None.")
     solver = check_choice(chosen["solver"] if solver is None else solver, "solver", tuple(FLOW_SOLVERS))
     names, what, stream = injection_layers(backbone, chosen["layers"] if layers is None else layers)
-    k = min(chosen["window"], steps) if attention_steps is None else window(attention_steps, steps, "attention_steps")
-    k_feature = 0 if feature_steps is None else window(feature_steps, steps, "feature_steps")
+    k = min(chosen["window"], steps) if attention_steps is None else check_window(attention_steps, steps, "attention_steps")
+    k_feature = 0 if feature_steps is None else check_window(feature_steps, steps, "feature_steps")
     return dict(method="inject", steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
                 attention_steps=k, feature_steps=k_feature,
                 guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.is_flux else SD3_GUIDANCE,
