@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, prepare_image, to_tensor
@@ -147,12 +147,12 @@ class CompositeSelfAttention(Rule):
         outside = torch.ones(generated.shape[-1], dtype=torch.bool, device=logits.device)
         for region, _ in self.masks:
             outside &= ~self._at(region, ctx.grid, logits.device)
-        background = (q_bg @ k_bg.transpose(-1, -2)) * ctx.attn.scale
+        background = (q_bg @ k_bg.transpose(-1, -2)) * ctx.scale
         composite = torch.where(outside[:, None] & outside[None, :], background.to(generated.dtype), generated)
         for index, (_, foreground) in enumerate(self.masks):
             fg = self._at(foreground, ctx.grid, logits.device)
             q_ref, k_ref = self._qk(ctx, f"ref{index}", 1 + index, q, k)
-            reference = ((q_ref @ k_ref.transpose(-1, -2)) * ctx.attn.scale).to(generated.dtype)
+            reference = ((q_ref @ k_ref.transpose(-1, -2)) * ctx.scale).to(generated.dtype)
             composite = torch.where(fg[None, :], reference, composite)  # all rows × foreground columns
             composite = torch.where(fg[:, None], reference.transpose(-1, -2), composite)  # its transpose
             composite = torch.where(fg[:, None] & fg[None, :], reference, composite)  # foreground block
@@ -196,7 +196,7 @@ def _inputs(background, reference, region, reference_mask):
 def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
-            callback_on_step_end=None, compile=False) -> Result:
+            callback_on_step_end=None, compile=False, **flow) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
@@ -218,8 +218,15 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
+        **flow: SD3/FLUX only (methods/tficon_flow.py): solver, inversion_prompt, attention.
     """
-    require_unet(pipe, "compose")
+    if is_flow(pipe):
+        from .tficon_flow import compose_flow
+        return compose_flow(pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
+                            guidance_scale, seed, preset, output_type, callback_on_step_end, compile, flow)
+    if flow:
+        raise ParameterError(f"{sorted(flow)}: SD3/FLUX-only arguments (or unknown ones); compose on UNet pipelines "
+                             "takes none of them.")
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
