@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import directions as edit_directions
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
 from ..images import prepare_image, to_tensor
@@ -154,7 +154,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
-         compile=False) -> Result:
+         compile=False, **flow) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
     path of a saved one, checked against this pipeline's text encoder) keeping its structure.
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
@@ -179,8 +179,15 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         captioner: a callable image -> caption, e.g. ze.captioners.blip(folder).
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
+        **flow: SD3/FLUX only (methods/pix2pix_zero_flow.py): guidance_blocks, checkpointing, guidance_embedding.
     """
-    require_unet(pipe, "edit")
+    if is_flow(pipe):
+        from .pix2pix_zero_flow import edit_flow
+        return edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps,
+                         lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end, captioner, compile, flow)
+    if flow:
+        raise ParameterError(f"{sorted(flow)}: SD3/FLUX-only arguments (or unknown ones); edit on UNet pipelines "
+                             "takes none of them.")
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
