@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, ModelError, ParameterError
@@ -207,7 +207,7 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
 
 
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
-                phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
+                phrase_encoding: str | None = None, mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None, output_type: str = "pil",
                 callback_on_step_end=None, compile=False) -> Result:
     """Generate from `prompt` with one reference image (or several) per object named in it:
@@ -219,7 +219,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         references: {phrase in the prompt: image or [images]}, e.g. {"cat": "cat.png", "dog": ["d1.png", "d2.png"]}.
         scale: IP-Adapter scale (None: 0.75).
         weighting: "relevance" (the MIP merge) or "uniform" (plain IP-Adapter summation, the baseline).
-        phrase_encoding: relevance keys from the phrase encoded "alone" (the paper) or from its tokens in the "prompt"'s encoding (zeroedit's variant).
+        phrase_encoding: relevance keys from the phrase encoded "alone" (the paper; None on UNets) or from its tokens in the "prompt"'s encoding (zeroedit's variant; None on FLUX, see methods/mip_flow.py).
         mip_weights: path of the trained MIP checkpoint (safetensors, or a pickle read with weights_only=True); None: gate 1.
         steps: sampling steps of the pipeline's scheduler (30).
         guidance_scale: classifier-free guidance (None: 5.0).
@@ -231,7 +231,12 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
     """
-    require_unet(pipe, "personalize")
+    if is_flow(pipe):
+        from .mip_flow import personalize_flow
+        return personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding, mip_weights, steps,
+                                guidance_scale, negative_prompt, height, width, seed, output_type, callback_on_step_end,
+                                compile)
+    phrase_encoding = "alone" if phrase_encoding is None else phrase_encoding
     compile_options(compile)
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
