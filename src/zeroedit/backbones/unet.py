@@ -38,7 +38,7 @@ from ..loading import is_sdxl
 from ..result import Stats
 from .vae import LatentCodec
 
-FLOW_METHODS = ("translate", "invert", "reconstruct")  # the methods that run on flow pipelines
+FLOW_METHODS = ("translate", "compose", "edit", "invert", "reconstruct", "personalize (FLUX.1)")  # run on flow pipelines
 EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
 
 
