@@ -4,6 +4,7 @@ baseline on fixed, seeded toy-world cases, scored with the analytic detectors (s
     python benchmarks/toy_quality.py            # all sections, CPU (~20 min on 2 idle cores)
     python benchmarks/toy_quality.py --quick    # a small subset (~3 min)
     python benchmarks/toy_quality.py --only translate compose
+    python benchmarks/toy_quality.py --only translate-flow    # translate on ze.load("toy-flow") (SD3 layout)
 
 Prints Markdown tables. `run(pipe, quick=False, only=None, ip_pipe=None) -> dict` takes `ze.load("toy")` and,
 for personalize, `ze.load("toy", ip_adapter=True)`, on any device. Settings shared by all sections: 20 steps (the methods'
@@ -20,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import zeroedit as ze  # noqa: E402
+from zeroedit.toy import flow as toy_flow  # noqa: E402
 from zeroedit.toy import quality as Q  # noqa: E402
 
-FULL = dict(translate=24, edit=16, compose=24, personalize=16, inversion=8)
-QUICK = dict(translate=4, edit=4, compose=3, personalize=4, inversion=4)
+FULL = {"translate": 24, "edit": 16, "compose": 24, "personalize": 16, "inversion": 8, "translate-flow": 24}
+QUICK = {"translate": 4, "edit": 4, "compose": 3, "personalize": 4, "inversion": 4, "translate-flow": 4}
 SECTIONS = tuple(FULL)
 
 
@@ -78,20 +80,30 @@ def section_personalize(pipe, n):
     return rows
 
 
+def section_translate_flow(pipe, n):
+    """The same cases as the UNet's translate rows, on the toy flow model (`ze.load("toy-flow")`): zeroedit's
+    flow translate (its defaults) vs inversion + prompt swap written here with diffusers' own pipeline
+    (`zeroedit.toy.flow.run_translate_flow`)."""
+    cases = Q.edit_cases(n, kinds=("color", "style"), seed=0)
+    return _edit_rows(toy_flow.run_translate_flow(pipe, cases), cases)
+
+
 def section_inversion(pipe, n):
     return [dict(method=name, **{f"{s} steps": v for s, v in by_steps.items()})
             for name, by_steps in Q.run_inversion(pipe, Q.inversion_images(n)).items()]
 
 
-def run(pipe, quick: bool = False, only=None, ip_pipe=None) -> dict:
+def run(pipe, quick: bool = False, only=None, ip_pipe=None, flow_pipe=None) -> dict:
     """{section: {"cases": n, "seconds": s, "rows": [...]}} for the chosen sections. `ip_pipe`: the toy model
     with its IP-Adapter (`ze.load("toy", ip_adapter=True)`) for personalize; the other methods need a
-    pipeline without one (diffusers' UNet then demands image embeddings in every call)."""
+    pipeline without one (diffusers' UNet then demands image embeddings in every call). `flow_pipe`: the toy
+    flow model (`ze.load("toy-flow")`) for translate-flow."""
     counts = QUICK if quick else FULL
     out = {}
     for name in only or SECTIONS:
         start = time.perf_counter()
-        rows = globals()[f"section_{name}"](ip_pipe if name == "personalize" else pipe, counts[name])
+        section_pipe = {"personalize": ip_pipe, "translate-flow": flow_pipe}.get(name, pipe)
+        rows = globals()[f"section_{name.replace('-', '_')}"](section_pipe, counts[name])
         out[name] = dict(cases=counts[name], seconds=round(time.perf_counter() - start, 1), rows=rows)
     return out
 
@@ -118,7 +130,11 @@ def markdown(results: dict) -> str:
                 "and its shape), inserted object drawn in the background's style, background PSNR (dB) outside",
         personalize="personalize (MIP relevance) vs uniform IP-Adapter merge, IP-Adapter scale 4 — prompt without colour words, one "
                     "reference per shape; correct = the reference's colour on its object, confused = on another's",
-        inversion="inversion: reconstruction PSNR (dB) of invert → reconstruct, mean over images")
+        inversion="inversion: reconstruction PSNR (dB) of invert → reconstruct, mean over images",
+        **{"translate-flow": "translate on the toy flow model (SD3 layout) vs inversion + prompt swap (Euler "
+                             "inversion with the source prompt, diffusers' StableDiffusion3Pipeline from the inverted "
+                             "noise with the target prompt) — the translate cases; structure = IoU of the object's "
+                             "mask with the source's; success = target reached and IoU ≥ 0.5"})
     parts = []
     for name, section in results.items():
         rows = section["rows"]
@@ -141,7 +157,8 @@ def main(argv=None):
     only = args.only or SECTIONS
     pipe = ze.load("toy", device=args.device)
     ip_pipe = ze.load("toy", ip_adapter=True, device=args.device) if "personalize" in only else None
-    results = run(pipe, quick=args.quick, only=only, ip_pipe=ip_pipe)
+    flow_pipe = ze.load("toy-flow", device=args.device) if "translate-flow" in only else None
+    results = run(pipe, quick=args.quick, only=only, ip_pipe=ip_pipe, flow_pipe=flow_pipe)
     print(markdown(results))
     print(f"total {time.perf_counter() - start:.0f} s ({'quick' if args.quick else 'full'}, {args.device})")
     return results

@@ -116,8 +116,9 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     """Return a standard diffusers pipeline.
 
     model: "tiny" / "tiny-xl" / "tiny-sd3" / "tiny-flux" (offline random weights built from `seed`), "toy"
-    (the trained toy-world model, 64 px, offline), a hub id, or a local folder (SD3 / FLUX folders are detected
-    from model_index.json).
+    (the trained toy-world model, 64 px, offline), "toy-flow" (its SD3-layout rectified-flow counterpart,
+    src/zeroedit/assets/toy_flow), a hub id, or a local folder (SD3 / FLUX folders are detected from
+    model_index.json).
     dtype: torch dtype or its name; device: where to move the pipeline.
     ip_adapter: for `personalize`: True loads the tiny models' random adapter, the toy model's trained one, or
     the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`); a dict gives the arguments
@@ -125,7 +126,12 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
     """
     torch_dtype = resolve_dtype(dtype)
-    if model in TINY_FLOW_MODELS:
+    if model == "toy-flow":  # the trained toy flow model: a StableDiffusion3Pipeline, 64 px, offline
+        if ip_adapter:
+            raise ParameterError("the toy flow model has no IP-Adapter; use load('toy', ip_adapter=True).")
+        from .toy.flow import load_toy_flow
+        pipe = load_toy_flow(dtype=torch_dtype)
+    elif model in TINY_FLOW_MODELS:
         if ip_adapter and model == "tiny-sd3":
             raise ParameterError("ip_adapter: tiny-sd3 has no IP-Adapter (personalize runs on UNet models and FLUX.1).")
         from .tiny_flow import build_tiny_flux, build_tiny_sd3
