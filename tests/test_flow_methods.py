@@ -211,3 +211,21 @@ def test_personalize_errors(flux_ip_pipe, tiny_flux_pipe, tiny_sd3_pipe):
         ze.personalize(flux_ip_pipe, "a cat", {"dog": image})
     with pytest.raises(ParameterError, match="tiny-sd3"):
         ze.load("tiny-sd3", ip_adapter=True)
+
+
+def test_controlled_flux_ip_adapter_layer_mirrors_diffusers(flux_ip_pipe):
+    """A rule on FluxIPAdapterAttnProcessor layers (here: recording probabilities, so the explicit matrix runs)
+    leaves the output of FluxPipeline with an IP-Adapter image unchanged: the mirror adds the same image term."""
+    from zeroedit.control import Controller, Record, joint_attention_layers
+    ref = make_image(1, (64, 64))
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(ip_adapter_image=ref, num_inference_steps=2, height=128, width=128, latents=pack(x),
+                  max_sequence_length=32, output_type="latent")
+    plain = flux_ip_pipe("a cat", **kwargs).images
+    controller = Controller()
+    controller.add(Record(joint_attention_layers(flux_ip_pipe.transformer, "double"), ("q", "probs"), stream="joint"))
+    controller.set_call(0, 1.0, [("cond", 1)], (8, 8))
+    with controller.installed(flux_ip_pipe.transformer):
+        controlled = flux_ip_pipe("a cat", **kwargs).images
+    assert len(controller.rules[0].store) > 0
+    assert torch.allclose(plain, controlled, atol=1e-5)
