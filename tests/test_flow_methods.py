@@ -42,7 +42,7 @@ def test_compose_default_budget_determinism_and_restoration(pipe):
     branches = 2 if FlowBackbone(pipe).has_cfg else 1
     assert out.stats.unet_calls == 42
     assert out.stats.unet_evals == 2 * 21 + branches * 21 + 2
-    assert out.stats.params["solver"] == "fireflow" and out.stats.params["inversion_prompt"] == "exceptional"
+    assert out.stats.params["solver"] == "fireflow" and out.stats.params["inversion_prompt"] == "zeros"
     assert torch.equal(out.images, again.images)
     assert processors_snapshot(pipe) == before
 
