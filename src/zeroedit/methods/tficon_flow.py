@@ -56,9 +56,16 @@ FLOW_OPTIONS = ("solver", "inversion_prompt", "attention")
 DEFAULTS = dict(solver="fireflow", inversion_prompt="zeros", attention="composite")
 
 
-def _key(sigma) -> float:
-    """A σ as a store key: the inverse and forward grids' shared σ (midpoints included) agree to 1e-6."""
-    return round(float(sigma), 6)
+class _Keys:
+    """σ -> store key: the nearest σ of the grid or of an interval's midpoint (the inverse and forward solvers
+    compute the same midpoints in opposite directions, equal up to rounding)."""
+
+    def __init__(self, sigmas: list[float]):
+        mids = [a + 0.5 * (b - a) for a, b in zip(sigmas[:-1], sigmas[1:])]
+        self.known = torch.tensor(sorted(set(sigmas) | set(mids)), dtype=torch.float64)
+
+    def __call__(self, sigma) -> float:
+        return float(self.known[(self.known - float(sigma)).abs().argmin()])
 
 
 class KeepBackgroundKV(Rule):
@@ -132,10 +139,11 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
         x0 = backbone.encode_image(to_tensor(sources), generator=gen, sample=preset == "reference").float()
         sigmas = backbone.sigmas(steps, x0.shape[-2:])
         layers = _layers(backbone)
-        needed = _injection_keys(sigmas, k_a)
+        key = _Keys(sigmas)
+        needed = _injection_keys(sigmas, k_a, key)
         store: dict = {}
-        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, store, len(refs))
-        x = _starting_latent(trajectory[_key(1.0)], masks, domain, gen, backbone)
+        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, store, len(refs), key)
+        x = _starting_latent(trajectory[key(1.0)], masks, domain, gen, backbone)
         outside = torch.ones_like(masks[0][0])
         for region_mask, _ in masks:
             outside = outside * (1 - region_mask)
@@ -146,7 +154,7 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
         else:
             rule = KeepBackgroundKV(layers, active, store, outside)
         latents = _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, len(refs),
-                          callback)
+                          callback, key)
         images = finish(backbone, latents, output_type)
     return Result(images=images, stats=stats, latents=latents)
 
@@ -157,15 +165,15 @@ def _layers(backbone) -> list[str]:
     return joint_attention_layers(model, "double") + (joint_attention_layers(model, "single") if backbone.is_flux else [])
 
 
-def _injection_keys(sigmas: list[float], k_a: int) -> set[float]:
+def _injection_keys(sigmas: list[float], k_a: int, key: _Keys) -> set[float]:
     """σ keys of every evaluation of the first k_a sampling steps (start and midpoint of each interval)."""
     keys = set()
     for j in range(min(k_a, len(sigmas) - 1)):
-        keys |= {_key(sigmas[j]), _key(sigmas[j] + 0.5 * (sigmas[j + 1] - sigmas[j]))}
+        keys |= {key(sigmas[j]), key(sigmas[j] + 0.5 * (sigmas[j + 1] - sigmas[j]))}
     return keys
 
 
-def _invert(backbone, x0, sigmas, options, layers, needed, store, objects) -> dict:
+def _invert(backbone, x0, sigmas, options, layers, needed, store, objects, key: _Keys) -> dict:
     """Content-free-prompt inversion of all images in one batch; records the background's and references'
     image-token q/k (and v for attention="kv") at the σ the injection window needs. Returns {σ key: latents}."""
     cond = backbone.exceptional_cond(x0.shape[0], options["inversion_prompt"])
@@ -176,16 +184,17 @@ def _invert(backbone, x0, sigmas, options, layers, needed, store, objects) -> di
     grid = backbone.token_grid(x0.shape[-2:])
 
     def invert_fn(x, sigma, i, stage):
-        recorder.set_call(i, _key(sigma), [("all", x.shape[0])], grid)
+        recorder.set_call(i, key(sigma), [("all", x.shape[0])], grid)
         return backbone.transformer_call(x, sigma, cond, 1.0)
 
     ascending = sigmas[::-1]
     with recorder.installed(backbone.transformer):
         path = FLOW_SOLVERS[options["solver"]](invert_fn, x0, ascending)
-    return {_key(s): x for s, x in zip(ascending, path)}
+    return {key(s): x for s, x in zip(ascending, path)}
 
 
-def _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, objects, callback):
+def _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, objects, callback,
+            key: _Keys):
     """Sampling with the solver: composite attention (or background K/V) in the first k_a steps, background
     preservation after the first k_b updates; one call per evaluation (the first also carries the background and
     reference branches when the inversion did not evaluate that σ)."""
@@ -200,22 +209,22 @@ def _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, promp
     controller.add(rule)
 
     def sample_fn(z, sigma, j, stage):
-        key = _key(sigma)
-        ride = j < k_a and (rule.layers[0], "k", key) not in rule.store
-        if ride and key not in trajectory:
-            raise RuntimeError(f"internal: no inversion latent at σ = {key} for the riding branches")
+        at = key(sigma)
+        ride = j < k_a and (rule.layers[0], "k", at) not in rule.store
+        if ride and at not in trajectory:
+            raise RuntimeError(f"internal: no inversion latent at σ = {at} for the riding branches")
         names = ([("bg", 1)] + [(f"ref{i}", 1) for i in range(objects)] if ride else []) + targets
-        batch = ([trajectory[key][:1 + objects]] if ride else []) + [z] * len(targets)
+        batch = ([trajectory[at][:1 + objects]] if ride else []) + [z] * len(targets)
         cond = Cond.cat(([content_free] if ride else []) + [target_cond])
         scales = torch.tensor(([1.0] * (1 + objects) if ride else []) + [guidance] * len(targets))
-        controller.set_call(j, key, names, grid)
+        controller.set_call(j, at, names, grid)
         out = backbone.transformer_call(torch.cat(batch), sigma, cond, scales)[-len(targets):].float()
         return _guided(backbone, out, guidance)
 
     with controller.installed(backbone.transformer), pipe.progress_bar(total=len(sigmas) - 1) as bar:
         def on_step(i, sigma_next, z):
             if i < k_b:  # background preservation from the inversion trajectory
-                z = z * (1 - outside) + trajectory[_key(sigma_next)][:1] * outside
+                z = z * (1 - outside) + trajectory[key(sigma_next)][:1] * outside
             bar.update()
             return step_end(pipe, callback, i, sigmas[i] * backbone.num_train_timesteps, z)
         return FLOW_SOLVERS[options["solver"]](sample_fn, x, sigmas, on_step)[-1]
