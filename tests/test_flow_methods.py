@@ -30,9 +30,9 @@ def _object():
 
 # ------------------------------------------------------------------ compose
 def test_compose_default_budget_determinism_and_restoration(pipe):
-    """Defaults (fireflow, 20 steps): 21 inversion + 21 sampling calls for background and reference together;
-    the first sampling call also carries the background and reference branches (their σ = 1 was not evaluated
-    by the inversion)."""
+    """Defaults (fireflow, 20 steps, KV-Edit's background K/V): 21 inversion + 21 sampling calls for background
+    and reference together; the first sampling call also carries the background branch (and for the composite
+    rule the reference's): their σ = 1 was not evaluated by the inversion."""
     ref, seg = _object()
     before = processors_snapshot(pipe)
     out = ze.compose(pipe, make_image(0), ref, (40, 40, 88, 88), reference_mask=seg, prompt="a cat", seed=0,
@@ -41,8 +41,12 @@ def test_compose_default_budget_determinism_and_restoration(pipe):
                        output_type="latent")
     branches = 2 if FlowBackbone(pipe).has_cfg else 1
     assert out.stats.unet_calls == 42
-    assert out.stats.unet_evals == 2 * 21 + branches * 21 + 2
+    assert out.stats.unet_evals == 2 * 21 + branches * 21 + 1  # the background rides in the first call
     assert out.stats.params["solver"] == "fireflow" and out.stats.params["inversion_prompt"] == "zeros"
+    assert out.stats.params["attention"] == "kv"
+    composite = ze.compose(pipe, make_image(0), ref, (40, 40, 88, 88), reference_mask=seg, prompt="a cat", seed=0,
+                           attention="composite", output_type="latent")
+    assert composite.stats.unet_calls == 42 and composite.stats.unet_evals == 2 * 21 + branches * 21 + 2
     assert torch.equal(out.images, again.images)
     assert processors_snapshot(pipe) == before
 
@@ -67,8 +71,8 @@ def test_compose_background_preserved_and_injection_acts(pipe):
     a, b = seen["a"][k_b - 1], seen["b"][k_b - 1]
     assert torch.equal(a[..., :8, :], b[..., :8, :])  # rows above the region (latent 8…16 is the region)
     assert (a[..., 8:, 8:] - b[..., 8:, 8:]).abs().max() > 1e-4
-    composite = ze.compose(pipe, make_image(0), ref, box, prompt="a cat", tau_a=1.0, **common)
-    kv = ze.compose(pipe, make_image(0), ref, box, prompt="a cat", tau_a=1.0, attention="kv", **common)
+    composite = ze.compose(pipe, make_image(0), ref, box, prompt="a cat", tau_a=1.0, attention="composite", **common)
+    kv = ze.compose(pipe, make_image(0), ref, box, prompt="a cat", tau_a=1.0, **common)
     assert (composite.images - plain.images).abs().max() > 1e-4
     assert (kv.images - composite.images).abs().max() > 1e-4
 

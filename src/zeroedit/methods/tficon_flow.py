@@ -16,21 +16,29 @@ the rule sits:
 3. Noise incorporation in the spatial latent (tficon._starting_latent): background outside R, inverted
    reference in R ∩ S (`same`: the inverted composite), fresh noise in R ∖ S.
 4. Sampling (the same solver, σ 1 → 0): SD3 with CFG [uncond "", cond prompt], FLUX-dev with its guidance
-   embedding (one branch). `attention="composite"`: tficon.CompositeSelfAttention with stream="image" on the
-   image×image block of every joint-attention layer (SD3 joint blocks; FLUX double- and single-stream blocks)
-   for the evaluations of the first k_a steps: background block from the background's logits, pseudo-cross and
-   foreground blocks from the reference's. `attention="kv"` (KV-Edit, Zhu et al. 2025, keeps the background's
-   keys and values): the generated branches' image-token K and V outside R are replaced by the background's in
-   the same window instead. The q/k (and v) of the background and references come from the inversion's record at
-   the same σ (the inverse and forward grids share every σ but 1, where the branches ride in the first call).
+   embedding (one branch). In the evaluations of the first k_a steps, on every joint-attention layer (SD3 joint
+   blocks; FLUX double- and single-stream blocks):
+   - `attention="kv"` (default; KV-Edit, Zhu et al. 2025, keeps the background's keys and values): the generated
+     branches' image-token K and V outside R are replaced by the background's;
+   - `attention="composite"` (TF-ICON's rule): tficon.CompositeSelfAttention with stream="image" on the
+     image×image block of the logits: background block from the background's logits, pseudo-cross and
+     foreground blocks from the reference's.
+   The background's (and, for "composite", the references') q/k or k/v come from the inversion's record at the
+   same σ (the inverse and forward grids share every σ but 1, where those branches ride in the first call).
+   Why "kv" by default: on the toy-flow compose cases (benchmarks/toy_quality.py --only compose-flow, 24
+   cases) it inserts the object far more often than the composite rule (present 62 % vs 33 %, shape 33 % vs
+   8 %, style 42 % vs 21 %; no injection: 50 / 17 / 33 %), at 1.9 dB lower background PSNR (25.9 vs 27.8 dB).
+   KV-Edit keeps the K/V at every step; here in the tau_a window (every step scored the same on the toy cases,
+   with 1.2 dB less background PSNR).
    Background preservation: after each of the first k_b updates the latent outside R is replaced by the
    background's inversion latent at the same σ.
 Windows as on the UNet: k_a = int(tau_a·steps − 1) steps of injection (every evaluation of those steps), k_b =
 int(tau_b·steps − 1) preserved updates.
 
 Calls (one object or several): inversion = the solver's calls (fireflow N + 1, rf-solver 2N, euler N) for
-all images in one batch; sampling = the same again; the first sampling call also carries the background and
-reference branches while injecting. Defaults (fireflow, 20 steps): 21 + 21 = 42 sequential calls.
+all images in one batch; sampling = the same again; the first sampling call also carries the background (and
+for "composite" the reference) branches while injecting. Defaults (fireflow, 20 steps, "kv"): 21 + 21 = 42
+sequential calls.
 
 Guidance: SD3 CFG 5.0 (cross) / 2.5 (same) as TF-ICON; FLUX-dev: the guidance embedding, 3.5 (FluxPipeline's
 default) in both domains; schnell: none.
@@ -53,7 +61,7 @@ from .tficon import (DOMAINS, PRESETS, REFERENCE_SEED, CompositeSelfAttention, _
 ATTENTIONS = ("composite", "kv")
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
 FLOW_OPTIONS = ("solver", "inversion_prompt", "attention")
-DEFAULTS = dict(solver="fireflow", inversion_prompt="zeros", attention="composite")
+DEFAULTS = dict(solver="fireflow", inversion_prompt="zeros", attention="kv")
 
 
 class _Keys:
@@ -142,7 +150,8 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
         key = _Keys(sigmas)
         needed = _injection_keys(sigmas, k_a, key)
         store: dict = {}
-        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, store, len(refs), key)
+        riding = len(refs) if options["attention"] == "composite" else 0  # references the rule reads (kv: none)
+        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, store, riding, key)
         x = _starting_latent(trajectory[key(1.0)], masks, domain, gen, backbone)
         outside = torch.ones_like(masks[0][0])
         for region_mask, _ in masks:
@@ -153,7 +162,7 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
             rule.stream = "image"
         else:
             rule = KeepBackgroundKV(layers, active, store, outside)
-        latents = _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, len(refs),
+        latents = _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, riding,
                           callback, key)
         images = finish(backbone, latents, output_type)
     return Result(images=images, stats=stats, latents=latents)

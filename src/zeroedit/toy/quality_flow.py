@@ -12,10 +12,10 @@ import torch
 from .quality import ComposeCase, EditCase, cut_and_paste, score_compose, score_edit, sentences
 
 COMPOSE_FLOW_SETTINGS = {  # {row: ze.compose arguments}; methods/tficon_flow.py documents each value
-    "TF-ICON composite attention (flow defaults)": {},
-    "TF-ICON composite, exceptional-prompt inversion": dict(inversion_prompt="exceptional"),
-    "KV-Edit: background K/V kept (tau_a window)": dict(attention="kv"),
-    "KV-Edit: background K/V kept (every step, as KV-Edit)": dict(attention="kv", tau_a=1.0),
+    "TF-ICON composite attention": dict(attention="composite"),
+    "TF-ICON composite, exceptional-prompt inversion": dict(attention="composite", inversion_prompt="exceptional"),
+    "KV-Edit: background K/V kept (tau_a window; flow default)": {},
+    "KV-Edit: background K/V kept (every step, as KV-Edit)": dict(tau_a=1.0),
     "no attention injection (tau_a=0)": dict(tau_a=0.0),
 }
 
