@@ -88,12 +88,14 @@ def test_compose_restores_on_error_and_checks_arguments(tiny_flux_pipe, tiny_pip
                    callback_on_step_end=boom)
     assert processors_snapshot(tiny_flux_pipe) == before
     for kwargs, error in ((dict(solver="heun"), ParameterError), (dict(inversion_prompt="nothing"), ParameterError),
-                          (dict(attention="paste"), ParameterError), (dict(colour=1), ParameterError),
+                          (dict(attention="paste"), ParameterError), (dict(tau_a=2.0), ParameterError),
                           (dict(domain="other"), ParameterError)):
         with pytest.raises(error):
             ze.compose(tiny_flux_pipe, make_image(0), ref, (40, 40, 88, 88), reference_mask=seg, **kwargs)
     with pytest.raises(ParameterError, match="SD3/FLUX"):
         ze.compose(tiny_pipe, make_image(0), ref, (40, 40, 88, 88), reference_mask=seg, solver="euler")
+    with pytest.raises(ParameterError, match="SD3/FLUX"):
+        ze.edit(tiny_pipe, make_image(0), checkpointing=True)
 
 
 def test_exceptional_prompt_rows_identical(pipe):
@@ -152,7 +154,7 @@ def test_edit_subset_of_blocks_and_errors(tiny_flux_pipe, tiny_sd3_pipe):
                 callback_on_step_end=lambda *a: (_ for _ in ()).throw(RuntimeError("stop")))
     assert processors_snapshot(tiny_flux_pipe) == before and not tiny_flux_pipe.transformer.gradient_checkpointing
     for kwargs in (dict(guidance_blocks=0), dict(guidance_blocks=9), dict(checkpointing="yes"),
-                   dict(direction=torch.zeros(1, 3, 5)), dict(blocks=1), dict(xa_guidance=-1)):
+                   dict(direction=torch.zeros(1, 3, 5)), dict(guidance_embedding=-1), dict(xa_guidance=-1)):
         with pytest.raises(ParameterError):
             ze.edit(tiny_flux_pipe, make_image(0), "cat", "dog", steps=2, **kwargs)
 

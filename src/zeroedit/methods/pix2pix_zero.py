@@ -154,7 +154,8 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
-         compile=False, **flow) -> Result:
+         compile=False, guidance_blocks: int | None = None, checkpointing: bool = False,
+         guidance_embedding: float | None = None) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
     path of a saved one, checked against this pipeline's text encoder) keeping its structure.
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
@@ -179,15 +180,17 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         captioner: a callable image -> caption, e.g. ze.captioners.blip(folder).
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
-        **flow: SD3/FLUX only (methods/pix2pix_zero_flow.py): guidance_blocks, checkpointing, guidance_embedding.
+        guidance_blocks: SD3/FLUX only: guide the first k double-stream/joint blocks (None: all of them).
+        checkpointing: SD3/FLUX only: gradient checkpointing of the transformer in the guidance call.
+        guidance_embedding: FLUX-dev only: its distilled guidance value during inversion and editing (None: 1.0).
     """
     if is_flow(pipe):
         from .pix2pix_zero_flow import edit_flow
+        flow = dict(guidance_blocks=guidance_blocks, checkpointing=checkpointing, guidance_embedding=guidance_embedding)
         return edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps,
                          lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end, captioner, compile, flow)
-    if flow:
-        raise ParameterError(f"{sorted(flow)}: SD3/FLUX-only arguments (or unknown ones); edit on UNet pipelines "
-                             "takes none of them.")
+    if guidance_blocks is not None or checkpointing or guidance_embedding is not None:
+        raise ParameterError("guidance_blocks, checkpointing and guidance_embedding apply to SD3/FLUX pipelines only.")
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))

@@ -44,8 +44,6 @@ from ..result import Result, Stats, Timer
 from .common import check_choice, check_steps, finish, generator, step_end
 from .pix2pix_zero import PRESETS, CrossAttentionGuidance, _caption, regularize
 
-FLOW_OPTIONS = ("guidance_blocks", "checkpointing", "guidance_embedding")
-
 
 class ImageToTextGuidance(CrossAttentionGuidance):
     """pix2pix-zero's cross-attention loss on the image→text block of joint attention (the joint softmax's
@@ -121,24 +119,21 @@ def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidanc
               lambda_kl, seed, preset, output_type, callback, captioner, compile, flow: dict) -> Result:
     """`ze.edit` on an SD3/FLUX pipeline (module docstring). `flow`: guidance_blocks, checkpointing,
     guidance_embedding."""
-    unknown = sorted(set(flow) - set(FLOW_OPTIONS))
-    if unknown:
-        raise ParameterError(f"edit got unknown argument(s) {unknown}; on SD3/FLUX it also takes {FLOW_OPTIONS}.")
     check_choice(preset, "preset", PRESETS)
     check_choice(output_type, "output_type", ("pil", "latent", "np", "pt"))
     steps = check_steps(steps)
     reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
     xa_guidance = 0.1 if xa_guidance is None else xa_guidance
-    embedding = flow.get("guidance_embedding", 1.0)
+    embedding = 1.0 if flow["guidance_embedding"] is None else flow["guidance_embedding"]
     for name, value in (("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl),
                         ("xa_guidance", xa_guidance), ("guidance_embedding", embedding)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ParameterError(f"{name} must be a non-negative number, got {value!r}.")
-    checkpointing = flow.get("checkpointing", False)
+    checkpointing = flow["checkpointing"]
     if not isinstance(checkpointing, bool):
         raise ParameterError(f"checkpointing must be True or False, got {checkpointing!r}.")
     backbone = FlowBackbone(pipe, None, compile)
-    layers = _blocks(backbone, flow.get("guidance_blocks"))
+    layers = _blocks(backbone, flow["guidance_blocks"])
     picture = prepare_image(image)
     caption, caption_source = _caption(picture, caption, captioner, source)
     delta = _direction(pipe, backbone, direction, source, target)

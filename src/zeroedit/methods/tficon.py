@@ -196,7 +196,8 @@ def _inputs(background, reference, region, reference_mask):
 def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
-            callback_on_step_end=None, compile=False, **flow) -> Result:
+            callback_on_step_end=None, compile=False, solver: str | None = None, inversion_prompt: str | None = None,
+            attention: str | None = None) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
@@ -218,15 +219,17 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
-        **flow: SD3/FLUX only (methods/tficon_flow.py): solver, inversion_prompt, attention.
+        solver: SD3/FLUX only: the rectified-flow solver of inversion and sampling (None: "fireflow").
+        inversion_prompt: SD3/FLUX only: the content-free text of the inversion (None: "zeros").
+        attention: SD3/FLUX only: "kv" (KV-Edit's background keys/values, None) or "composite" (TF-ICON's rule).
     """
+    flow = dict(solver=solver, inversion_prompt=inversion_prompt, attention=attention)
     if is_flow(pipe):
         from .tficon_flow import compose_flow
         return compose_flow(pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
                             guidance_scale, seed, preset, output_type, callback_on_step_end, compile, flow)
-    if flow:
-        raise ParameterError(f"{sorted(flow)}: SD3/FLUX-only arguments (or unknown ones); compose on UNet pipelines "
-                             "takes none of them.")
+    if any(value is not None for value in flow.values()):
+        raise ParameterError("solver, inversion_prompt and attention apply to SD3/FLUX pipelines only; leave them None.")
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)

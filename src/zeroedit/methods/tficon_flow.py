@@ -60,7 +60,6 @@ from .tficon import (DOMAINS, PRESETS, REFERENCE_SEED, CompositeSelfAttention, _
 
 ATTENTIONS = ("composite", "kv")
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
-FLOW_OPTIONS = ("solver", "inversion_prompt", "attention")
 DEFAULTS = dict(solver="fireflow", inversion_prompt="zeros", attention="kv")
 
 
@@ -101,9 +100,6 @@ class KeepBackgroundKV(Rule):
 
 
 def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
-    unknown = sorted(set(flow) - set(FLOW_OPTIONS))
-    if unknown:
-        raise ParameterError(f"compose got unknown argument(s) {unknown}; on SD3/FLUX it also takes {FLOW_OPTIONS}.")
     options = {**DEFAULTS, **{k: v for k, v in flow.items() if v is not None}}
     check_choice(options["solver"], "solver", tuple(FLOW_SOLVERS))
     check_choice(options["inversion_prompt"], "inversion_prompt", TEXT_VARIANTS)
