@@ -7,8 +7,10 @@ baseline on fixed, seeded toy-world cases, scored with the analytic detectors (s
     python benchmarks/toy_quality.py --only translate-flow    # translate on ze.load("toy-flow") (SD3 layout)
     python benchmarks/toy_quality.py --only compose-flow edit-flow    # compose / edit on ze.load("toy-flow")
 
-Prints Markdown tables. `run(pipe, quick=False, only=None, ip_pipe=None) -> dict` takes `ze.load("toy")` and,
-for personalize, `ze.load("toy", ip_adapter=True)`, on any device. Settings shared by all sections: 20 steps (the methods'
+Prints Markdown tables. `run(pipe, quick=False, only=None, ip_pipe=None, flow_pipe=None) -> dict` takes
+`ze.load("toy")`, for personalize `ze.load("toy", ip_adapter=True)` and for the -flow sections `ze.load("toy-flow")`
+(an SD3 pipeline; translate-flow's rows: `zeroedit.toy.flow.FLOW_TRANSLATE_SETTINGS`, compose-flow's and edit-flow's:
+`zeroedit.toy.quality_flow`), on any device. Settings shared by all sections: 20 steps (the methods'
 defaults are 20–50), guidance 5, negative prompt "" (the toy tokenizer knows only the world's words).
 """
 from __future__ import annotations
@@ -88,8 +90,8 @@ def section_personalize(pipe, n):
 
 def section_translate_flow(pipe, n):
     """The same cases as the UNet's translate rows, on the toy flow model (`ze.load("toy-flow")`): zeroedit's
-    flow translate (its defaults) vs inversion + prompt swap written here with diffusers' own pipeline
-    (`zeroedit.toy.flow.run_translate_flow`)."""
+    flow translate (the rows of `zeroedit.toy.flow.FLOW_TRANSLATE_SETTINGS`) vs inversion + prompt swap
+    written with diffusers' own StableDiffusion3Pipeline (`zeroedit.toy.flow.run_translate_flow`)."""
     cases = Q.edit_cases(n, kinds=("color", "style"), seed=0)
     return _edit_rows(toy_flow.run_translate_flow(pipe, cases), cases)
 
@@ -122,11 +124,13 @@ def run(pipe, quick: bool = False, only=None, ip_pipe=None, flow_pipe=None) -> d
     """{section: {"cases": n, "seconds": s, "rows": [...]}} for the chosen sections. `ip_pipe`: the toy model
     with its IP-Adapter (`ze.load("toy", ip_adapter=True)`) for personalize; the other methods need a
     pipeline without one (diffusers' UNet then demands image embeddings in every call). `flow_pipe`: the toy
-    flow model (`ze.load("toy-flow")`) for the -flow sections."""
+    flow model (`ze.load("toy-flow")`, loaded on `pipe`'s device if not given) for the -flow sections."""
     counts = QUICK if quick else FULL
     out = {}
     for name in only or SECTIONS:
         start = time.perf_counter()
+        if name in FLOW_SECTIONS and flow_pipe is None:
+            flow_pipe = ze.load("toy-flow", device=pipe.device if pipe is not None else None)
         section_pipe = ip_pipe if name == "personalize" else flow_pipe if name in FLOW_SECTIONS else pipe
         rows = globals()[f"section_{name.replace('-', '_')}"](section_pipe, counts[name])
         out[name] = dict(cases=counts[name], seconds=round(time.perf_counter() - start, 1), rows=rows)

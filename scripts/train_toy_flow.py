@@ -108,8 +108,11 @@ def prepare_data(args, vae, text_encoder, tokenizer, log) -> dict:
     start = time.perf_counter()
     images, captions = make_dataset(args.images, args.seed)
     rendered = time.perf_counter() - start
+    vae.to(args.device)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+        latents = torch.cat([vae.encode(images[i:i + 256].to(args.device)).latent_dist.mean.cpu()
+                             for i in range(0, len(images), 256)])
+    vae.to("cpu")
     latents = latents * vae.config.scaling_factor  # shift_factor 0
     unique = [""] + sorted(set(captions))
     position = {c: i for i, c in enumerate(unique)}

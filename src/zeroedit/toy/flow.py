@@ -10,8 +10,8 @@ Components (all in one diffusers folder, src/zeroedit/assets/toy_flow/):
   SD3's pipeline concatenates the two encoders' penultimate states (64 + 64 = 128 = `joint_attention_dim`) and
   their pooled vectors (128 = `pooled_projection_dim`);
 - no T5: `text_encoder_3=None`; SD3's pipeline then appends `max_sequence_length` (default 256) zero tokens;
-- scheduler: `FlowMatchEulerDiscreteScheduler`, shift 1 (SD3's resolution-dependent shift is 1 at 256² pixels,
-  i.e. 32² latent tokens; our grid is smaller still).
+- scheduler: `FlowMatchEulerDiscreteScheduler`, shift 1 (SD3's resolution-dependent shift (Esser et al. 2024) is 1 at
+  256² pixels = 16² tokens; our 8² tokens are fewer still).
 """
 from __future__ import annotations
 
