@@ -47,9 +47,11 @@ def round_trip(backbone, x0, cond, solver: str, steps: int) -> torch.Tensor:
 
 
 def run(pipe, images=None, steps: int = 20, solvers=("fireflow", "rf-solver", "euler")) -> dict:
-    """{(variant, solver): {"latent_rmse", "psnr"}} over `images` (toy-world images for 64 px models, else
-    smooth random ones)."""
+    """{(variant, solver): {"latent_rmse", "psnr", "seconds"}} over `images` (None: 4 toy-world images)."""
     backbone = FlowBackbone(pipe)
+    if images is None:
+        from zeroedit.toy import quality as Q
+        images = Q.inversion_images(4)
     pixels = to_tensor([prepare_image(img) for img in images])
     x0 = backbone.encode_image(pixels).float()
     reference = backbone.decode(x0)
