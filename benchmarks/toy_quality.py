@@ -5,10 +5,12 @@ baseline on fixed, seeded toy-world cases, scored with the analytic detectors (s
     python benchmarks/toy_quality.py --quick    # a small subset (~3 min)
     python benchmarks/toy_quality.py --only translate compose
     python benchmarks/toy_quality.py --only translate-flow    # translate on ze.load("toy-flow") (SD3 layout)
+    python benchmarks/toy_quality.py --only compose-flow edit-flow    # compose / edit on ze.load("toy-flow")
 
 Prints Markdown tables. `run(pipe, quick=False, only=None, ip_pipe=None, flow_pipe=None) -> dict` takes
-`ze.load("toy")`, for personalize `ze.load("toy", ip_adapter=True)` and for translate-flow `ze.load("toy-flow")`
-(an SD3 pipeline; its rows: `zeroedit.toy.flow.FLOW_TRANSLATE_SETTINGS`), on any device. Settings shared by all sections: 20 steps (the methods'
+`ze.load("toy")`, for personalize `ze.load("toy", ip_adapter=True)` and for the -flow sections `ze.load("toy-flow")`
+(an SD3 pipeline; translate-flow's rows: `zeroedit.toy.flow.FLOW_TRANSLATE_SETTINGS`, compose-flow's and edit-flow's:
+`zeroedit.toy.quality_flow`), on any device. Settings shared by all sections: 20 steps (the methods'
 defaults are 20–50), guidance 5, negative prompt "" (the toy tokenizer knows only the world's words).
 """
 from __future__ import annotations
@@ -24,9 +26,14 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 import zeroedit as ze  # noqa: E402
 from zeroedit.toy import flow as toy_flow  # noqa: E402
 from zeroedit.toy import quality as Q  # noqa: E402
+from zeroedit.toy import quality_flow as QF  # noqa: E402
 
-FULL = {"translate": 24, "edit": 16, "compose": 24, "personalize": 16, "inversion": 8, "translate-flow": 24}
-QUICK = {"translate": 4, "edit": 4, "compose": 3, "personalize": 4, "inversion": 4, "translate-flow": 4}
+FULL = {"translate": 24, "edit": 16, "compose": 24, "personalize": 16, "inversion": 8, "translate-flow": 24,
+        "compose-flow": 24, "edit-flow": 16}
+QUICK = {"translate": 4, "edit": 4, "compose": 3, "personalize": 4, "inversion": 4, "translate-flow": 4,
+         "compose-flow": 3, "edit-flow": 4}
+FLOW_SECTIONS = ("translate-flow", "compose-flow", "edit-flow")  # on ze.load("toy-flow"); no personalize-flow: the
+# toy flow model has no IP-Adapter (it would need one trained for it)
 SECTIONS = tuple(FULL)
 
 
@@ -89,6 +96,25 @@ def section_translate_flow(pipe, n):
     return _edit_rows(toy_flow.run_translate_flow(pipe, cases), cases)
 
 
+def section_compose_flow(pipe, n):
+    """The compose cases on the toy flow model: TF-ICON's composite attention (flow defaults), KV-Edit's kept
+    background K/V, no injection, cut-and-paste (toy/quality_flow.py)."""
+    cases = Q.compose_cases(n, seed=0)
+    rows = []
+    for name, scores in QF.run_compose_flow(pipe, cases).items():
+        row = dict(method=name, **_rates(scores))
+        for style in dict.fromkeys(c.scene.style for c in cases):
+            row[f"style ok on {style}"] = Q.rate(s["style"] for s, c in zip(scores, cases) if c.scene.style == style)
+        rows.append(row)
+    return rows
+
+
+def section_edit_flow(pipe, n):
+    """The edit cases on the toy flow model: pix2pix-zero (image→text guidance) vs word swap."""
+    cases = Q.edit_cases(n, kinds=("color", "shape"), seed=100)
+    return _edit_rows(QF.run_edit_flow(pipe, cases), cases)
+
+
 def section_inversion(pipe, n):
     return [dict(method=name, **{f"{s} steps": v for s, v in by_steps.items()})
             for name, by_steps in Q.run_inversion(pipe, Q.inversion_images(n)).items()]
@@ -98,14 +124,14 @@ def run(pipe, quick: bool = False, only=None, ip_pipe=None, flow_pipe=None) -> d
     """{section: {"cases": n, "seconds": s, "rows": [...]}} for the chosen sections. `ip_pipe`: the toy model
     with its IP-Adapter (`ze.load("toy", ip_adapter=True)`) for personalize; the other methods need a
     pipeline without one (diffusers' UNet then demands image embeddings in every call). `flow_pipe`: the toy
-    flow model (`ze.load("toy-flow")`, loaded on `pipe`'s device if not given) for translate-flow."""
+    flow model (`ze.load("toy-flow")`, loaded on `pipe`'s device if not given) for the -flow sections."""
     counts = QUICK if quick else FULL
     out = {}
     for name in only or SECTIONS:
         start = time.perf_counter()
-        if name == "translate-flow" and flow_pipe is None:
+        if name in FLOW_SECTIONS and flow_pipe is None:
             flow_pipe = ze.load("toy-flow", device=pipe.device if pipe is not None else None)
-        section_pipe = {"personalize": ip_pipe, "translate-flow": flow_pipe}.get(name, pipe)
+        section_pipe = ip_pipe if name == "personalize" else flow_pipe if name in FLOW_SECTIONS else pipe
         rows = globals()[f"section_{name.replace('-', '_')}"](section_pipe, counts[name])
         out[name] = dict(cases=counts[name], seconds=round(time.perf_counter() - start, 1), rows=rows)
     return out
@@ -137,7 +163,11 @@ def markdown(results: dict) -> str:
         **{"translate-flow": "translate on the toy flow model (SD3 layout) vs inversion + prompt swap (Euler "
                              "inversion with the source prompt, diffusers' StableDiffusion3Pipeline from the inverted "
                              "noise with the target prompt) — the translate cases; structure = IoU of the object's "
-                             "mask with the source's; success = target reached and IoU ≥ 0.5"})
+                             "mask with the source's; success = target reached and IoU ≥ 0.5",
+           "compose-flow": "compose on the toy flow model: TF-ICON composite attention vs KV-Edit's background K/V vs "
+                           "no attention injection vs cut-and-paste — the compose cases and scores",
+           "edit-flow": "edit (pix2pix-zero, image→text guidance) on the toy flow model vs word swap — the edit "
+                        "cases; success = target reached and IoU ≥ 0.5"})
     parts = []
     for name, section in results.items():
         rows = section["rows"]
@@ -160,7 +190,7 @@ def main(argv=None):
     only = args.only or SECTIONS
     pipe = ze.load("toy", device=args.device)
     ip_pipe = ze.load("toy", ip_adapter=True, device=args.device) if "personalize" in only else None
-    flow_pipe = ze.load("toy-flow", device=args.device) if "translate-flow" in only else None
+    flow_pipe = ze.load("toy-flow", device=args.device) if set(FLOW_SECTIONS) & set(only) else None
     results = run(pipe, quick=args.quick, only=only, ip_pipe=ip_pipe, flow_pipe=flow_pipe)
     print(markdown(results))
     print(f"total {time.perf_counter() - start:.0f} s ({'quick' if args.quick else 'full'}, {args.device})")

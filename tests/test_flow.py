@@ -9,7 +9,7 @@ from zeroedit.backbones import FlowBackbone, backbone_for
 from zeroedit.backbones.flow import image_ids, pack, unpack
 from zeroedit.control import (Controller, Inject, Record, Rule, double_block, from_branch, joint_attention_layers,
                               single_block)
-from zeroedit.errors import ModelError, ParameterError, UnsupportedModel
+from zeroedit.errors import ModelError, ParameterError
 from zeroedit.inversion import FLOW_SOLVERS, euler
 from zeroedit.methods.pnp_flow import injection_layers
 
@@ -342,16 +342,6 @@ def test_flow_only_arguments_on_a_unet_pipeline(tiny_pipe, tiny_sd3_pipe):
             ze.translate(tiny_pipe, make_image(0), "a dog", **kwargs)
     with pytest.raises(ParameterError, match="FLUX"):
         ze.translate(tiny_sd3_pipe, make_image(0), "a dog", layers="vital")
-
-
-@pytest.mark.parametrize("method", ["compose", "edit", "personalize"])
-def test_unet_methods_raise_unsupported_model(tiny_flux_pipe, tiny_sd3_pipe, method):
-    image = make_image(0)
-    args = {"compose": (image, image, (0, 0, 64, 64)), "edit": (image,), "personalize": ("a cat", {"cat": image})}
-    for flow_pipe in (tiny_flux_pipe, tiny_sd3_pipe):
-        with pytest.raises(UnsupportedModel, match="translate"):
-            getattr(ze, method)(flow_pipe, *args[method])
-    assert issubclass(UnsupportedModel, ModelError)
 
 
 def test_output_types(tiny_sd3_pipe):

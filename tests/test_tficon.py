@@ -55,7 +55,7 @@ def test_background_is_preserved_outside_the_region(tiny_pipe):
 
 
 def _fake_ctx(controller, grid, scale=1.0):
-    return types.SimpleNamespace(name="layer", controller=controller, grid=grid, attn=types.SimpleNamespace(scale=scale),
+    return types.SimpleNamespace(name="layer", controller=controller, grid=grid, scale=scale, attn=types.SimpleNamespace(scale=scale),
                                  branch=controller.branch)
 
 

@@ -10,6 +10,11 @@ target concept − mean embedding of sentences with the source concept, for the 
 Sentences are encoded as the pipeline encodes prompts (`text_encoder(ids)[0]`, 77 tokens) and averaged per
 concept; the direction has shape (1, 77, d). Built directions are cached in memory (and in `cache_dir` when
 given), keyed by the text encoder's weights, the concepts and the sentences.
+
+SD3 / FLUX pipelines: the direction is a `Cond` of two differences, one per text space the transformer reads —
+the token sequence (FLUX: T5 states (1, L, 4096); SD3: CLIP-L+G states zero-padded ⊕ T5 states along the
+sequence) and the pooled CLIP vector (FLUX: CLIP-L's; SD3: CLIP-L ⊕ CLIP-G's). `save`/`load` keep both
+("direction" and "pooled"), and the fingerprint covers every text encoder of the pipeline.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import jobs
-from .backbones import Backbone, check_pipe
+from .backbones import Cond, backbone_for, check_pipe, is_flow
 from .errors import CheckpointError, ParameterError
 
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}",
@@ -80,22 +85,38 @@ def _sentences(sentences, concept: str) -> list[str]:
 
 
 @torch.no_grad()
-def mean_embedding(pipe, sentences: list[str], batch: int = 64) -> torch.Tensor:
-    """Mean of the text encoder's embeddings (1, 77, d) over the sentences, in float32."""
-    backbone = Backbone(pipe)
+def mean_embedding(pipe, sentences: list[str], batch: int = 64):
+    """Mean of the text encoder's embeddings (1, 77, d) over the sentences, in float32 (SD3/FLUX: a Cond of the
+    mean token states and the mean pooled vector)."""
+    backbone = backbone_for(pipe)
     total = None
     for start in range(0, len(sentences), batch):
-        embeds = backbone.encode_prompt(sentences[start:start + batch]).embeds.float().sum(0, keepdim=True)
-        total = embeds if total is None else total + embeds
-    return total / len(sentences)
+        cond = backbone.encode_prompt(sentences[start:start + batch])
+        parts = [cond.embeds.float().sum(0, keepdim=True)] + ([cond.pooled.float().sum(0, keepdim=True)] if is_flow(pipe) else [])
+        total = parts if total is None else [t + p for t, p in zip(total, parts)]
+    total = [t / len(sentences) for t in total]
+    return Cond(*total) if is_flow(pipe) else total[0]
+
+
+def _text_encoders(pipe) -> list:
+    """The text encoders a direction depends on: SD 1.x/2.x's one; SD3's CLIP-L, CLIP-G (and T5); FLUX's CLIP-L, T5."""
+    if not is_flow(pipe):
+        return [pipe.text_encoder]
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
 
 
 def text_encoder_fingerprint(pipe) -> str:
-    """A short hash of the text encoder's token-embedding table (its shape and first 4096 values): which
-    text encoder a direction belongs to."""
-    weights = pipe.text_encoder.get_input_embeddings().weight
-    digest = hashlib.sha1(str(tuple(weights.shape)).encode())
-    digest.update(weights.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    """A short hash of the text encoders' token-embedding tables (shape and first 4096 values of each; SD 1.x/2.x:
+    the one encoder's, as before): which text encoder(s) a direction belongs to."""
+    digest = None
+    for encoder in _text_encoders(pipe):
+        weights = encoder.get_input_embeddings().weight
+        if digest is None:
+            digest = hashlib.sha1(str(tuple(weights.shape)).encode())
+        else:
+            digest.update(str(tuple(weights.shape)).encode())
+        digest.update(weights.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -129,26 +150,39 @@ def _build(pipe, source, target, sentences, cache_dir) -> torch.Tensor:
     for name, value in (("source", source), ("target", target)):
         if not isinstance(value, str) or not value.strip():
             raise ParameterError(f"{name} must be a non-empty string, got {value!r}.")
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ParameterError("edit directions are built for SD 1.x/2.x text encoders; this is an SDXL pipeline.")
-    Backbone(pipe)  # a pipeline without SD's components is a ModelError here, before any encoding
+    if getattr(pipe, "text_encoder_2", None) is not None and not is_flow(pipe):
+        raise ParameterError("edit directions are built for SD 1.x/2.x, SD3 and FLUX text encoders; this is an SDXL "
+                             "pipeline.")
+    backbone_for(pipe)  # a pipeline without a supported model's components is a ModelError here, before any encoding
     src, tgt = _sentences(sentences, source), _sentences(sentences, target)
     key = _fingerprint(pipe, source, target, src, tgt)
     if key in _CACHE:
-        return _CACHE[key].clone()
+        return _copy(_CACHE[key])
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
         direction = load(path)
     else:
-        direction = mean_embedding(pipe, tgt) - mean_embedding(pipe, src)
+        direction = _difference(mean_embedding(pipe, tgt), mean_embedding(pipe, src))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             save(direction, path, pipe, source, target, sentences=len(src) + len(tgt))
-    _CACHE[key] = direction.cpu()
-    return direction.clone()
+    _CACHE[key] = _copy(direction, "cpu")
+    return _copy(direction)
 
 
-def save(direction: torch.Tensor, path, pipe=None, source: str = "", target: str = "", **metadata) -> None:
+def _difference(target, source):
+    if isinstance(target, Cond):
+        return Cond(target.embeds - source.embeds, target.pooled - source.pooled)
+    return target - source
+
+
+def _copy(direction, device=None):
+    if isinstance(direction, Cond):
+        return Cond(direction.embeds.to(device).clone(), direction.pooled.to(device).clone())
+    return direction.to(device).clone()
+
+
+def save(direction, path, pipe=None, source: str = "", target: str = "", **metadata) -> None:
     """Save a direction as safetensors with the model and concepts in its metadata (written atomically)."""
     model = getattr(getattr(pipe, "config", None), "_name_or_path", None) or (type(pipe).__name__ if pipe else "")
     meta = {"format": "zeroedit-direction", "model": str(model), "source": source, "target": target,
@@ -156,15 +190,18 @@ def save(direction: torch.Tensor, path, pipe=None, source: str = "", target: str
             **{k: str(v) for k, v in metadata.items()}}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({"direction": direction.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    tensors = {"direction": direction.embeds, "pooled": direction.pooled} if isinstance(direction, Cond) else {"direction": direction}
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
     tmp.replace(path)
 
 
 def load(path, pipe=None) -> torch.Tensor:
-    """Load a direction saved by `save` (metadata in `metadata(path)`). With `pipe`, refuse a direction that
-    was built for another text encoder (its recorded fingerprint differs from this pipeline's)."""
+    """Load a direction saved by `save` (metadata in `metadata(path)`): a tensor, or a Cond (token states,
+    pooled) for SD3/FLUX. With `pipe`, refuse a direction that was built for other text encoders (its recorded
+    fingerprint differs from this pipeline's)."""
     try:
-        direction = load_file(str(path))["direction"]
+        tensors = load_file(str(path))
+        direction = Cond(tensors["direction"], tensors["pooled"]) if "pooled" in tensors else tensors["direction"]
         meta = metadata(path)
     except Exception as error:  # noqa: BLE001 — any unreadable file is the user's to fix
         raise CheckpointError(f"could not read a direction from {str(path)!r}: {error}") from None

@@ -151,10 +151,13 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
         raise ModelError(f"model must be a name, hub id or folder (a string), got {type(model).__name__}.")
     model = os.fspath(model)
     if model in TINY_FLOW_MODELS:
-        if ip_adapter:
-            raise ParameterError("ip_adapter: the tiny flow models have no IP-Adapter (personalize runs on UNet models).")
+        if ip_adapter and model == "tiny-sd3":
+            raise ParameterError("ip_adapter: tiny-sd3 has no IP-Adapter (personalize runs on UNet models and FLUX.1).")
         from .tiny_flow import build_tiny_flux, build_tiny_sd3
         pipe = build_tiny_sd3(seed) if model == "tiny-sd3" else build_tiny_flux(seed)
+        if ip_adapter:
+            from .tiny_ip import add_tiny_flux_ip_adapter
+            add_tiny_flux_ip_adapter(pipe, seed=seed)
     elif model in TINY_MODELS:
         from .tiny import build_tiny_sd, build_tiny_sdxl
         pipe = build_tiny_sd(seed) if model == "tiny" else build_tiny_sdxl(seed)

@@ -80,3 +80,27 @@ def add_tiny_ip_adapter(pipe, seed: int = 0, plus: bool = False):
     pipe.load_ip_adapter(ip_adapter_state_dict(pipe.unet, seed, plus), subfolder=None, weight_name=None,
                          image_encoder_folder=None)
     return pipe
+
+
+def flux_ip_adapter_state_dict(transformer, seed: int = 0) -> dict:
+    """Random FLUX IP-Adapter weights in the layout diffusers' FluxIPAdapterMixin reads (XLabs' format after its
+    key renaming): {"image_proj": ImageProjection (image_embeds -> 4 tokens of the T5 width), "ip_adapter":
+    {"<i>.to_k_ip.weight/bias", "<i>.to_v_ip.weight/bias"} for every double-stream block i}."""
+    width, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    gen = torch.Generator().manual_seed(seed + 2)
+    ip_adapter = {}
+    for i in range(transformer.config.num_layers):
+        for kind in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{i}.{kind}.weight"] = _linear(gen, inner, width)
+            ip_adapter[f"{i}.{kind}.bias"] = torch.zeros(inner)
+    return {"image_proj": plain_projection(gen, width), "ip_adapter": ip_adapter}
+
+
+def add_tiny_flux_ip_adapter(pipe, seed: int = 0):
+    """Register a tiny image encoder and feature extractor on a FluxPipeline and load a random FLUX IP-Adapter with
+    diffusers' own `load_ip_adapter` (FluxIPAdapterAttnProcessor on every double-stream block)."""
+    transformer = pipe.transformer
+    pipe.register_modules(image_encoder=tiny_image_encoder(seed).to(transformer.device, transformer.dtype),
+                          feature_extractor=CLIPImageProcessor(size=IMAGE_SIZE, crop_size=IMAGE_SIZE))
+    pipe.load_ip_adapter(flux_ip_adapter_state_dict(transformer, seed), weight_name=None)
+    return pipe

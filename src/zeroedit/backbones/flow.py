@@ -24,11 +24,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..errors import ModelError
 from ..result import Stats
-from .unet import Cond, compile_options, compiled_forward, _dynamo_supported
+from .unet import EXCEPTIONAL_TOKEN_ID, Cond, compile_options, compiled_forward, exceptional_clip_states, _dynamo_supported
 from .vae import LatentCodec
 
 SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
 FLUX_T5_LENGTH = 512  # FluxPipeline's max_sequence_length default
+TEXT_VARIANTS = ("exceptional", "exceptional-clip", "empty", "zeros")  # conditionings without content (compose)
 
 
 def is_flux(model) -> bool:
@@ -71,10 +72,12 @@ def calculate_shift(seq_len: int, config) -> float:
     return seq_len * slope + base_shift - slope * base_len
 
 
-def _transformer_forward(transformer, hidden, text, pooled, timestep, img_ids, txt_ids, guidance):
+def _transformer_forward(transformer, hidden, text, pooled, timestep, img_ids, txt_ids, guidance, attention_kwargs=None):
     """The transformer forward every call runs (eagerly, or traced by torch.compile)."""
     kwargs = dict(hidden_states=hidden, encoder_hidden_states=text, pooled_projections=pooled, timestep=timestep,
                   return_dict=False)
+    if attention_kwargs:  # a copy: FLUX pops ip_adapter_image_embeds out of it
+        kwargs["joint_attention_kwargs"] = dict(attention_kwargs)
     if img_ids is not None:
         kwargs.update(img_ids=img_ids, txt_ids=txt_ids, guidance=guidance)
     return transformer(**kwargs)[0]
@@ -155,6 +158,52 @@ class FlowBackbone(LatentCodec):
         embeds = torch.cat([clip, t5.to(clip.dtype)], dim=-2)
         return Cond(embeds.to(self.dtype), torch.cat(pooled, dim=-1).to(self.dtype))
 
+    @torch.no_grad()
+    def exceptional_cond(self, batch: int = 1, variant: str = "exceptional", token_id: int = EXCEPTIONAL_TOKEN_ID) -> Cond:
+        """A conditioning without content, for TF-ICON's inversion (`variant`, see TEXT_VARIANTS):
+        "exceptional" — TF-ICON's exceptional prompt through every text encoder: CLIP as on the UNet (all ids one
+        token, no BOS/EOS, no positional embeddings; SD3 penultimate states, pooled from the final layer norm's
+        row, through text_projection for SD3), and its T5 analogue (all ids one token, no EOS, the relative position
+        bias removed: every row identical; zeros without T5, as diffusers); "exceptional-clip" — CLIP exceptional,
+        T5 of the empty prompt; "empty" — the empty prompt as the pipeline encodes it; "zeros" — all-zero
+        embeddings and pooled vector."""
+        if variant not in TEXT_VARIANTS:
+            raise ValueError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}")
+        empty = self.encode_prompt([""])
+        if variant == "empty":
+            return empty.repeat(batch)
+        if variant == "zeros":
+            return Cond(torch.zeros_like(empty.embeds), torch.zeros_like(empty.pooled)).repeat(batch)
+        pipe, length = self.pipe, self.pipe.tokenizer.model_max_length
+        t5_encoder = pipe.text_encoder_2 if self.is_flux else getattr(pipe, "text_encoder_3", None)
+        t5 = self._exceptional_t5(t5_encoder, token_id) if variant == "exceptional" and t5_encoder is not None else None
+        if self.is_flux:
+            _, final = exceptional_clip_states(pipe.text_encoder, length, token_id, self.device)
+            embeds = empty.embeds if t5 is None else t5
+            return Cond(embeds.to(self.dtype), final[:, 0].to(self.dtype)).repeat(batch)
+        hidden, pooled = [], []
+        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+            states, final = exceptional_clip_states(encoder, length, token_id, self.device)
+            hidden.append(states[-2])
+            pooled.append(encoder.text_projection(final[:, 0]))
+        clip = torch.cat(hidden, dim=-1)
+        t5 = empty.embeds[:, length:] if t5 is None else t5  # the T5 rows of the empty prompt (zeros without T5)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        embeds = torch.cat([clip.to(self.dtype), t5.to(self.dtype)], dim=-2)
+        return Cond(embeds, torch.cat(pooled, dim=-1).to(self.dtype)).repeat(batch)
+
+    def _exceptional_t5(self, encoder, token_id: int) -> torch.Tensor:
+        """The exceptional prompt's T5 analogue: t5_length copies of one token, no EOS, and no relative position
+        bias (T5 has no absolute positions; a zero bias removes its only positional signal)."""
+        stack = encoder.encoder
+        ids = torch.full((1, self.t5_length()), token_id % encoder.config.vocab_size, device=self.device)
+        states = stack.embed_tokens(ids)
+        heads, length = encoder.config.num_heads, ids.shape[1]
+        bias = torch.zeros(1, heads, length, length, device=self.device, dtype=states.dtype)
+        for block in stack.block:
+            states = block(states, None, bias)[0]
+        return stack.final_layer_norm(states)
+
     def encode_negative(self, prompts: str | list[str]) -> Cond:
         """Negative prompts: encoded like any prompt (the SD3 pipeline does not zero the empty prompt)."""
         return self.encode_prompt(prompts)
@@ -199,10 +248,12 @@ class FlowBackbone(LatentCodec):
         return sigma if self.is_flux else sigma * self.num_train_timesteps
 
     # ---------------------------------------------------------------- the transformer
-    def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None) -> torch.Tensor:
+    def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None,
+                         attention_kwargs: dict | None = None) -> torch.Tensor:
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
         counted in stats. `guidance`: FLUX-dev's distilled guidance, a number or one per sample (ignored by models
-        without the embedding).
+        without the embedding). `attention_kwargs`: the transformer's joint_attention_kwargs (e.g. FLUX's
+        {"ip_adapter_image_embeds": [...]}).
         Returns the velocity (B, C, h, w) in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
@@ -218,10 +269,11 @@ class FlowBackbone(LatentCodec):
             if self.guidance_embeds:  # FluxPipeline's default guidance_scale is 3.5
                 scale = torch.as_tensor(3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
                 scale = scale.reshape(-1).expand(batch)
-            args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale)
+            args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale,
+                    attention_kwargs)
         else:
             args = (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled, self.model_time(sigma),
-                    None, None, None)
+                    None, None, None, attention_kwargs)
         out = None
         if self.compile_options is not None:
             out = compiled_forward(args, self.compile_options, _transformer_forward)
@@ -230,3 +282,9 @@ class FlowBackbone(LatentCodec):
         if out is None:
             out = _transformer_forward(*args)
         return unpack(out, h, w) if self.is_flux else out
+
+    def unet_grad(self, loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
+        """d loss / d inputs through the transformer graph of the last call(s); counted in stats.unet_backward."""
+        self.stats.unet_backward += 1
+        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        return torch.autograd.grad(loss, inputs)

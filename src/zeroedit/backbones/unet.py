@@ -39,7 +39,7 @@ from ..loading import is_sdxl
 from ..result import Stats
 from .vae import LatentCodec
 
-FLOW_METHODS = ("translate", "invert", "reconstruct")  # the methods that run on flow pipelines
+FLOW_METHODS = ("translate", "compose", "edit", "invert", "reconstruct", "personalize (FLUX.1)")  # run on flow pipelines
 EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a smaller vocabulary)
 logger = logging.getLogger(__name__)
 
@@ -163,13 +163,7 @@ class Backbone(LatentCodec):
         hidden, pooled = [], None
         encoders = [self.pipe.text_encoder] + ([self.pipe.text_encoder_2] if self.is_xl else [])
         for encoder in encoders:
-            model = getattr(encoder, "text_model", encoder)  # transformers 5: CLIPTextModel is flat
-            length = self.pipe.tokenizer.model_max_length
-            ids = torch.full((1, length), token_id % model.config.vocab_size, device=self.device)
-            states = [model.embeddings.token_embedding(ids)]
-            for layer in model.encoder.layers:
-                states.append(layer(states[-1], None))
-            final = model.final_layer_norm(states[-1])
+            states, final = exceptional_clip_states(encoder, self.pipe.tokenizer.model_max_length, token_id, self.device)
             hidden.append(states[-2] if self.is_xl else final)
             if self.is_xl and encoder is self.pipe.text_encoder_2:
                 pooled = encoder.text_projection(final[:, 0])
@@ -237,6 +231,18 @@ class Backbone(LatentCodec):
             x0 = alpha * x - sigma * out
             eps = sigma * x + alpha * out
         return eps, x0
+
+
+def exceptional_clip_states(encoder, length: int, token_id: int, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """TF-ICON's exceptional prompt through one CLIP text encoder: `length` copies of one token id, no BOS/EOS/pad,
+    no positional embeddings. Returns (hidden states after the token embedding and after every layer, final layer
+    norm of the last); every row of each is identical."""
+    model = getattr(encoder, "text_model", encoder)  # transformers 5: CLIPTextModel is flat
+    ids = torch.full((1, length), token_id % model.config.vocab_size, device=device)
+    states = [model.embeddings.token_embedding(ids)]
+    for layer in model.encoder.layers:
+        states.append(layer(states[-1], None))
+    return states, model.final_layer_norm(states[-1])
 
 
 # ---------------------------------------------------------------------------------------- compiled path

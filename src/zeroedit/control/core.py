@@ -99,6 +99,15 @@ class AttnContext(FeatureContext):
     original: Any  # the processor this layer had before installation
     ip_handled: bool = False  # a rule that adds the image-attention term itself sets this
     text_tokens: int = 0  # joint attention: number of text tokens in the layer's sequence
+    split: Any = None  # joint attention: where the image and text tokens lie (joint.Split), for stream="joint" rules
+    ip_query: Any = None  # joint attention with a FLUX IP-Adapter: the image queries its image attention uses
+    ip_output: Any = None  # such a layer's image-attention term (B, N, dim), when a rule computes it (ip_handled)
+
+    @property
+    def scale(self) -> float:
+        """The layer's logit scale (diffusers' Attention.scale; FLUX's FluxAttention has none: head_dim^-0.5)."""
+        scale = getattr(self.attn, "scale", None)
+        return scale if scale is not None else self.attn.head_dim ** -0.5
 
 
 class Controller:

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
 from ..errors import ModelError
 from .core import MIRRORS, AttnContext, eager_under_compile
 
-JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxAttnProcessor)
+JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxAttnProcessor, FluxIPAdapterAttnProcessor)
 
 
 def is_joint_processor(processor) -> bool:
@@ -42,7 +42,8 @@ def check_joint_processor(name: str, processor):
     """Raise ModelError for a transformer attention layer whose processor we cannot mirror."""
     if not is_joint_processor(processor):
         raise ModelError(f"attention layer {name!r} runs {type(processor).__name__}; zeroedit's joint-attention control "
-                         "mirrors JointAttnProcessor2_0 (SD3) and FluxAttnProcessor (FLUX). Undo fused projections "
+                         "mirrors JointAttnProcessor2_0 (SD3), FluxAttnProcessor and FluxIPAdapterAttnProcessor (FLUX). "
+                         "Undo fused projections "
                          "or custom processors (e.g. pipe.transformer.unfuse_qkv_projections()) first.")
 
 
@@ -84,12 +85,24 @@ class ControlledJointAttnProcessor:
 
     def __init__(self, controller, name: str, original):
         self.controller, self.name, self.original = controller, name, original
-        self.flux = isinstance(original, FluxAttnProcessor)
+        self.flux = isinstance(original, (FluxAttnProcessor, FluxIPAdapterAttnProcessor))
+        self.ip = isinstance(original, FluxIPAdapterAttnProcessor)
 
     def _delegate(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kwargs):
         if self.flux:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+    def _ip_output(self, ctx, ip_hidden_states) -> torch.Tensor:
+        """FluxIPAdapterAttnProcessor's image-attention term: Σ_adapters scale · SDPA(image queries (before RoPE),
+        to_k_ip(c), to_v_ip(c)), (B, N, dim), added by the block after its feed-forward (not through to_out)."""
+        q, proc = ctx.ip_query, self.original
+        out = 0
+        for states, scale, to_k, to_v in zip(ip_hidden_states, proc.scale, proc.to_k_ip, proc.to_v_ip):
+            key, value = _heads(to_k(states).flatten(1, -2), q.shape[1]), _heads(to_v(states).flatten(1, -2), q.shape[1])
+            term = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype))
+            out = out + scale * term.transpose(1, 2).flatten(2, 3)
+        return out
 
     def _projections(self, attn, hidden_states, encoder_hidden_states):
         """q, k, v (B, heads, tokens, head_dim) of the joint sequence in the layer's order, and the Split."""
@@ -125,29 +138,34 @@ class ControlledJointAttnProcessor:
             raise RuntimeError(f"internal: token grid {h}×{w} does not fit a sequence of {total} tokens")
         return h * w
 
-    def _output(self, attn, out, split: Split, encoder_hidden_states):
-        """(B, tokens, dim) attention output -> the layer's return value, as the original processor."""
+    def _output(self, attn, out, split: Split, encoder_hidden_states, ip_output=None):
+        """(B, tokens, dim) attention output -> the layer's return value, as the original processor (FLUX
+        IP-Adapter layers: (image, text, image-attention term))."""
         if encoder_hidden_states is None:
             return out if self.flux else attn.to_out[1](attn.to_out[0](out))
         image, text = out[:, split.image], out[:, split.text]
         image = attn.to_out[1](attn.to_out[0](image.contiguous()))
         if self.flux or not attn.context_pre_only:
             text = attn.to_add_out(text.contiguous())
-        return image, text
+        return (image, text) if ip_output is None else (image, text, ip_output.to(image.dtype))
 
     @eager_under_compile
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
-                 **kwargs):
+                 ip_hidden_states=None, ip_adapter_masks=None, **kwargs):
+        if self.ip:  # FluxAttention passes only the keyword arguments this signature names
+            kwargs.update(ip_hidden_states=ip_hidden_states, ip_adapter_masks=ip_adapter_masks)
         rules = self.controller._rules(self.name, "attention")
         if not rules:
             return self._delegate(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kwargs)
         q, k, v, split = self._projections(attn, hidden_states, encoder_hidden_states)
+        ip_query = q[:, :, split.image] if self.ip else None  # diffusers: the image queries before RoPE
         if image_rotary_emb is not None:
             q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
         n_image = split.image.stop - split.image.start
         grid = self.controller.grid(n_image)
-        ctx = AttnContext(self.name, self.controller, attn, False, grid, encoder_hidden_states, None, self.original,
-                          text_tokens=split.text.stop - split.text.start)
+        ctx = AttnContext(self.name, self.controller, attn, False, grid, encoder_hidden_states,
+                          ip_hidden_states if self.ip else None, self.original,
+                          text_tokens=split.text.stop - split.text.start, split=split, ip_query=ip_query)
         for rule in rules:
             where = split.of(rule.stream)
             views = (q[:, :, where], k[:, :, where], v[:, :, where])
@@ -174,7 +192,10 @@ class ControlledJointAttnProcessor:
             view = out[:, :, where]
             out = _put(out, where, rule.merge(ctx, view), view)
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)
-        return self._output(attn, out, split, encoder_hidden_states)
+        ip_output = None
+        if self.ip and encoder_hidden_states is not None:
+            ip_output = ctx.ip_output if ctx.ip_handled else self._ip_output(ctx, ip_hidden_states)
+        return self._output(attn, out, split, encoder_hidden_states, ip_output)
 
 
 def _put2(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor) -> torch.Tensor:

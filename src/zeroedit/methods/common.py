@@ -107,6 +107,13 @@ def check_output_type(output_type) -> str:
     return check_choice(output_type, "output_type", OUTPUT_TYPES)
 
 
+# ----------------------------------------------------------------------------------------- model families
+# Each method's SD3/FLUX implementation by method name: methods/*_flow.py register themselves here (methods/
+# __init__.py imports them) and reuse their UNet file's rules and geometry; the public functions dispatch here
+# on flow pipelines, so neither file imports the other back.
+FLOW_VARIANTS: dict = {}
+
+
 # ----------------------------------------------------------------------------------------- one call at a time
 def serialised(method):
     """Decorator of every method taking `pipe` first: refuse what is not a pipeline (ModelError), then hold the

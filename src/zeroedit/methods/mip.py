@@ -42,15 +42,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
 from ..errors import CheckpointError, MaskError, ModelError, ParameterError
 from ..images import MAX_WORKING_SIDE, load_image
 from ..masks import box, is_phrase, resolve_mask
 from ..result import Result, Stats, Timer
-from .common import (check_callback, check_choice, check_number, check_output_type, check_seed, check_steps,
-                     check_text, finish, generator, randn, serialised, step_end, step_limit)
+from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_seed,
+                     check_steps, check_text, finish, generator, randn, serialised, step_end, step_limit)
 
 REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
 WEIGHTINGS = ("relevance", "uniform")
@@ -304,7 +304,7 @@ def _image_embeds(pipe, backbone, objects) -> tuple[torch.Tensor, list[list[int]
 
 @serialised
 def personalize(pipe, prompt: str, references: dict, scale: float | None = None, weighting: str = "relevance",
-                phrase_encoding: str = "alone", mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
+                phrase_encoding: str | None = None, mip_weights=None, steps: int = 30, guidance_scale: float | None = None,
                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None, seed: int | None = None,
                 regions: dict | None = None, layout=None, output_type: str = "pil",
                 callback_on_step_end=None, compile=False, size=None, allow_large: bool = False) -> Result:
@@ -317,7 +317,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         references: {phrase in the prompt: image or [images]}, e.g. {"cat": "cat.png", "dog": ["d1.png", "d2.png"]}.
         scale: IP-Adapter scale (None: 0.75).
         weighting: "relevance" (the MIP merge) or "uniform" (plain IP-Adapter summation, the baseline).
-        phrase_encoding: relevance keys from the phrase encoded "alone" (the paper) or from its tokens in the "prompt"'s encoding (zeroedit's variant).
+        phrase_encoding: relevance keys from the phrase encoded "alone" (the paper; None on UNets) or from its tokens in the "prompt"'s encoding (zeroedit's variant; None on FLUX, see methods/mip_flow.py).
         mip_weights: path of the trained MIP checkpoint (safetensors, or a pickle read with weights_only=True); None: gate 1.
         steps: sampling steps of the pipeline's scheduler (30).
         guidance_scale: classifier-free guidance (None: 5.0).
@@ -333,7 +333,13 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         size: the image size instead of height/width: a side in px (square) or (width, height).
         allow_large: allow an image above 2048 px on the long side.
     """
-    require_unet(pipe, "personalize")
+    if is_flow(pipe):
+        if regions is not None or layout is not None:
+            raise ParameterError("regions= and layout= run on UNet pipelines only for now; leave them None on FLUX.")
+        return FLOW_VARIANTS["personalize"](pipe, prompt, references, scale, weighting, phrase_encoding, mip_weights, steps,
+                                guidance_scale, negative_prompt, height, width, seed, output_type, callback_on_step_end,
+                                compile, size, allow_large)
+    phrase_encoding = "alone" if phrase_encoding is None else phrase_encoding
     compile_options(compile)
     check_choice(weighting, "weighting", WEIGHTINGS)
     check_choice(phrase_encoding, "phrase_encoding", PHRASE_ENCODINGS)
@@ -380,15 +386,15 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
                   extra={"relevance_maps": maps, "objects": [p for p, _ in objects]})
 
 
-def _image_size(backbone, size, width, height, allow_large) -> tuple[int, int]:
+def _image_size(backbone, size, width, height, allow_large, unit: int | None = None) -> tuple[int, int]:
     """(width, height) of the generated image: `size` (a side, or (width, height)) or width/height (None: the
-    model's native size); sides positive multiples of the VAE factor, as diffusers (the UNet pads odd levels);
-    the long side at most 2048 px unless allow_large."""
+    model's native size); sides positive multiples of `unit` (None: the VAE factor, as diffusers: the UNet pads
+    odd levels; FLUX: VAE factor × patch); the long side at most 2048 px unless allow_large."""
     if size is not None:
         if width is not None or height is not None:
             raise ParameterError("give either size= or width=/height=, not both.")
         width, height = tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else (size, size)
-    unit = backbone.vae_scale
+    unit = unit or backbone.vae_scale
     width = backbone.native_size if width is None else width
     height = backbone.native_size if height is None else height
     for name, value in (("width", width), ("height", height)):

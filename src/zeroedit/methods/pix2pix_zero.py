@@ -45,15 +45,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import directions as edit_directions
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Rule, attention_layers
 from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import ddim_invert, ddim_timesteps, inverse_steps
 from ..inversion.ddim import ddim_step, level_alpha_sigma
 from ..result import Result, Stats, Timer
-from .common import (check_callback, check_choice, check_number, check_output_type, check_seed, check_steps,
-                     check_text, finish, generator, load_input, serialised, step_end, step_limit)
+from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_seed,
+                     check_steps, check_text, finish, generator, load_input, serialised, step_end, step_limit)
 
 PRESETS = (None, "reference")
 CONVENTIONS = {None: "diffusers", "reference": "pix2pix-zero"}  # preset -> DDIM inversion convention
@@ -161,7 +161,8 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
          caption: str | None = None, steps: int = 50, xa_guidance: float | None = None, guidance_scale: float = 5.0,
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
-         compile=False, size=None, allow_large: bool = False) -> Result:
+         compile=False, size=None, allow_large: bool = False, guidance_blocks: int | None = None,
+         checkpointing: bool = False, guidance_embedding: float | None = None) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
     path of a saved one, checked against this pipeline's text encoder) keeping its structure.
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
@@ -189,8 +190,17 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README. The guided gradient flows through the compiled graphs.
         size: working size: the long side in px or (width, height) (None: the model's native long side).
         allow_large: allow a working size above 2048 px on the long side.
+        guidance_blocks: SD3/FLUX only: guide the first k double-stream/joint blocks (None: all of them).
+        checkpointing: SD3/FLUX only: gradient checkpointing of the transformer in the guidance call.
+        guidance_embedding: FLUX-dev only: its distilled guidance value during inversion and editing (None: 1.0).
     """
-    require_unet(pipe, "edit")
+    if is_flow(pipe):
+        flow = dict(guidance_blocks=guidance_blocks, checkpointing=checkpointing, guidance_embedding=guidance_embedding)
+        return FLOW_VARIANTS["edit"](pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps,
+                         lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end, captioner, compile, flow,
+                         size, allow_large)
+    if guidance_blocks is not None or checkpointing or guidance_embedding is not None:
+        raise ParameterError("guidance_blocks, checkpointing and guidance_embedding apply to SD3/FLUX pipelines only.")
     compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_output_type(output_type)

@@ -63,8 +63,8 @@ from ..inversion import ddim_invert, ddim_timesteps
 from ..inversion.ddim import ddim_step
 from ..masks import resolve_mask
 from ..result import Result, Stats, Timer
-from .common import (check_callback, check_choice, check_number, check_output_type, check_prompts, check_seed,
-                     check_steps, check_window, finish, load_input, serialised, step_end, step_limit)
+from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_prompts,
+                     check_seed, check_steps, check_window, finish, load_input, serialised, step_end, step_limit)
 
 REFERENCE_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 PRESETS = (None, "reference")
@@ -177,8 +177,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     if is_flow(pipe):
         if mask is not None:
             raise ParameterError("mask= runs on UNet pipelines only for now; on SD3/FLUX translate the whole image.")
-        from .pnp_flow import translate_flow
-        return translate_flow(pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
+        return FLOW_VARIANTS["translate"](pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
                               feature_steps, attention_steps, guidance_scale, seed, preset, source_cache, output_type,
                               callback_on_step_end, compile, method, solver, layers, strength, source_guidance_scale,
                               size, allow_large)

@@ -54,8 +54,8 @@ from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
-from .common import (check_choice, check_number, check_steps, check_window, finish, generator, load_input, step_end,
-                     step_limit)
+from .common import (FLOW_VARIANTS, check_choice, check_number, check_steps, check_window, finish, generator,
+                     load_input, step_end, step_limit)
 
 METHODS = (None, "inject", "flowedit")  # None = "inject"
 LAYER_PRESETS = ("single", "last-single", "vital")
@@ -289,3 +289,6 @@ def _flowedit(pipe, backbone, x0, prompts, source_prompt, negative, params, nois
             z = step_end(pipe, callback, i - (steps - n_max), sigma * backbone.num_train_timesteps, z)
             bar.update()
     return z
+
+
+FLOW_VARIANTS["translate"] = translate_flow  # ze.translate on SD3/FLUX pipelines (methods/pnp.py dispatches here)

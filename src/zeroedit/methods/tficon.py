@@ -61,15 +61,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..backbones import Backbone, Cond, compile_options, require_unet
+from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Record, Rule, attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, to_tensor
 from ..masks import is_phrase, resolve_region, segment
 from ..inversion.dpm_solver import MultistepDPMSolverPP, VPSchedule, x0_from_model
 from ..result import Result, Stats, Timer
-from .common import (check_callback, check_choice, check_fraction, check_number, check_output_type, check_seed,
-                     check_steps, finish, generator, load_input, randn, serialised, step_end, step_limit)
+from .common import (FLOW_VARIANTS, check_callback, check_choice, check_fraction, check_number, check_output_type,
+                     check_seed, check_steps, finish, generator, load_input, randn, serialised, step_end, step_limit)
 
 DOMAINS = {"cross": 5.0, "same": 2.5}
 PRESETS = (None, "reference")
@@ -190,12 +190,12 @@ class CompositeSelfAttention(Rule):
         outside = torch.ones(generated.shape[-1], dtype=torch.bool, device=logits.device)
         for region, _ in self.masks:
             outside &= ~self._at(region, ctx.grid, logits.device)
-        background = (q_bg @ k_bg.transpose(-1, -2)) * ctx.attn.scale
+        background = (q_bg @ k_bg.transpose(-1, -2)) * ctx.scale
         composite = torch.where(outside[:, None] & outside[None, :], background.to(generated.dtype), generated)
         for index, (_, foreground) in enumerate(self.masks):
             fg = self._at(foreground, ctx.grid, logits.device)
             q_ref, k_ref = self._qk(ctx, f"ref{index}", 1 + index, q, k)
-            reference = ((q_ref @ k_ref.transpose(-1, -2)) * ctx.attn.scale).to(generated.dtype)
+            reference = ((q_ref @ k_ref.transpose(-1, -2)) * ctx.scale).to(generated.dtype)
             composite = torch.where(fg[None, :], reference, composite)  # all rows × foreground columns
             composite = torch.where(fg[:, None], reference.transpose(-1, -2), composite)  # its transpose
             composite = torch.where(fg[:, None] & fg[None, :], reference, composite)  # foreground block
@@ -243,7 +243,8 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
             callback_on_step_end=None, compile=False, size=None, allow_large: bool = False,
-            paste_background: bool | None = None) -> Result:
+            paste_background: bool | None = None, solver: str | None = None, inversion_prompt: str | None = None,
+            attention: str | None = None) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
@@ -269,8 +270,17 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         allow_large: allow a working size above 2048 px on the long side.
         paste_background: paste the untouched full-resolution background back outside the regions (None: True,
             False under preset="reference"); see the module docstring.
+        solver: SD3/FLUX only: the rectified-flow solver of inversion and sampling (None: "fireflow").
+        inversion_prompt: SD3/FLUX only: the content-free text of the inversion (None: "zeros").
+        attention: SD3/FLUX only: "kv" (KV-Edit's background keys/values, None) or "composite" (TF-ICON's rule).
     """
-    require_unet(pipe, "compose")
+    flow = dict(solver=solver, inversion_prompt=inversion_prompt, attention=attention)
+    if is_flow(pipe):
+        return FLOW_VARIANTS["compose"](pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
+                            guidance_scale, seed, preset, output_type, callback_on_step_end, compile, flow, size,
+                            allow_large, paste_background)
+    if any(value is not None for value in flow.values()):
+        raise ParameterError("solver, inversion_prompt and attention apply to SD3/FLUX pipelines only; leave them None.")
     compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)

@@ -1,0 +1,215 @@
+"""edit (pix2pix-zero) on SD3/FLUX flow transformers (`ze.edit` dispatches here for flow pipelines).
+
+The algorithm of methods/pix2pix_zero.py, with its regulariser and its cross-attention loss imported from there;
+what differs is the flow ODE, the text spaces and where the attention maps are read:
+1. Caption (as on the UNet), VAE-encode (posterior mean).
+2. Regularised inversion: Euler steps of the flow ODE (σ 0 → 1) with the caption (the first-order analogue of
+   pix2pix-zero's DDIM inversion). Before each step the noise the velocity implies, ε̂ = x + (1 − σ)·v
+   (x_σ = (1 − σ)·x₀ + σ·ε, v = ε − x₀), is regularised exactly as on the UNet (pix2pix_zero.regularize:
+   auto-correlation and KL steps) and turned back into a velocity.
+3. Direction Δ (`ze.directions.build`: a Cond of the token-state and pooled-vector differences) added to the
+   caption's conditioning of the edit branch.
+4. Cross-attention guidance: a reference branch re-runs the sampling from the inverted latent with the caption;
+   at every Euler step the edit pair [x⁰ (caption), x¹ (caption + Δ)] takes one gradient step of size
+   `xa_guidance` on Σ_layers ‖A_edit − A_ref‖², A = the image→text block of the joint attention's probabilities
+   (image queries × text keys of the joint softmax), in the guided blocks; then the step
+   v(x⁰, c) + s·(v(x¹, c + Δ) − v(x⁰, c)) is taken from x⁰. On FLUX-dev this is "true CFG" over the two
+   conditionings (its distilled guidance embedding stays at `guidance_embedding`, 1.0 as the inversion, so the
+   reference branch reconstructs); on SD3 the ordinary CFG with the caption as negative (as pix2pix-zero for
+   real images).
+Memory and time of the gradient call (benchmarks/edit_flow.py: a FLUX-layout random transformer with 4 double-
+and 8 single-stream blocks at 512², CPU; peak live saved activations / seconds per call): every block guided,
+full forward 827 MB / 23.6 s; double blocks guided, full forward 418 MB / 3.4 s; double blocks, stopped after
+the last (the default) 284 MB / 2.7 s; + checkpointing 3.9 MB / 3.2 s; the first block only 72 MB / 0.56 s.
+- the gradient call runs the transformer only up to the last guided block (a control feature rule stops the
+  forward there): guidance on the double-stream blocks of FLUX skips every single-stream block in the forward
+  and in the backward; the reference branch's velocity comes from the second (no-grad) call instead;
+- `guidance_blocks`: None = every double-stream (FLUX) / joint (SD3) block; an int k = the first k blocks;
+- `checkpointing=True`: diffusers' gradient checkpointing of the transformer blocks during the gradient call
+  (restored afterwards): activations recomputed in the backward instead of kept.
+Calls per edit at defaults (50 steps): 50 inversion + 2·50 (one partial with gradient, one full) = 150
+sequential calls, 50 backward passes — as on the UNet.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from .. import directions as edit_directions
+from ..backbones import Cond, FlowBackbone
+from ..control import Controller, Rule, joint_attention_layers
+from ..errors import ParameterError
+from ..images import to_tensor
+from ..inversion import euler
+from ..result import Result, Stats, Timer
+from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_steps,
+                     finish, generator, load_input, step_end, step_limit)
+from .pix2pix_zero import PRESETS, CrossAttentionGuidance, _caption, regularize
+
+
+class ImageToTextGuidance(CrossAttentionGuidance):
+    """pix2pix-zero's cross-attention loss on the image→text block of joint attention (the joint softmax's
+    probabilities of image queries on text keys)."""
+
+    stream = "joint"
+
+    def probs(self, ctx, probs):
+        split = ctx.split
+        super().probs(ctx, probs[:, :, split.image, split.text])
+        return probs
+
+
+class _Stop(Exception):
+    """Raised by StopAfter to end a forward pass early."""
+
+
+class StopAfter(Rule):
+    """Ends the transformer's forward after a block (a feature rule on it), once per armed call: the gradient
+    call needs only the attention maps up to the last guided block."""
+
+    target = "feature"
+
+    def __init__(self, block: str):
+        super().__init__([block], steps=lambda controller: self.armed)
+        self.armed = False
+
+    def feature(self, ctx, output):
+        self.armed = False  # a checkpointed block's recomputation in the backward must pass
+        raise _Stop
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model, enabled: bool):
+    """diffusers' gradient checkpointing of `model` for the duration, then the model's own setting again."""
+    before = bool(getattr(model, "gradient_checkpointing", False))
+    if enabled and not before:
+        model.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            model.disable_gradient_checkpointing()
+
+
+def _direction(pipe, backbone, direction, source, target) -> Cond:
+    if direction is None:
+        return edit_directions.build(pipe, source, target)
+    if isinstance(direction, (str, Path)):
+        direction = edit_directions.load(direction, pipe)  # refuses one built for other text encoders
+    probe = backbone.encode_prompt("")
+    if isinstance(direction, torch.Tensor):
+        direction = Cond(direction, torch.zeros_like(probe.pooled, dtype=torch.float32))
+    if (not isinstance(direction, Cond) or direction.embeds.shape[1:] != probe.embeds.shape[1:]
+            or direction.pooled is None or direction.pooled.shape[1:] != probe.pooled.shape[1:]):
+        raise ParameterError(f"direction must be a Cond from ze.directions.build for this pipeline (token states "
+                             f"{tuple(probe.embeds.shape[1:])}, pooled {tuple(probe.pooled.shape[1:])}), a path of a "
+                             "saved one, or a tensor of the token states' shape.")
+    return direction
+
+
+def _blocks(backbone, guidance_blocks) -> list[str]:
+    layers = joint_attention_layers(backbone.transformer, "double")
+    if guidance_blocks is None:
+        return layers
+    if isinstance(guidance_blocks, bool) or not isinstance(guidance_blocks, int) or not 1 <= guidance_blocks <= len(layers):
+        raise ParameterError(f"guidance_blocks must be None (all) or a number of blocks in 1…{len(layers)}, got "
+                             f"{guidance_blocks!r}.")
+    return layers[:guidance_blocks]
+
+
+def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps, lambda_ac,
+              lambda_kl, seed, preset, output_type, callback, captioner, compile, flow: dict, size=None,
+              allow_large=False) -> Result:
+    """`ze.edit` on an SD3/FLUX pipeline (module docstring). `flow`: guidance_blocks, checkpointing,
+    guidance_embedding."""
+    check_choice(preset, "preset", PRESETS)
+    check_output_type(output_type)
+    check_callback(callback)
+    check_callback(captioner, "captioner")
+    reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
+    xa_guidance = 0.1 if xa_guidance is None else xa_guidance
+    embedding = 1.0 if flow["guidance_embedding"] is None else flow["guidance_embedding"]
+    guidance_scale, lambda_ac, lambda_kl, xa_guidance, embedding = (check_number(value, name, 0) for name, value in (
+        ("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl),
+        ("xa_guidance", xa_guidance), ("guidance_embedding", embedding)))
+    checkpointing = flow["checkpointing"]
+    if not isinstance(checkpointing, bool):
+        raise ParameterError(f"checkpointing must be True or False, got {checkpointing!r}.")
+    backbone = FlowBackbone(pipe, None, compile)
+    steps = check_steps(steps, maximum=step_limit(backbone))
+    layers = _blocks(backbone, flow["guidance_blocks"])
+    original, picture = load_input(image, backbone, size, allow_large)
+    caption, caption_source = _caption(picture, caption, captioner, source)
+    delta = _direction(pipe, backbone, direction, source, target)
+    gen = generator(seed)
+    stats = Stats(params=dict(source=source, target=target, caption=caption, steps=steps, xa_guidance=float(xa_guidance),
+                              guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),
+                              lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size),
+                              input_size=list(original.size), compile=compile, guidance_blocks=len(layers), checkpointing=checkpointing,
+                              guidance_embedding=float(embedding), solver="euler"))
+    stats.extra["caption_source"] = caption_source
+    backbone.stats = stats
+    with Timer(stats, backbone.device), torch.no_grad():
+        x0 = backbone.encode_image(to_tensor(picture), generator=gen, sample=preset == "reference").float()
+        cond = backbone.encode_prompt(caption)
+        sigmas = backbone.sigmas(steps, x0.shape[-2:])
+        top = _regularized_inversion(backbone, cond, x0, sigmas[::-1], reg_steps, float(lambda_ac), float(lambda_kl),
+                                     float(embedding), gen)
+        edited = Cond(cond.embeds + delta.embeds.to(cond.embeds), cond.pooled + delta.pooled.to(cond.pooled))
+        latents = _edit(pipe, backbone, top, cond, edited, sigmas, layers, float(xa_guidance), float(guidance_scale),
+                        float(embedding), checkpointing, callback)
+        images = finish(backbone, latents, output_type, original.size)
+    return Result(images=images, stats=stats, latents=latents, extra={"caption": caption, "inverted": top})
+
+
+def _regularized_inversion(backbone, cond, x0, ascending, reg_steps, lambda_ac, lambda_kl, embedding, gen):
+    """Euler inversion with the caption; the noise ε̂ = x + (1 − σ)·v regularised before every step. Returns x_1."""
+    def model_fn(x, sigma, i, stage):
+        v = backbone.transformer_call(x, sigma, cond, embedding).float()
+        if reg_steps == 0:
+            return v
+        eps = regularize(x + (1 - sigma) * v, reg_steps, lambda_ac, lambda_kl, gen)
+        return (eps - x) / (1 - sigma)
+
+    return euler(model_fn, x0, ascending)[-1]
+
+
+def _edit(pipe, backbone, x_top, cond, edited, sigmas, layers, xa_guidance, guidance_scale, embedding, checkpointing,
+          callback):
+    """Euler sampling with cross-attention guidance; two calls per step (module docstring)."""
+    guide = ImageToTextGuidance(layers)
+    stop = StopAfter(layers[-1][: -len(".attn")])
+    controller = Controller()
+    controller.add(guide)
+    controller.add(stop)
+    grid = backbone.token_grid(x_top.shape[-2:])
+    all_cond = Cond.cat([cond, cond, edited])
+    x_ref = x_edit = x_top.float()
+    with controller.installed(backbone.transformer), pipe.progress_bar(total=len(sigmas) - 1) as bar:
+        for i in range(len(sigmas) - 1):
+            sigma, h = sigmas[i], sigmas[i + 1] - sigmas[i]
+            pair = x_edit.repeat(2, 1, 1, 1).requires_grad_(True)
+            guide.enabled, guide.loss, guide.stored_bytes = True, None, 0
+            controller.set_call(i, sigma, [("ref", 1), ("edit", 2)], grid)
+            with torch.enable_grad(), gradient_checkpointing(backbone.transformer, checkpointing):
+                stop.armed = True
+                try:
+                    backbone.transformer_call(torch.cat([x_ref, pair]), sigma, all_cond, embedding)
+                except _Stop:
+                    pass
+                grad, = backbone.unet_grad(guide.loss, pair)
+            backbone.stats.extra["xa_maps_bytes_per_step"] = guide.stored_bytes
+            guide.enabled, guide.loss, stop.armed = False, None, False
+            pair = (pair - xa_guidance * grad).detach()
+            controller.set_call(i, sigma, [("ref", 1), ("pair", 2)], grid)
+            v = backbone.transformer_call(torch.cat([x_ref, pair]), sigma, all_cond, embedding).float()
+            x_ref = x_ref + h * v[:1]  # the caption's own velocity: the reconstruction the maps are compared with
+            x_edit = pair[:1] + h * (v[1:2] + guidance_scale * (v[2:] - v[1:2]))
+            x_edit = step_end(pipe, callback, i, sigma * backbone.num_train_timesteps, x_edit)
+            bar.update()
+    return x_edit
+
+
+FLOW_VARIANTS["edit"] = edit_flow  # ze.edit on SD3/FLUX pipelines (methods/pix2pix_zero.py dispatches here)
