@@ -141,7 +141,7 @@ def test_phrase_encoding_prompt_reads_the_phrase_tokens_inside_the_prompt(ip_pip
     prompt = "a photo of a cat and a big dog"
     ids = ip_pipe.tokenizer(prompt).input_ids
     words = ip_pipe.tokenizer("big dog", add_special_tokens=False).input_ids  # the tiny vocabulary splits words
-    start, count = _phrase_in_prompt(ip_pipe, prompt, "big dog")
+    start, count = _phrase_in_prompt(ip_pipe.tokenizer, prompt, "big dog")
     assert count == len(words) and start > 1 and ids[start:start + count] == words
     kwargs = dict(steps=3, seed=0, output_type="latent")
     alone = ze.personalize(ip_pipe, prompt, {"cat": make_image(0), "big dog": make_image(1)}, **kwargs)

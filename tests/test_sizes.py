@@ -136,7 +136,7 @@ def test_cjk_phrase_in_a_cjk_prompt(ip_pipe):
     inside = ze.personalize(ip_pipe, "一只猫和一只狗", refs, steps=1, seed=0, output_type="latent",
                             phrase_encoding="prompt")
     assert alone.relevance_maps.shape[0] == inside.relevance_maps.shape[0] == 2
-    start, count = _phrase_in_prompt(ip_pipe, "一只猫和一只狗", "猫")
+    start, count = _phrase_in_prompt(ip_pipe.tokenizer, "一只猫和一只狗", "猫")
     assert (start, count) == (7, 3)  # BOS, 2 characters × 3 UTF-8 byte tokens, then 猫's 3 bytes
 
 

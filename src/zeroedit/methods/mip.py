@@ -172,12 +172,12 @@ def _occurrences(prompt: str, phrase: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _phrase_in_prompt(pipe, prompt: str, phrase: str) -> tuple[int, int]:
-    """(first token position, token count) of the phrase's tokens inside the prompt's encoding: the tokens whose
-    character offsets overlap the phrase's first occurrence (module docstring); without offsets (a Python
-    tokenizer), the phrase's own token ids found among the prompt's."""
-    tokenizer = pipe.tokenizer
-    limit = tokenizer.model_max_length
+def _phrase_in_prompt(tokenizer, prompt: str, phrase: str, limit: int | None = None) -> tuple[int, int]:
+    """(first token position, token count) of the phrase's tokens inside the prompt's encoding (the first `limit`
+    tokens; default the tokenizer's length): the tokens whose character offsets overlap the phrase's first
+    occurrence (module docstring); without offsets (a Python tokenizer), the phrase's own token ids found among
+    the prompt's. CLIP's tokens on UNets, T5's on FLUX (methods/mip_flow.py)."""
+    limit = limit or tokenizer.model_max_length
     try:
         offsets = tokenizer(prompt, truncation=True, max_length=limit, return_offsets_mapping=True)["offset_mapping"]
     except (NotImplementedError, TypeError, ValueError, KeyError):
@@ -190,7 +190,7 @@ def _phrase_in_prompt(pipe, prompt: str, phrase: str) -> tuple[int, int]:
     else:
         ids = tokenizer(prompt, truncation=True, max_length=limit).input_ids
         words = tokenizer(phrase, add_special_tokens=False).input_ids
-        for start in range(1, len(ids) - len(words) + 1):
+        for start in range(len(ids) - len(words) + 1):
             if ids[start:start + len(words)] == words:
                 return start, len(words)
     raise ParameterError(f"the phrase {phrase!r} is not among the prompt's first {limit} tokens (or the tokenizer "
@@ -356,7 +356,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
     steps = check_steps(steps, maximum=step_limit(backbone))
     width, height = _image_size(backbone, size, width, height, allow_large)
     objects = _check_references(prompt, references)
-    spans = [_phrase_in_prompt(pipe, prompt, p) if phrase_encoding == "prompt" else (1, _phrase_tokens(pipe, p))
+    spans = [_phrase_in_prompt(pipe.tokenizer, prompt, p) if phrase_encoding == "prompt" else (1, _phrase_tokens(pipe, p))
              for p, _ in objects]
     areas = _regions(regions, objects, layout, (width, height), backbone.vae_scale, pipe)
     layers = attention_layers(pipe.unet, "attn2")

@@ -36,7 +36,7 @@ from ..inversion import euler
 from ..result import Result, Stats, Timer
 from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_steps,
                      finish, generator, randn, step_end, step_limit)
-from .mip import WEIGHTINGS, _check_references, _image_size
+from .mip import WEIGHTINGS, _check_references, _image_size, _phrase_in_prompt
 
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
 FLUX_IP_SCALE = 1.0
@@ -105,18 +105,6 @@ def _check_flux_adapter(pipe):
         raise ModelError("personalize works with exactly one loaded IP-Adapter; unload the others.")
 
 
-def _phrase_span(pipe, prompt: str, phrase: str, length: int) -> tuple[int, int]:
-    """(first position, count) of the phrase's T5 tokens inside the prompt's T5 tokens."""
-    tokenizer = pipe.tokenizer_2
-    ids = tokenizer(prompt, truncation=True, max_length=length).input_ids
-    words = tokenizer(phrase, add_special_tokens=False).input_ids
-    for start in range(0, len(ids) - len(words) + 1):
-        if ids[start:start + len(words)] == words:
-            return start, len(words)
-    raise ParameterError(f"the phrase {phrase!r} is not among the prompt's first {length} T5 tokens (or T5 splits it "
-                         "differently inside the prompt); use phrase_encoding='alone' or a shorter prompt.")
-
-
 def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding, mip_weights, steps, guidance_scale,
                      negative_prompt, height, width, seed, output_type, callback, compile, size=None,
                      allow_large=False) -> Result:
@@ -144,7 +132,7 @@ def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding
     _check_flux_adapter(pipe)
     width, height = _image_size(backbone, size, width, height, allow_large, backbone.size_multiple)
     length = backbone.t5_length()
-    spans = [_phrase_span(pipe, prompt, p, length) for p, _ in objects]
+    spans = [_phrase_in_prompt(pipe.tokenizer_2, prompt, p, length) for p, _ in objects]
     gen = generator(seed)
     stats = Stats(params=dict(prompt=prompt, objects=[p for p, _ in objects], images=[len(i) for _, i in objects],
                               scale=float(scale), weighting=weighting, phrase_encoding="prompt", mip_weights=None,
