@@ -31,6 +31,23 @@ def tiny_flux_pipe():
     return ze.load("tiny-flux")
 
 
+@pytest.fixture(scope="module")
+def app_url():
+    """The web app (zeroedit.app) on the tiny model, served on a free port in this process; its URL."""
+    import socket
+
+    from zeroedit import app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = app.serve("tiny", port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 def make_image(seed: int = 0, size=(128, 128)) -> np.ndarray:
     """A smooth random RGB image (uint8 HxWx3) — structured enough that latents are not pure noise."""
     rng = np.random.RandomState(seed)

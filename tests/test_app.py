@@ -3,7 +3,6 @@ every tab once, the downloaded sidecar reproduces the image through the CLI, bad
 server goes on), Stop cancels a run and leaves the pipeline restored, two users share the queue."""
 import json
 import re
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -23,26 +22,9 @@ from conftest import processors_snapshot  # noqa: E402
 ASSETS = Path(runner.asset("cat.png")).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    """The app on the tiny model, on a free port, in this process (its pipeline cache is inspectable)."""
-    port = free_port()
-    demo = zapp.serve("tiny", port=port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server, verbose=False)
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 def editor(path, painted=None):
@@ -159,11 +141,11 @@ def test_bad_input_is_a_message_and_the_server_goes_on(case, message, client, in
 
 
 @pytest.mark.parametrize("phase,steps", [("inversion", 400), ("sampling", 40)])
-def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, server, inputs):
+def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, app_url, inputs):
     """Stop during the inversion (no step callback there: the progress counts UNet calls and the UNet pre-hook
     raises) or during sampling (the step callback raises): the run ends early with a message, the processors
     are as before, the app goes on."""
-    client = Client(server, verbose=False)  # its own session: Stop stops only this session's run
+    client = Client(app_url, verbose=False)  # its own session: Stop stops only this session's run
     client.predict("tiny", handle_file(str(inputs / "cat.png")), "ddim", "", 2, 2, api_name="/invert")
     pipe = runner._PIPES[("tiny", False, None, None)]
     before = processors_snapshot(pipe)
@@ -191,9 +173,9 @@ def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, server,
     assert len(gallery) == 1
 
 
-def test_two_users_share_the_queue_and_get_their_own_results(server, inputs):
+def test_two_users_share_the_queue_and_get_their_own_results(app_url, inputs):
     """Two sessions submit at once; the queue runs them one after the other; each equals its solo run."""
-    users = [Client(server, verbose=False) for _ in range(2)]
+    users = [Client(app_url, verbose=False) for _ in range(2)]
     jobs = [user.submit(*compose_args(inputs, seed=seed), api_name="/compose") for user, seed in zip(users, (1, 2))]
     together = [pixels(job.result(timeout=120)[0][0]["image"]) for job in jobs]
     alone = [pixels(users[0].predict(*compose_args(inputs, seed=seed), api_name="/compose")[0][0]["image"])

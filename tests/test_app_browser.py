@@ -5,7 +5,6 @@ Playwright's Python package drives Debian's `chromium` (`apt-get install chromiu
 missing) through `executable_path`: `playwright install` (a browser download) is never needed.
 """
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,28 +18,16 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromi
 pytest.importorskip("gradio", reason="the app needs gradio: pip install 'zeroedit[app]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (zeroedit[test])")
 
-from zeroedit import app as zapp, runner  # noqa: E402
+from zeroedit import runner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def url():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo = zapp.serve("tiny", port=port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(url):
+def page(app_url):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.goto(url)
+            page.goto(app_url)
             page.wait_for_selector("#compose-run", timeout=60_000)
             yield page
         finally:
