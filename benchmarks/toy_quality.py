@@ -112,7 +112,7 @@ def section_compose_flow(pipe, n):
 def section_edit_flow(pipe, n):
     """The edit cases on the toy flow model: pix2pix-zero (image→text guidance) vs word swap."""
     cases = Q.edit_cases(n, kinds=("color", "shape"), seed=100)
-    return _edit_rows(QF.run_edit_flow(pipe, cases), cases)
+    return _edit_rows(Q.run_edit(pipe, cases), cases)
 
 
 def section_inversion(pipe, n):

@@ -158,19 +158,22 @@ def run_translate(pipe, cases: list[EditCase], steps: int = 20, guidance: float 
     return results
 
 
-def word_swap_direction(pipe, case: EditCase) -> torch.Tensor:
-    """Δ = E(target caption) − E(source caption): added to the caption's embedding it gives exactly the
-    swapped caption's embedding."""
-    from ..backbones import Backbone
-    backbone = Backbone(pipe)
+def word_swap_direction(pipe, case: EditCase):
+    """Δ = E(target caption) − E(source caption): added to the caption's conditioning it gives exactly the
+    swapped caption's. On a flow model (methods/pix2pix_zero_flow.py) in both of its text spaces: token states
+    and the pooled vector."""
+    from ..backbones import Cond, backbone_for, is_flow
+    backbone = backbone_for(pipe)
     with torch.no_grad():
-        return (backbone.encode_prompt(case.target_prompt).embeds - backbone.encode_prompt(case.source_prompt).embeds).float()
+        a, b = backbone.encode_prompt(case.source_prompt), backbone.encode_prompt(case.target_prompt)
+    delta = (b.embeds - a.embeds).float()
+    return Cond(delta, (b.pooled - a.pooled).float()) if is_flow(pipe) else delta
 
 
 def run_edit(pipe, cases: list[EditCase], steps: int = 20, guidance: float = 5.0, reg_steps: int = 5,
              xa_guidances: tuple[float, ...] = (0.1, 3.0)) -> dict:
-    """pix2pix-zero (direction from toy-world sentences) at each cross-attention guidance step in
-    `xa_guidances` vs word swap: the same regularised inversion with the caption, then the same CFG sampling
+    """pix2pix-zero (direction from toy-world sentences; a UNet or a flow pipeline) at each cross-attention
+    guidance step in `xa_guidances` vs word swap: the same regularised inversion with the caption, then the same CFG sampling
     with the caption as negative and the caption with the word swapped as positive (`ze.edit` with
     direction = E(swapped) − E(caption) and xa_guidance = 0: no cross-attention guidance, no sentence
     direction). 0.1 is the paper's step; 3.0 was chosen for the toy's 16² latents on cases disjoint from the
