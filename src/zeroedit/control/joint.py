@@ -80,6 +80,14 @@ def _put(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tenso
     return out
 
 
+
+def _qkv(attn, hidden_states, projections, norms):
+    """One stream's q, k, v (B, heads, tokens, head_dim), q and k through the layer's RMS norms when it has them."""
+    q, k, v = (_heads(proj(hidden_states), attn.heads) for proj in projections)
+    norm_q, norm_k = norms
+    return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v
+
+
 class ControlledJointAttnProcessor:
     """Controlled processor of one joint-attention layer; see module docstring."""
 
@@ -106,23 +114,15 @@ class ControlledJointAttnProcessor:
 
     def _projections(self, attn, hidden_states, encoder_hidden_states):
         """q, k, v (B, heads, tokens, head_dim) of the joint sequence in the layer's order, and the Split."""
-        heads = attn.heads
-        q, k, v = (_heads(proj(hidden_states), heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = _qkv(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
         n = hidden_states.shape[1]
         if encoder_hidden_states is None:
             if self.flux:  # single-stream block: [text, image] concatenated by the block
                 n_image = self._image_tokens(n)
                 return q, k, v, Split(slice(n - n_image, n), slice(0, n - n_image))
             return q, k, v, Split(slice(0, n), slice(0, 0))
-        eq, ek, ev = (_heads(proj(encoder_hidden_states), heads) for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_added_q is not None:
-            eq = attn.norm_added_q(eq)
-        if attn.norm_added_k is not None:
-            ek = attn.norm_added_k(ek)
+        eq, ek, ev = _qkv(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                          (attn.norm_added_q, attn.norm_added_k))
         m = encoder_hidden_states.shape[1]
         if self.flux:  # text first
             q, k, v = torch.cat([eq, q], 2), torch.cat([ek, k], 2), torch.cat([ev, v], 2)
