@@ -206,3 +206,11 @@ def test_default_ip_adapter_follows_the_model_family():
     assert default_ip_adapter(pipe(2048))["subfolder"] == "sdxl_models"
     with pytest.raises(ParameterError, match="load_ip_adapter"):
         default_ip_adapter(pipe(1024))
+
+
+def test_default_ip_adapter_on_flow_models(tiny_flux_pipe, tiny_sd3_pipe):
+    """FLUX.1's default is XLabs' adapter with its CLIP-L image encoder; SD3 has none personalize can use."""
+    from zeroedit.loading import default_ip_adapter
+    assert default_ip_adapter(tiny_flux_pipe)["pretrained_model_name_or_path_or_dict"] == "XLabs-AI/flux-ip-adapter"
+    with pytest.raises(ParameterError, match="SD3|StableDiffusion3Pipeline"):
+        default_ip_adapter(tiny_sd3_pipe)

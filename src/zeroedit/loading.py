@@ -123,8 +123,19 @@ DEFAULT_IP_ADAPTERS = {
 }
 
 
+# FLUX.1's IP-Adapter (XLabs), as diffusers' FluxIPAdapterMixin documents it, with its CLIP-L image encoder.
+FLUX_IP_ADAPTER = {"pretrained_model_name_or_path_or_dict": "XLabs-AI/flux-ip-adapter",
+                   "weight_name": "ip_adapter.safetensors",
+                   "image_encoder_pretrained_model_name_or_path": "openai/clip-vit-large-patch14"}
+
+
 def default_ip_adapter(pipe) -> dict:
     """`load_ip_adapter` arguments of the reference IP-Adapter for this pipeline's family (ip_adapter=True)."""
+    if type(pipe).__name__ == "FluxPipeline":
+        return FLUX_IP_ADAPTER
+    if getattr(pipe, "unet", None) is None:
+        raise ParameterError(f"ip_adapter: {type(pipe).__name__} has no IP-Adapter that personalize can use "
+                             "(personalize runs on SD 1.x/2.x/XL and FLUX.1).")
     width = pipe.unet.config.cross_attention_dim
     if width not in DEFAULT_IP_ADAPTERS:
         raise ParameterError(f"there is no default IP-Adapter for this model (text width {width}; h94/IP-Adapter has "
@@ -141,7 +152,8 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     model_index.json).
     dtype: torch dtype or its name; device: where to move the pipeline.
     ip_adapter: for `personalize`: True loads the tiny models' random adapter, the toy model's trained one, or
-    the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`); a dict gives the arguments
+    the reference h94/IP-Adapter of an SD 1.x / SDXL model (`DEFAULT_IP_ADAPTERS`) or XLabs' of FLUX.1
+    (`FLUX_IP_ADAPTER`); a dict gives the arguments
     of diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
     """
