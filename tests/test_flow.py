@@ -152,8 +152,10 @@ def test_layer_names(tiny_sd3_pipe, tiny_flux_pipe):
     assert joint_attention_layers(tiny_sd3_pipe.transformer, "joint") == ["transformer_blocks.0.attn",
                                                                          "transformer_blocks.1.attn"]
     assert joint_attention_layers(tiny_sd3_pipe.transformer, "single") == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError, match="does not exist"):
         joint_attention_layers(tiny_flux_pipe.transformer, "single", blocks=[2])
+    with pytest.raises(ParameterError, match="kind"):
+        joint_attention_layers(tiny_flux_pipe.transformer, "triple")
 
 
 def test_unknown_joint_processor_is_refused_and_restored(tiny_sd3_pipe):
@@ -321,8 +323,19 @@ def test_callback_can_replace_latents(tiny_flux_pipe):
     assert seen == [0, 1] and torch.equal(out.images, torch.zeros_like(out.images))
 
 
+@pytest.mark.parametrize("method", ["euler", "rf-solver", "fireflow"])
+def test_invert_callback_observes_and_its_dict_is_ignored(tiny_flux_pipe, method):
+    """invert's callback(step, σ, latents) sees every step; a diffusers kwargs dict it returns (the app's and the
+    CLI's wrapper) changes nothing, as on the UNet inversions."""
+    seen = []
+    plain = ze.invert(tiny_flux_pipe, make_image(0), method=method, steps=2)
+    observed = ze.invert(tiny_flux_pipe, make_image(0), method=method, steps=2,
+                         callback=lambda i, t, x: seen.append(i) or {"latents": torch.zeros_like(x)})
+    assert seen == [0, 1] and torch.equal(observed.latents, plain.latents)
+
+
 @pytest.mark.parametrize("kwargs", [dict(feature_steps=1.5), dict(inversion_steps=3), dict(layers=["nope.attn"]),
-                                    dict(solver="ddim"), dict(preset="fast"), dict(strength=0.5),
+                                    dict(layers="a list of layer names"), dict(solver="ddim"), dict(preset="fast"), dict(strength=0.5),
                                     dict(method="flowedit", preset="reference"), dict(method="pix2pix"),
                                     dict(guidance_scale="high"), dict(seed="x"), dict(attention_steps=2.0)])
 def test_translate_refuses_bad_input_before_model_work(tiny_flux_pipe, kwargs):

@@ -18,11 +18,11 @@ ModelFn = Callable[[torch.Tensor, float, int, str], torch.Tensor]  # (x, σ, ste
 
 
 def _done(trajectory, callback, i, sigma, x):
-    """Append the step's result; `callback(i, σ, x)` may return replacement latents (diffusers'
-    callback_on_step_end) or None."""
+    """Append the step's result; `callback(i, σ, x)` observes it and may return replacement latents (a tensor);
+    anything else it returns (None, diffusers' kwargs dict) is ignored, as by the UNet inversions."""
     if callback is not None:
         replaced = callback(i, sigma, x)
-        x = x if replaced is None else replaced.float()
+        x = replaced.float() if isinstance(replaced, torch.Tensor) else x
     trajectory.append(x)
     return x
 
