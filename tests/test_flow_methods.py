@@ -235,3 +235,47 @@ def test_controlled_flux_ip_adapter_layer_mirrors_diffusers(flux_ip_pipe):
         controlled = flux_ip_pipe("a cat", **kwargs).images
     assert len(controller.rules[0].store) > 0
     assert torch.allclose(plain, controlled, atol=1e-5)
+
+
+# ------------------------------------------------------------------ bad input, on every model component
+def _model_calls(pipe) -> tuple[list, list]:
+    """Forward pre-hooks on every model of the pipeline (transformer, text encoders, VAE, image encoder)."""
+    calls, handles = [], []
+    for name in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae", "image_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            handles.append(module.register_forward_pre_hook(lambda *a, name=name: calls.append(name)))
+    return calls, handles
+
+
+def _edit(pipe, **kwargs):
+    return ze.edit(pipe, make_image(0), "cat", "dog", steps=2, **kwargs)
+
+
+def _compose(pipe, **kwargs):
+    ref, seg = _object()
+    return ze.compose(pipe, make_image(0), ref, (40, 40, 88, 88), reference_mask=seg, steps=2, **kwargs)
+
+
+FLOW_BAD_INPUTS = [
+    (_edit, dict(seed=1.5)), (_edit, dict(seed=-1)), (_edit, dict(caption=3)), (_edit, dict(reg_steps=-1)),
+    (_edit, dict(direction=torch.full((1, 32, 64), float("nan")))), (_edit, dict(direction=torch.zeros(1, 3, 5))),
+    (_edit, dict(guidance_scale=float("inf"))), (_edit, dict(callback_on_step_end="no")),
+    (_edit, dict(preset="fast")), (_edit, dict(output_type="jpg")),
+    (_compose, dict(order=7)), (_compose, dict(order=1)), (_compose, dict(seed="x")), (_compose, dict(prompt=3)),
+    (_compose, dict(paste_background="yes")), (_compose, dict(tau_b=float("nan"))),
+]
+
+
+@pytest.mark.parametrize("call, kwargs", FLOW_BAD_INPUTS, ids=lambda v: getattr(v, "__name__", None) or str(v)[:40])
+def test_flow_bad_input_is_refused_before_any_model_work(tiny_flux_pipe, call, kwargs):
+    """A typed error, and no component of the pipeline (not even a text encoder) has run; processors unchanged."""
+    before = processors_snapshot(tiny_flux_pipe)
+    calls, handles = _model_calls(tiny_flux_pipe)
+    try:
+        with pytest.raises(ParameterError):
+            call(tiny_flux_pipe, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [] and processors_snapshot(tiny_flux_pipe) == before

@@ -110,3 +110,35 @@ def test_invert_and_directions_take_the_lock_too(tiny_pipe, which):
         lock.release()
     thread.join(timeout=120)
     assert done.is_set()
+
+
+@pytest.mark.parametrize("name", ["compose", "translate", "edit", "personalize", "invert", "reconstruct"])
+def test_every_public_method_waits_for_the_lock(name, tiny_pipe):
+    """Each entry point takes the pipeline's lock before anything else (methods.common.serialised): while another
+    thread holds it, a call (here one missing its arguments, which fails at once when it runs) does not return."""
+    from zeroedit import jobs
+    from zeroedit.methods.common import check_pipe
+    held, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        with jobs.exclusive(check_pipe(tiny_pipe)):
+            held.set()
+            release.wait(10)
+
+    def call():
+        try:
+            getattr(ze, name)(tiny_pipe)
+        except TypeError:
+            pass
+        finally:
+            done.set()
+    holder, caller = threading.Thread(target=hold), threading.Thread(target=call)
+    holder.start()
+    held.wait(5)
+    caller.start()
+    try:
+        assert not done.wait(0.5), f"ze.{name} ran while another thread held the pipeline's lock"
+    finally:
+        release.set()
+        holder.join()
+    assert done.wait(5)

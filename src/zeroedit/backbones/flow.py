@@ -22,13 +22,15 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from ..errors import ModelError
+from ..errors import ModelError, ParameterError
 from ..result import Stats
-from .unet import EXCEPTIONAL_TOKEN_ID, Cond, compile_options, compiled_forward, exceptional_clip_states, _dynamo_supported
+from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_forward,
+                   exceptional_clip_states, tokenize)
 from .vae import LatentCodec
 
 SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
 FLUX_T5_LENGTH = 512  # FluxPipeline's max_sequence_length default
+FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the distilled guidance embedding of FLUX-dev)
 TEXT_VARIANTS = ("exceptional", "exceptional-clip", "empty", "zeros")  # conditionings without content (compose)
 
 
@@ -120,8 +122,13 @@ class FlowBackbone(LatentCodec):
 
     # ---------------------------------------------------------------- text
     def _ids(self, tokenizer, prompts: list[str], length: int) -> torch.Tensor:
-        return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                         return_tensors="pt").input_ids.to(self.device)
+        return tokenize(tokenizer, prompts, length, self.device)
+
+    def cond_shapes(self) -> tuple[tuple[int, int], tuple[int]]:
+        """Shapes of one prompt's Cond without encoding anything: token states (tokens, width) and pooled (width,).
+        FLUX: T5's tokens; SD3: CLIP's 77 (padded to T5's width) then T5's."""
+        config, clip = self.transformer.config, 0 if self.is_flux else self.pipe.tokenizer.model_max_length
+        return (clip + self.t5_length(), config.joint_attention_dim), (config.pooled_projection_dim,)
 
     def t5_length(self) -> int:
         """T5 tokens per prompt: the pipeline's default max_sequence_length (SD3 256, FLUX 512), or the
@@ -168,7 +175,7 @@ class FlowBackbone(LatentCodec):
         T5 of the empty prompt; "empty" — the empty prompt as the pipeline encodes it; "zeros" — all-zero
         embeddings and pooled vector."""
         if variant not in TEXT_VARIANTS:
-            raise ValueError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}")
+            raise ParameterError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}.")
         empty = self.encode_prompt([""])
         if variant == "empty":
             return empty.repeat(batch)
@@ -266,8 +273,9 @@ class FlowBackbone(LatentCodec):
             ids = image_ids(h // 2, w // 2, self.device, cond.embeds.dtype)
             txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=cond.embeds.dtype)
             scale = None
-            if self.guidance_embeds:  # FluxPipeline's default guidance_scale is 3.5
-                scale = torch.as_tensor(3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
+            if self.guidance_embeds:
+                scale = torch.as_tensor(FLUX_GUIDANCE if guidance is None else guidance, device=self.device,
+                                        dtype=torch.float32)
                 scale = scale.reshape(-1).expand(batch)
             args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale,
                     attention_kwargs)
@@ -282,6 +290,14 @@ class FlowBackbone(LatentCodec):
         if out is None:
             out = _transformer_forward(*args)
         return unpack(out, h, w) if self.is_flux else out
+
+    def guided(self, out: torch.Tensor, scale: float) -> torch.Tensor:
+        """Velocity of the target branch(es) from one call's output: CFG over its [uncond, cond] halves on SD3,
+        the output itself on FLUX (guidance-distilled: no CFG branch)."""
+        if not self.has_cfg:
+            return out.float()
+        uncond, cond = out.float().chunk(2)
+        return uncond + scale * (cond - uncond)
 
     def unet_grad(self, loss: torch.Tensor, inputs) -> tuple[torch.Tensor, ...]:
         """d loss / d inputs through the transformer graph of the last call(s); counted in stats.unet_backward."""

@@ -44,6 +44,18 @@ EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a s
 logger = logging.getLogger(__name__)
 
 
+def tokenize(tokenizer, prompts: list[str], length: int, device) -> torch.Tensor:
+    """Token ids padded to `length` (the encoder's); a prompt longer than that is truncated, with a warning
+    (CLIP on every family, T5 on SD3/FLUX)."""
+    for prompt, ids in zip(prompts, tokenizer(prompts, truncation=True, max_length=length + 1).input_ids):
+        if len(ids) > length:
+            kept = tokenizer.decode(ids[:length], skip_special_tokens=True)
+            logger.warning("prompt truncated to the text encoder's %d tokens; kept %r, dropped the rest of %r.",
+                           length, kept, prompt)
+    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
 
 @dataclasses.dataclass
 class Cond:
@@ -119,15 +131,7 @@ class Backbone(LatentCodec):
 
     # ---------------------------------------------------------------- text
     def _tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        """Token ids padded to the encoder's length; a prompt longer than that is truncated, with a warning."""
-        limit = tokenizer.model_max_length
-        for prompt, ids in zip(prompts, tokenizer(prompts, truncation=True, max_length=limit + 1).input_ids):
-            if len(ids) > limit:
-                kept = tokenizer.decode(ids[1:limit - 1])
-                logger.warning("prompt truncated to the text encoder's %d tokens; kept %r, dropped the rest of %r.",
-                               limit, kept, prompt)
-        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(self.device)
+        return tokenize(tokenizer, prompts, tokenizer.model_max_length, self.device)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: str | list[str]) -> Cond:
@@ -214,12 +218,6 @@ class Backbone(LatentCodec):
         return torch.autograd.grad(loss, inputs)
 
     # ---------------------------------------------------------------- noise schedule
-    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """sqrt(ᾱ_t), sqrt(1 − ᾱ_t) at an integer training timestep t (t < 0 means ᾱ = 1, the clean image)."""
-        t = int(t)
-        abar = self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        return abar.sqrt(), (1 - abar).sqrt()
-
     def to_eps_x0(self, model_out: torch.Tensor, x: torch.Tensor, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor]:
         """Model output -> (ε, x̂₀) for eps- or v-prediction, given x = α·x₀ + σ·ε."""
         out, x = model_out.float(), x.float()

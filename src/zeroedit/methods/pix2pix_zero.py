@@ -194,31 +194,14 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         checkpointing: SD3/FLUX only: gradient checkpointing of the transformer in the guidance call.
         guidance_embedding: FLUX-dev only: its distilled guidance value during inversion and editing (None: 1.0).
     """
-    if is_flow(pipe):
-        flow = dict(guidance_blocks=guidance_blocks, checkpointing=checkpointing, guidance_embedding=guidance_embedding)
-        return FLOW_VARIANTS["edit"](pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps,
-                         lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end, captioner, compile, flow,
-                         size, allow_large)
-    if guidance_blocks is not None or checkpointing or guidance_embedding is not None:
-        raise ParameterError("guidance_blocks, checkpointing and guidance_embedding apply to SD3/FLUX pipelines only.")
-    compile_options(compile)
     check_choice(preset, "preset", PRESETS)
     check_output_type(output_type)
     seed = check_seed(seed)
     check_callback(callback_on_step_end)
     check_callback(captioner, "captioner")
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ParameterError("edit supports SD 1.x/2.x pipelines (pix2pix-zero's directions are built for one CLIP "
-                             "text encoder); this is an SDXL pipeline.")
-    stats = Stats()
-    backbone = Backbone(pipe, stats, compile)
-    steps = check_steps(steps, maximum=step_limit(backbone))
     reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
     guidance_scale, lambda_ac, lambda_kl = (check_number(value, name, minimum=0) for name, value in (
         ("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl)))
-    if xa_guidance is None:
-        xa_guidance = 0.01 if backbone.prediction_type == "v_prediction" else 0.1
-    xa_guidance = check_number(xa_guidance, "xa_guidance", minimum=0)
     if caption is not None:
         caption = check_text(caption, "caption")
     if direction is None:
@@ -227,6 +210,23 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         source = check_text(source, "source")  # the fallback caption names it
     if isinstance(direction, (str, Path)):
         direction = edit_directions.load(direction, pipe)  # refuses one built for another text encoder
+    if is_flow(pipe):
+        flow = dict(guidance_blocks=guidance_blocks, checkpointing=checkpointing, guidance_embedding=guidance_embedding)
+        return FLOW_VARIANTS["edit"](pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale,
+                                     reg_steps, lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end,
+                                     captioner, compile, flow, size, allow_large)
+    if guidance_blocks is not None or checkpointing or guidance_embedding is not None:
+        raise ParameterError("guidance_blocks, checkpointing and guidance_embedding apply to SD3/FLUX pipelines only.")
+    compile_options(compile)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ParameterError("edit supports SD 1.x/2.x pipelines (pix2pix-zero's directions are built for one CLIP "
+                             "text encoder); this is an SDXL pipeline.")
+    stats = Stats()
+    backbone = Backbone(pipe, stats, compile)
+    steps = check_steps(steps, maximum=step_limit(backbone))
+    if xa_guidance is None:
+        xa_guidance = 0.01 if backbone.prediction_type == "v_prediction" else 0.1
+    xa_guidance = check_number(xa_guidance, "xa_guidance", minimum=0)
     if direction is not None:
         edit_directions.check(direction, pipe)
     original, picture = load_input(image, backbone, size, allow_large)

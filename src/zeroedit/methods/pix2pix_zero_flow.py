@@ -33,7 +33,6 @@ sequential calls, 50 backward passes — as on the UNet.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
@@ -44,9 +43,8 @@ from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import euler
 from ..result import Result, Stats, Timer
-from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, check_output_type, check_steps,
-                     finish, generator, load_input, step_end, step_limit)
-from .pix2pix_zero import PRESETS, CrossAttentionGuidance, _caption, regularize
+from .common import FLOW_VARIANTS, check_number, check_steps, finish, generator, load_input, step_end, step_limit
+from .pix2pix_zero import CrossAttentionGuidance, _caption, regularize
 
 
 class ImageToTextGuidance(CrossAttentionGuidance):
@@ -93,19 +91,18 @@ def gradient_checkpointing(model, enabled: bool):
             model.disable_gradient_checkpointing()
 
 
-def _direction(pipe, backbone, direction, source, target) -> Cond:
-    if direction is None:
-        return edit_directions.build(pipe, source, target)
-    if isinstance(direction, (str, Path)):
-        direction = edit_directions.load(direction, pipe)  # refuses one built for other text encoders
-    probe = backbone.encode_prompt("")
-    if isinstance(direction, torch.Tensor):
-        direction = Cond(direction, torch.zeros_like(probe.pooled, dtype=torch.float32))
-    if (not isinstance(direction, Cond) or direction.embeds.shape[1:] != probe.embeds.shape[1:]
-            or direction.pooled is None or direction.pooled.shape[1:] != probe.pooled.shape[1:]):
+def _check_direction(backbone, direction) -> Cond:
+    """A given direction as a Cond of this pipeline's shapes (a tensor: token states, pooled part zero), finite."""
+    (tokens, width), pooled = backbone.cond_shapes()
+    if isinstance(direction, torch.Tensor) and direction.shape[1:] == (tokens, width):
+        direction = Cond(direction, torch.zeros(1, *pooled))
+    if (not isinstance(direction, Cond) or direction.embeds.shape[1:] != (tokens, width)
+            or direction.pooled is None or direction.pooled.shape[1:] != pooled):
         raise ParameterError(f"direction must be a Cond from ze.directions.build for this pipeline (token states "
-                             f"{tuple(probe.embeds.shape[1:])}, pooled {tuple(probe.pooled.shape[1:])}), a path of a "
-                             "saved one, or a tensor of the token states' shape.")
+                             f"{(tokens, width)}, pooled {tuple(pooled)}), a path of a saved one, or a tensor of the "
+                             "token states' shape.")
+    if not (torch.isfinite(direction.embeds).all() and torch.isfinite(direction.pooled).all()):
+        raise ParameterError("direction contains NaN or inf; rebuild it with ze.directions.build.")
     return direction
 
 
@@ -122,27 +119,22 @@ def _blocks(backbone, guidance_blocks) -> list[str]:
 def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps, lambda_ac,
               lambda_kl, seed, preset, output_type, callback, captioner, compile, flow: dict, size=None,
               allow_large=False) -> Result:
-    """`ze.edit` on an SD3/FLUX pipeline (module docstring). `flow`: guidance_blocks, checkpointing,
-    guidance_embedding."""
-    check_choice(preset, "preset", PRESETS)
-    check_output_type(output_type)
-    check_callback(callback)
-    check_callback(captioner, "captioner")
-    reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
-    xa_guidance = 0.1 if xa_guidance is None else xa_guidance
-    embedding = 1.0 if flow["guidance_embedding"] is None else flow["guidance_embedding"]
-    guidance_scale, lambda_ac, lambda_kl, xa_guidance, embedding = (check_number(value, name, 0) for name, value in (
-        ("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl),
-        ("xa_guidance", xa_guidance), ("guidance_embedding", embedding)))
+    """`ze.edit` on an SD3/FLUX pipeline (module docstring), after ze.edit's shared checks (preset, output type,
+    seed, callbacks, reg_steps, guidance_scale, lambdas, texts, a direction path loaded). `flow`: guidance_blocks,
+    checkpointing, guidance_embedding."""
+    xa_guidance = check_number(0.1 if xa_guidance is None else xa_guidance, "xa_guidance", 0)
+    embedding = check_number(1.0 if flow["guidance_embedding"] is None else flow["guidance_embedding"],
+                             "guidance_embedding", 0)
     checkpointing = flow["checkpointing"]
     if not isinstance(checkpointing, bool):
         raise ParameterError(f"checkpointing must be True or False, got {checkpointing!r}.")
     backbone = FlowBackbone(pipe, None, compile)
     steps = check_steps(steps, maximum=step_limit(backbone))
     layers = _blocks(backbone, flow["guidance_blocks"])
+    delta = None if direction is None else _check_direction(backbone, direction)
     original, picture = load_input(image, backbone, size, allow_large)
     caption, caption_source = _caption(picture, caption, captioner, source)
-    delta = _direction(pipe, backbone, direction, source, target)
+    delta = edit_directions.build(pipe, source, target) if delta is None else delta
     gen = generator(seed)
     stats = Stats(params=dict(source=source, target=target, caption=caption, steps=steps, xa_guidance=float(xa_guidance),
                               guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),

@@ -86,7 +86,9 @@ def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[s
             raise ParameterError(f"layers: {missing[:3]} are not attention layers of this transformer; use "
                                  "zeroedit.control.joint_attention_layers(pipe.transformer, 'double'|'single').")
         return list(layers), ("v",), "joint"
-    check_choice(layers, "layers", LAYER_PRESETS + ("a list of layer names",))
+    if not any(isinstance(layers, str) and layers == preset for preset in LAYER_PRESETS):
+        raise ParameterError(f"layers must be one of {', '.join(map(repr, LAYER_PRESETS))} or a list of attention "
+                             f"layer names; got {layers!r}.")
     kind = "single" if backbone.is_flux else "joint"
     blocks = joint_attention_layers(model, kind)
     if layers == "single":
@@ -183,14 +185,6 @@ def _strength(value) -> float:
     return value
 
 
-def _guided(backbone, out: torch.Tensor, scale: float) -> torch.Tensor:
-    """Velocity of the target branches: CFG over [uncond, cond] halves on SD3, the output itself on FLUX."""
-    if not backbone.has_cfg:
-        return out.float()
-    uncond, cond = out.float().chunk(2)
-    return uncond + scale * (cond - uncond)
-
-
 def _targets(backbone, prompts, negative) -> tuple[list[tuple[str, int]], Cond]:
     """Branch layout and conditioning of the target prompts (CFG pairs on SD3)."""
     count, conditional = len(prompts), backbone.encode_prompt(prompts)
@@ -254,7 +248,7 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
             conds, times, scales = [source_cond] + conds, [sigma_src] + times, [source_guidance] + scales
         injector.set_call(key, sigma, layout, grid)
         out = backbone.transformer_call(torch.cat(batch), torch.tensor(times), Cond.cat(conds), torch.tensor(scales))
-        return _guided(backbone, out[-len(cond):], guidance)
+        return backbone.guided(out[-len(cond):], guidance)
 
     x = top.expand(count, -1, -1, -1).clone()
     with injector.installed(backbone.transformer), pipe.progress_bar(total=steps) as bar:
@@ -283,8 +277,8 @@ def _flowedit(pipe, backbone, x0, prompts, source_prompt, negative, params, nois
             targets = [z_tar] * (2 if backbone.has_cfg else 1)
             out = backbone.transformer_call(torch.cat(sources + targets), sigma, Cond.cat([source_cond, target_cond]),
                                             torch.tensor(scales))
-            v_src = _guided(backbone, out[: len(source_cond)], params["source_guidance_scale"])
-            v_tar = _guided(backbone, out[len(source_cond):], params["guidance_scale"])
+            v_src = backbone.guided(out[: len(source_cond)], params["source_guidance_scale"])
+            v_tar = backbone.guided(out[len(source_cond):], params["guidance_scale"])
             z = z + (sigma_next - sigma) * (v_tar - v_src)
             z = step_end(pipe, callback, i - (steps - n_max), sigma * backbone.num_train_timesteps, z)
             bar.update()

@@ -238,6 +238,12 @@ def _inputs(backbone, background, reference, region, reference_mask, size, allow
     return original, picture, refs, segs, boxes
 
 
+def windows(tau_a: float, tau_b: float, steps: int) -> tuple[int, int]:
+    """TF-ICON's windows in sampling steps (its scripts' `int(tau·T + 1 − 2)`, at least 0): the composite
+    attention's injection calls and the background-preservation updates."""
+    return max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
+
+
 @serialised
 def compose(pipe, background, reference, region, reference_mask=None, prompt: str = "", domain: str = "cross",
             steps: int = 20, order: int = 2, tau_a: float = 0.4, tau_b: float = 0.8, guidance_scale: float | None = None,
@@ -274,14 +280,6 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         inversion_prompt: SD3/FLUX only: the content-free text of the inversion (None: "zeros").
         attention: SD3/FLUX only: "kv" (KV-Edit's background keys/values, None) or "composite" (TF-ICON's rule).
     """
-    flow = dict(solver=solver, inversion_prompt=inversion_prompt, attention=attention)
-    if is_flow(pipe):
-        return FLOW_VARIANTS["compose"](pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
-                            guidance_scale, seed, preset, output_type, callback_on_step_end, compile, flow, size,
-                            allow_large, paste_background)
-    if any(value is not None for value in flow.values()):
-        raise ParameterError("solver, inversion_prompt and attention apply to SD3/FLUX pipelines only; leave them None.")
-    compile_options(compile)
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
     check_output_type(output_type)
@@ -291,18 +289,28 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     tau_a, tau_b = check_fraction(tau_a, "tau_a"), check_fraction(tau_b, "tau_b")
     if not isinstance(prompt, str):
         raise ParameterError(f"prompt must be a string, got {prompt!r}.")
-    guidance = check_number(DOMAINS[domain] if guidance_scale is None else guidance_scale, "guidance_scale")
     paste_background = preset != "reference" if paste_background is None else paste_background
     if not isinstance(paste_background, bool):
         raise ParameterError(f"paste_background must be True, False or None, got {paste_background!r}.")
     seed = REFERENCE_SEED if (seed is None and preset == "reference") else check_seed(seed)
+    flow = dict(solver=solver, inversion_prompt=inversion_prompt, attention=attention)
+    if is_flow(pipe):
+        if order != 2:
+            raise ParameterError("order is the UNet's DPM-Solver++ order; on SD3/FLUX choose solver= instead.")
+        return FLOW_VARIANTS["compose"](pipe, background, reference, region, reference_mask, prompt, domain, steps,
+                                        tau_a, tau_b, guidance_scale, seed, preset, output_type, callback_on_step_end,
+                                        compile, flow, size, allow_large, paste_background)
+    if any(value is not None for value in flow.values()):
+        raise ParameterError("solver, inversion_prompt and attention apply to SD3/FLUX pipelines only; leave them None.")
+    compile_options(compile)
+    guidance = check_number(DOMAINS[domain] if guidance_scale is None else guidance_scale, "guidance_scale")
     stats = Stats()
     backbone = Backbone(pipe, stats, compile)
     steps = check_steps(steps, minimum=2, maximum=step_limit(backbone))
     original, picture, refs, segs, boxes = _inputs(backbone, background, reference, region, reference_mask, size,
                                                    allow_large)
     gen = generator(seed)
-    k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
+    k_a, k_b = windows(tau_a, tau_b, steps)
     stats.params.update(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
                         guidance_scale=guidance, seed=seed, preset=preset, size=list(picture.size),
                         input_size=list(original.size), paste_background=paste_background, objects=len(refs),

@@ -48,19 +48,16 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, FlowBackbone
-from ..backbones.flow import TEXT_VARIANTS
+from ..backbones.flow import FLUX_GUIDANCE, TEXT_VARIANTS
 from ..control import Controller, Rule, joint_attention_layers
-from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
-from .common import (FLOW_VARIANTS, check_callback, check_choice, check_fraction, check_number, check_output_type,
-                     check_steps, finish, generator, step_end, step_limit)
-from .tficon import (DOMAINS, PRESETS, REFERENCE_SEED, CompositeSelfAttention, _cut_and_paste, _inputs, _RecordRows,
-                     _starting_latent, latent_masks, paste_mask, place_reference)
+from .common import FLOW_VARIANTS, check_choice, check_number, check_steps, finish, generator, step_end, step_limit
+from .tficon import (DOMAINS, CompositeSelfAttention, _cut_and_paste, _inputs, _RecordRows, _starting_latent,
+                     latent_masks, paste_mask, place_reference, windows)
 
 ATTENTIONS = ("composite", "kv")
-FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
 DEFAULTS = dict(solver="fireflow", inversion_prompt="zeros", attention="kv")
 
 
@@ -114,26 +111,16 @@ def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
 def compose_flow(pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
                  guidance_scale, seed, preset, output_type, callback, compile, flow: dict, size=None,
                  allow_large=False, paste_background=None) -> Result:
-    """`ze.compose` on an SD3/FLUX pipeline (module docstring). `flow`: solver, inversion_prompt, attention;
+    """`ze.compose` on an SD3/FLUX pipeline (module docstring), after ze.compose's shared checks (domain, preset,
+    output type, callback, windows, prompt, paste_background, seed). `flow`: solver, inversion_prompt, attention;
     sizes, boxes and the pasted full-resolution background as on the UNet (methods/tficon.py)."""
-    check_choice(domain, "domain", tuple(DOMAINS))
-    check_choice(preset, "preset", PRESETS)
-    check_output_type(output_type)
-    check_callback(callback)
-    paste_background = preset != "reference" if paste_background is None else paste_background
-    if not isinstance(paste_background, bool):
-        raise ParameterError(f"paste_background must be True, False or None, got {paste_background!r}.")
-    tau_a, tau_b = check_fraction(tau_a, "tau_a"), check_fraction(tau_b, "tau_b")
-    if not isinstance(prompt, str):
-        raise ParameterError(f"prompt must be a string, got {prompt!r}.")
     backbone = FlowBackbone(pipe, None, compile)
     options = _options(backbone, guidance_scale, domain, steps, flow)
     steps = options["steps"]
-    seed = REFERENCE_SEED if (seed is None and preset == "reference") else seed
     gen = generator(seed)
     original, picture, refs, segs, boxes = _inputs(backbone, background, reference, region, reference_mask, size,
                                                    allow_large)
-    k_a, k_b = max(int(tau_a * steps + 1 - 2), 0), max(int(tau_b * steps + 1 - 2), 0)
+    k_a, k_b = windows(tau_a, tau_b, steps)
     stats = Stats(params=dict(prompt=prompt, domain=domain, tau_a=tau_a, tau_b=tau_b, seed=seed,
                               preset=preset, size=list(picture.size), input_size=list(original.size),
                               paste_background=paste_background, objects=len(refs), injection_steps=k_a,
@@ -230,7 +217,7 @@ def _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, promp
         scales = torch.tensor(([1.0] * (1 + objects) if ride else []) + [guidance] * len(targets))
         controller.set_call(j, at, names, grid)
         out = backbone.transformer_call(torch.cat(batch), sigma, cond, scales)[-len(targets):].float()
-        return _guided(backbone, out, guidance)
+        return backbone.guided(out, guidance)
 
     with controller.installed(backbone.transformer), pipe.progress_bar(total=len(sigmas) - 1) as bar:
         def on_step(i, sigma_next, z):
@@ -239,13 +226,6 @@ def _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, promp
             bar.update()
             return step_end(pipe, callback, i, sigmas[i] * backbone.num_train_timesteps, z)
         return FLOW_SOLVERS[options["solver"]](sample_fn, x, sigmas, on_step)[-1]
-
-
-def _guided(backbone, out: torch.Tensor, scale: float) -> torch.Tensor:
-    """CFG over [uncond, cond] on SD3; the single branch's velocity on FLUX."""
-    if not backbone.has_cfg:
-        return out
-    return out[:1] + scale * (out[1:] - out[:1])
 
 
 FLOW_VARIANTS["compose"] = compose_flow  # ze.compose on SD3/FLUX pipelines (methods/tficon.py dispatches here)
