@@ -10,11 +10,11 @@ import os
 
 import torch
 
-from ..errors import ModelError, UnsupportedModel
+from ..errors import ModelError
 from .flow import FlowBackbone, is_flux, is_sd3
-from .unet import FLOW_METHODS, Backbone, Cond, compile_options
+from .unet import Backbone, Cond, compile_options
 
-__all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "require_unet", "compile_options"]
+__all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "compile_options"]
 
 
 def check_pipe(pipe):
@@ -53,11 +53,3 @@ def backbone_for(pipe, stats=None, compile=False):
         return FlowBackbone(pipe, stats, compile)
     raise ModelError(f"{type(pipe).__name__} is not supported: zeroedit runs Stable Diffusion 1.x/2.x/XL (UNet) and "
                      "SD3/SD3.5/FLUX.1 (flow transformer) pipelines.")
-
-
-def require_unet(pipe, method: str):
-    """Raise UnsupportedModel (before any model work) when a UNet-only method gets an SD3/FLUX pipeline."""
-    if is_flow(pipe):
-        raise UnsupportedModel(f"{method} runs on UNet pipelines (Stable Diffusion 1.x, 2.x, XL) only; "
-                               f"{type(pipe).__name__} is a flow-transformer pipeline. On SD3/SD3.5/FLUX.1 pipelines "
-                               f"zeroedit runs {', '.join(FLOW_METHODS)}.")

@@ -258,8 +258,8 @@ class _FeatureHook:
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, tokens, dim = x.shape
-    return x.view(batch, tokens, heads, dim // heads).transpose(1, 2)
+    """(B, tokens, heads·d) -> (B, heads, tokens, d)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def ip_adapter_term(ctx: AttnContext, q: torch.Tensor, image_states: torch.Tensor, index: int = 0) -> torch.Tensor:

@@ -28,8 +28,8 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
-from ..errors import ModelError
-from .core import MIRRORS, AttnContext, eager_under_compile
+from ..errors import ModelError, ParameterError
+from .core import MIRRORS, AttnContext, _heads, eager_under_compile
 
 JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxAttnProcessor, FluxIPAdapterAttnProcessor)
 
@@ -61,11 +61,7 @@ class Split:
             return self.text
         if stream == "joint":
             return slice(None)
-        raise ValueError(f"stream must be 'image', 'text' or 'joint', got {stream!r}")
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+        raise ParameterError(f"stream must be 'image', 'text' or 'joint', got {stream!r}.")
 
 
 def _put(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 transformers, joint-attention layers by block index and kind (double/joint, single)."""
 from __future__ import annotations
 
+from ..errors import ParameterError
+
 
 def attention_layers(unet, kind: str = "attn1", parts=("down", "mid", "up")) -> list[str]:
     """Names of the UNet's self- ("attn1") or cross- ("attn2") attention layers, in forward order."""
@@ -25,7 +27,7 @@ def _blocks(model, prefix: str, blocks) -> list[str]:
     for i in blocks:
         index = i + count if i < 0 else i
         if not 0 <= index < count:
-            raise ValueError(f"block {i} does not exist: the model has {count} {prefix}")
+            raise ParameterError(f"block {i} does not exist: the model has {count} {prefix}; use 0…{count - 1}.")
         names.append(f"{prefix}.{index}.attn")
     return names
 
@@ -36,7 +38,7 @@ def joint_attention_layers(model, kind: str = "double", blocks=None) -> list[str
     (FLUX's single-stream blocks, `single_transformer_blocks.i.attn`). blocks: block indices (negative ones
     count from the end), or None for all."""
     if kind not in ("double", "joint", "single"):
-        raise ValueError(f"kind must be 'double', 'joint' or 'single', got {kind!r}")
+        raise ParameterError(f"kind must be 'double', 'joint' or 'single', got {kind!r}.")
     prefix = "single_transformer_blocks" if kind == "single" else "transformer_blocks"
     return _blocks(model, prefix, blocks)
 

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import FlowBackbone
+from ..backbones.flow import FLUX_GUIDANCE
 from ..control import Controller, Rule, joint_attention_layers
+from ..control.core import _heads
 from ..errors import ModelError, ParameterError, UnsupportedModel
 from ..inversion import euler
 from ..result import Result, Stats, Timer
@@ -38,12 +40,7 @@ from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, 
                      finish, generator, randn, step_end, step_limit)
 from .mip import WEIGHTINGS, _check_references, _image_size, _phrase_in_prompt
 
-FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale
 FLUX_IP_SCALE = 1.0
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 class FluxMultiObjectMerge(Rule):
