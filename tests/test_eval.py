@@ -266,6 +266,7 @@ def pie_batch(tmp_path):
     ("missing key", ParameterError, "is not in --data's mapping file"),
     ("corrupt results", ParameterError, "line 1, is not JSON"),
     ("no png output", ParameterError, "has no PNG"),
+    ("corrupt mapping", ParameterError, "--data .* is not valid JSON"),
 ])
 def test_bad_inputs_are_typed_errors_before_any_model_loads(tmp_path, monkeypatch, damage, error, message):
     run, mapping, job = pie_batch(tmp_path)
@@ -281,8 +282,10 @@ def test_bad_inputs_are_typed_errors_before_any_model_loads(tmp_path, monkeypatc
         mapping.write_text(json.dumps({"999999999999": json.loads(mapping.read_text())[job[4:]]}))
     elif damage == "corrupt results":
         (run / "results.jsonl").write_text('{"id": "' + job + '", "status": "ok", "outp\n')
-    else:
+    elif damage == "no png output":
         (run / "results.jsonl").write_text(json.dumps({"id": job, "status": "ok", "outputs": [f"{job}.json"]}) + "\n")
+    else:
+        mapping.write_text(mapping.read_text()[:-5])
     loads = []
     monkeypatch.setattr(evaluation.Models, "load", lambda self, kind: loads.append(kind))
     args = cli.build_parser().parse_args(["eval", str(run), "--benchmark", "piebench", "--data", str(mapping)])

@@ -138,6 +138,8 @@ def _plan(record: dict, folder: Path, benchmark: str, mapping: dict | None) -> d
                     prompt=_need(args, "prompt", file, benchmark), category=args.get("domain") or "all")
     else:
         given = _need(args, "references", file, benchmark)
+        if not isinstance(given, dict) or not given:
+            raise ParameterError(f"{file}: \"references\" must map each concept to its image(s), got {given!r}.")
         references = {k: v if isinstance(v, list) else [v] for k, v in given.items()}
         plan.update(prompt=_need(args, "prompt", file, benchmark),
                     concepts=[[_path(folder, p) for p in ps] for ps in references.values()],
@@ -356,7 +358,14 @@ def _check(args) -> tuple[list[Path], list[str], dict | None, list[str]]:
         if not args.data or not Path(args.data).is_file():
             raise ParameterError(f"--benchmark {args.benchmark} needs --data MAPPING_FILE (PIE-Bench's mapping_file.json"
                                  f"{' written by zeroedit.metrics.toy.write_dataset' if args.benchmark == 'toy' else ''}).")
-        mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        try:
+            mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ParameterError(f"--data {args.data} is not valid JSON ({error}): give PIE-Bench's "
+                                 "mapping_file.json.") from None
+        if not isinstance(mapping, dict):
+            raise ParameterError(f"--data {args.data} must map image keys to entries, as PIE-Bench's "
+                                 "mapping_file.json does.")
         mapping["__root__"] = str(Path(args.data).resolve().parent)
     labels = args.label or [f.resolve().name for f in folders]
     if len(labels) != len(folders) or len(set(labels)) != len(labels):
