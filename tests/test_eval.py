@@ -3,7 +3,8 @@ CLIP / DINO / LPIPS saved here), the errors, and the toy world end to end from a
 import csv
 import json
 import math
-from argparse import Namespace
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +12,15 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
-from zeroedit import cli, datasets
+from zeroedit import cli, datasets, runner
 from zeroedit import eval as evaluation
 from zeroedit.batch import run_batch
-from zeroedit.metrics import encode_rle, lpips
+from zeroedit.errors import ImageError, ParameterError
+from zeroedit.images import load_image
+from zeroedit.metrics import decode_rle, encode_rle, lpips, models, piebench, toy
 from zeroedit.metrics.toy import write_dataset
+from zeroedit.toy.quality import edit_cases
+from zeroedit.toy.world import render
 from zeroedit.tiny import _text_config, tiny_tokenizer
 
 
@@ -153,7 +158,9 @@ def test_tficon_and_mip_from_batch_folders(tmp_path, tiny_models):
     assert cli.main(["eval", str(tmp_path / "tficon"), "--benchmark", "tficon", *tiny_models]) == 0
     row = read_csv(tmp_path / "tficon" / "eval" / "eval.csv")[0]
     assert row["category"] == "same" and float(row["lpips_bg"]) == 0.0  # identical outside the region
-    assert float(row["lpips_fg"]) > 0 and -100 <= float(row["clip_text"]) <= 100
+    clip = models.load_clip(tiny_models[1], "cpu", True, "round")  # the instance eval used (cached)
+    image_text = clip.image_embeds([Image.fromarray(composite)])[0] @ clip.text_embeds(["a photo of a dog"])[0]
+    assert float(row["lpips_fg"]) > 0 and float(row["clip_text"]) == pytest.approx(100 * float(image_text), abs=1e-4)
 
     cat, dog = (save(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), tmp_path / "in" / f"{n}.png") for n in "ab")
     with Image.open(cat) as image:
@@ -164,7 +171,8 @@ def test_tficon_and_mip_from_batch_folders(tmp_path, tiny_models):
     assert cli.main(["eval", str(tmp_path / "mip"), "--benchmark", "mip", *tiny_models]) == 0
     rows = read_csv(tmp_path / "mip" / "eval" / "eval.csv")
     assert float(rows[0]["clip_i"]) == pytest.approx(1.0, abs=1e-5) and float(rows[0]["dino"]) == pytest.approx(1.0, abs=1e-5)
-    assert float(rows[1]["clip_i"]) < 1 and 0 <= float(rows[1]["clip_t"]) <= 2.5
+    cos = float(clip.image_embeds([Image.fromarray(generated)])[0] @ clip.text_embeds(["a cat and a dog_gen."])[0])
+    assert float(rows[1]["clip_i"]) < 1 and float(rows[1]["clip_t"]) == pytest.approx(2.5 * max(cos, 0), abs=1e-5)
     assert rows[0]["category"] == "cat + dog"
 
 
@@ -176,7 +184,11 @@ def test_toy_world_end_to_end(tmp_path):
     assert cli.main(["eval", str(tmp_path / "run"), "--benchmark", "toy", "--data", str(mapping), "--quiet"]) == 0
     rows = {r["category"]: r for r in read_csv(tmp_path / "run" / "eval" / "eval.csv")}
     assert set(rows) == {"color", "style"}
-    assert float(rows["color"]["target"]) in (0.0, 1.0) and 0 <= float(rows["color"]["iou"]) <= 1
+    entries = json.loads(mapping.read_text())
+    for key, entry in entries.items():  # the toy detectors' verdict on the batch's own output
+        row = rows[entry["editing_type_id"]]
+        verdict = toy.score(entry, load_image(tmp_path / "run" / f"pie-{key}.png"))
+        assert (float(row["target"]), float(row["iou"])) == pytest.approx((verdict["target"], verdict["iou"]))
     assert 5 < float(rows["color"]["psnr"]) < 60 and rows["style"]["psnr"] == "nan"  # style: the whole image is edited
     assert "edit detected %" in (tmp_path / "run" / "eval" / "eval.md").read_text()
 
@@ -185,7 +197,10 @@ def test_arguments_match_the_module_api():
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "a", "b", "--benchmark", "toy", "--label", "x", "y"])
     assert args.func is evaluation.run and args.results == ["a", "b"] and args.label == ["x", "y"]
-    assert isinstance(args, Namespace)
+    read = {"results", "benchmark", "data", "out", "metrics", "label", "clip_model", "dino_model", "lpips_net",
+            "lpips_weights", "allow_download", "device", "quiet"}  # what run, _check and Models read
+    assert read <= set(vars(args)) and args.metrics is None and args.allow_download is False
+    assert cli.main(["eval", "a", "--benchmark", "coco"]) == 2  # only the four protocols
 
 
 def test_mip_reader(tmp_path):
@@ -205,4 +220,104 @@ def test_mip_reader(tmp_path):
     assert jobs[0]["references"] == {"cat": [str((tmp_path / "benchmark_dataset/cat_1" / f).resolve())
                                              for f in ("00.jpg", "01.jpg")],
                                      "dog": [str((tmp_path / "benchmark_dataset/dog_3/00.jpg").resolve())]}
-    cli.resolve_arguments("personalize", {}, {k: v for k, v in jobs[0].items() if k not in ("method", "id")}, tmp_path)
+    values = cli.resolve_arguments("personalize", {}, {k: v for k, v in jobs[0].items() if k not in ("method", "id")},
+                                   tmp_path)
+    assert values["references"] == jobs[0]["references"] and values["prompt"] == "a cat and a dog on the beach"
+    assert values["steps"] == 2
+
+
+def test_toy_output_of_another_size_is_scored_at_the_source_size(tmp_path):
+    """Ideal edits rendered at 128 px against 64 px sources: detectors and pixel metrics see the resized output."""
+    mapping = write_dataset(tmp_path / "data", n=2)  # a colour and a style case
+    entries = json.loads(mapping.read_text())
+    outputs, args = {}, {}
+    for (key, entry), case in zip(entries.items(), edit_cases(2)):
+        obj = case.scene.objects[0]
+        scene = dataclasses.replace(case.scene, objects=(dataclasses.replace(obj, color=case.new),)) \
+            if case.kind == "color" else dataclasses.replace(case.scene, style=case.new)
+        outputs[f"pie-{key}"] = np.asarray(render(scene, 128)[0])
+        args[f"pie-{key}"] = {"prompt": entry["editing_prompt"]}
+    fake_batch(tmp_path / "run", outputs, args)
+    assert cli.main(["eval", str(tmp_path / "run"), "--benchmark", "toy", "--data", str(mapping), "--quiet"]) == 0
+    rows = {r["category"]: r for r in read_csv(tmp_path / "run" / "eval" / "eval.csv")}
+    for key, entry in entries.items():
+        resized = Image.fromarray(outputs[f"pie-{key}"]).resize((64, 64), Image.BICUBIC)
+        verdict = toy.score(entry, resized)
+        row = rows[entry["editing_type_id"]]
+        assert verdict["target"] == 1.0 and float(row["target"]) == 1.0  # the ideal edit is detected
+        assert float(row["iou"]) == pytest.approx(verdict["iou"])
+    assert float(rows["color"]["iou"]) > 0.5 and float(rows["color"]["psnr"]) > 20  # background kept
+
+
+def pie_batch(tmp_path):
+    """A one-job PIE-Bench batch whose sidecar points at its source image; returns (run folder, mapping, job id)."""
+    mapping, sources, _ = pie_dataset(tmp_path, n=1)
+    key = next(iter(sources))
+    source = mapping.parent / "annotation_images" / json.loads(mapping.read_text())[key]["image_path"]
+    fake_batch(tmp_path / "run", {f"pie-{key}": sources[key]}, {f"pie-{key}": {"image": str(source)}})
+    return tmp_path / "run", mapping, f"pie-{key}"
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    ("missing image", ImageError, "file not found"),
+    ("missing output", ImageError, "edited image of job"),
+    ("corrupt sidecar", ParameterError, "is not valid JSON"),
+    ("no sidecar", ParameterError, "sidecar"),
+    ("missing key", ParameterError, "is not in --data's mapping file"),
+    ("corrupt results", ParameterError, "line 1, is not JSON"),
+    ("no png output", ParameterError, "has no PNG"),
+    ("corrupt mapping", ParameterError, "--data .* is not valid JSON"),
+])
+def test_bad_inputs_are_typed_errors_before_any_model_loads(tmp_path, monkeypatch, damage, error, message):
+    run, mapping, job = pie_batch(tmp_path)
+    if damage == "missing image":
+        (mapping.parent / json.loads((run / f"{job}.json").read_text())["args"]["image"]).unlink()
+    elif damage == "missing output":
+        (run / f"{job}.png").unlink()
+    elif damage == "corrupt sidecar":
+        (run / f"{job}.json").write_text('{"args": {"image": ')
+    elif damage == "no sidecar":
+        (run / f"{job}.json").unlink()
+    elif damage == "missing key":
+        mapping.write_text(json.dumps({"999999999999": json.loads(mapping.read_text())[job[4:]]}))
+    elif damage == "corrupt results":
+        (run / "results.jsonl").write_text('{"id": "' + job + '", "status": "ok", "outp\n')
+    elif damage == "no png output":
+        (run / "results.jsonl").write_text(json.dumps({"id": job, "status": "ok", "outputs": [f"{job}.json"]}) + "\n")
+    else:
+        mapping.write_text(mapping.read_text()[:-5])
+    loads = []
+    monkeypatch.setattr(evaluation.Models, "load", lambda self, kind: loads.append(kind))
+    args = cli.build_parser().parse_args(["eval", str(run), "--benchmark", "piebench", "--data", str(mapping)])
+    with pytest.raises(error, match=message):
+        evaluation.run(args)  # default metrics: CLIP, DINO and LPIPS would load next
+    assert loads == [] and not (run / "eval").exists()
+
+
+def test_sidecar_paths_relative_to_the_results_folder(tmp_path, monkeypatch):
+    """runner.save records files inside the output folder relative to it, others absolute: eval finds both from
+    any working directory (and with the results folder given relative to it)."""
+    mapping, sources, mask = pie_dataset(tmp_path, n=2)
+    run, inside = tmp_path / "results" / "run", tmp_path / "results" / "run" / "inputs"
+    records = []
+    for i, (key, source) in enumerate(sources.items()):
+        given = save(source, inside / f"{key}.png") if i == 0 else \
+            str(mapping.parent / "annotation_images" / json.loads(mapping.read_text())[key]["image_path"])
+        edited = source.copy()
+        edited[~mask] = 255 - edited[~mask]  # outside the mask: every pixel of the unedited part differs
+        sidecar = runner.save([Image.fromarray(edited)], {}, "translate", {"image": given, "prompt": "a dog"}, "tiny",
+                              run, f"pie-{key}")
+        assert Path(sidecar["args"]["image"]).is_absolute() == (i == 1)  # what runner.save really writes
+        records.append({"id": f"pie-{key}", "status": "ok", "outputs": sidecar["outputs"] + [f"pie-{key}.json"]})
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["eval", "../results/run", "--benchmark", "piebench", "--data", str(mapping),
+                     "--metrics", "mse", "--quiet"]) == 0
+    table = read_csv(run / "eval" / "eval.csv")
+    rle = next(iter(json.loads(mapping.read_text()).values()))["mask"]
+    expected = [piebench.unedited_part(Image.fromarray(source), load_image(run / f"pie-{key}.png"),
+                                       decode_rle(rle, (32, 32)))["mse"] for key, source in sources.items()]
+    assert [r["id"] for r in table] == [f"pie-{key}" for key in sources]
+    assert [float(r["mse"]) for r in table] == pytest.approx(expected, rel=1e-6) and min(expected) > 0.1

@@ -138,10 +138,49 @@ def test_clip_embeddings(clip):
     t = clip.text_embeds(["a red circle", "a blue square " * 40])  # the long caption is truncated, not an error
     assert t.shape == (2, 32)
     whole, part = piebench.clip_scores(clip, images[0], "a red circle", np.ones((40, 40)))
-    assert whole == pytest.approx(part, abs=1e-4) and whole >= 0  # the whole mask: the same image
+    assert whole == pytest.approx(part, abs=1e-4)  # the whole mask: the same image
     assert math.isnan(piebench.clip_scores(clip, images[0], "a red circle", np.zeros((40, 40)))[1])
     assert tficon.clip_image(clip, images[0], images[0]) == pytest.approx(100.0, abs=1e-3)
-    assert 0 <= mip.clip_t(clip, images[0], "a cat") <= 2.5
+    cos = float(e[0] @ clip.text_embeds(["a cat_gen."])[0])  # MIP's caption of "a cat"
+    assert mip.clip_t(clip, images[0], "a cat") == pytest.approx(2.5 * max(cos, 0.0), abs=1e-5)
+
+
+class HandClip:
+    """A stand-in for models.Clip whose embeddings are set by hand: an image's by its width, a text's by itself."""
+
+    def __init__(self, images: dict, texts: dict):
+        self.images, self.texts = images, texts
+
+    @staticmethod
+    def _unit(vectors):
+        return torch.nn.functional.normalize(torch.tensor(vectors, dtype=torch.float32), dim=-1)
+
+    def image_embeds(self, images):
+        return self._unit([self.images[im.width] for im in images])
+
+    def text_embeds(self, texts):
+        return self._unit([self.texts[t] for t in texts])
+
+
+def test_clip_scores_on_hand_made_embeddings():
+    """Each protocol's formula on known cosines: 1 (identical), 0 (orthogonal), -1 (opposite), 0.6."""
+    clip = HandClip({10: [1, 0], 20: [0, 1], 30: [-1, 0], 40: [3, 4]}, {"a cat": [1, 0], "a cat_gen.": [0, 1]})
+    image = lambda width: Image.new("RGB", (width, 8))  # noqa: E731
+    assert mip.clip_t(clip, image(20), "a cat") == pytest.approx(2.5)  # scored against "a cat_gen."
+    assert mip.clip_t(clip, image(10), "a cat") == 0.0 and mip.clip_t(clip, image(40), "a cat") == pytest.approx(2.0)
+    assert tficon.clip_text(clip, image(40), "a cat") == pytest.approx(60.0)
+    assert tficon.clip_image(clip, image(10), image(20)) == pytest.approx(0.0, abs=1e-6)
+    assert tficon.clip_image(clip, image(10), image(30)) == pytest.approx(-100.0)  # TF-ICON does not clamp
+    assert piebench.clip_scores(clip, image(40), "a cat", np.ones((8, 40))) == pytest.approx((60.0, 60.0))
+    assert piebench.clip_scores(clip, image(30), "a cat", np.ones((8, 30))) == (0.0, 0.0)  # max(100 · cos, 0)
+    assert mip.clip_i(clip, image(10), [[image(10), image(20)], [image(40)]]) == pytest.approx((0.5 + 0.6) / 2)
+
+
+def test_unit_tensor_is_the_plain_division():
+    """tficon's LPIPS input: every 8-bit value v becomes float32(v) / 255, as before zeroedit.images was reused."""
+    image = Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))
+    expected = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    assert torch.equal(tficon._unit(image), expected) and torch.equal(tficon._unit(image.convert("L")), expected)
 
 
 def test_preprocessing_sizes():

@@ -5,8 +5,9 @@ beside ours, then the per-category means) and `eval.html` (the same tables and p
 embedded; the PNGs are also written beside it). Several RESULTS_DIRs give one row each (--label names them).
 
 Where the inputs come from: a batch folder holds `results.jsonl` (records with "id", "status", "outputs") and
-one sidecar `<id>.json` per job whose "args" are the job's resolved arguments (absolute paths). The edited image
-is the record's first PNG output. Then, per benchmark (jobs built by zeroedit.datasets):
+one sidecar `<id>.json` per job whose "args" are the job's resolved arguments (paths absolute, or relative to the
+batch folder for files inside it, as runner.save writes them; eval runs from any directory). The edited image is the
+record's first PNG output. Then, per benchmark (jobs built by zeroedit.datasets):
 - piebench: source image = the sidecar's "image"; the mask (RLE), prompts and editing type come from PIE-Bench's
   `mapping_file.json`, given with --data, by the job id "pie-<key>";
 - tficon: background, reference, region and prompt are the sidecar's; category = its "domain";
@@ -15,7 +16,8 @@ is the record's first PNG output. Then, per benchmark (jobs built by zeroedit.da
 - toy: a toy-world data set in PIE-Bench's layout (zeroedit.metrics.toy.write_dataset), --data its mapping file;
   the toy detectors' verdict beside the pixel metrics of the unedited part, no model weights needed.
 Models (CLIP, DINO, LPIPS) load from the user's caches only (see --allow-download, --lpips-weights); --metrics
-picks a subset (e.g. `--metrics psnr,mse,ssim` needs no weights).
+picks a subset (e.g. `--metrics psnr,mse,ssim` needs no weights). Every input (results.jsonl, sidecars, mapping
+keys, images) is read and checked before any model loads: a bad one is a ParameterError / ImageError / MaskError.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ParameterError
+from .errors import ImageError, MaskError, ParameterError
+from .images import load_image, load_mask
 
 logger = logging.getLogger(__name__)
 BENCHMARKS = ("piebench", "tficon", "mip", "toy")
@@ -58,45 +61,114 @@ def add_arguments(parser):
 
 # ----------------------------------------------------------------------------------------- inputs
 def read_results(folder: Path) -> list[dict]:
-    """The finished ("ok") records of a batch folder's results.jsonl."""
-    file = folder / "results.jsonl"
-    if not file.is_file():
-        raise ParameterError(f"{folder} has no results.jsonl: give the --out folder of a finished `zeroedit batch`.")
-    records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The finished ("ok") records of a batch folder's results.jsonl (its presence is checked by `_check`)."""
+    file, records = folder / "results.jsonl", []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ParameterError(f"{file}, line {number}, is not JSON ({error.msg}): delete or repair that line "
+                                 "(a batch stopped mid-write), then run eval again.") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise ParameterError(f"{file}, line {number}, is not a job record with an \"id\": give the --out folder "
+                                 "of a `zeroedit batch`.")
+        records.append(record)
     return [r for r in records if r.get("status") == "ok"]
 
 
-def _image(path) -> Image.Image:
-    if not Path(path).is_file():
-        raise ParameterError(f"image {str(path)!r} does not exist (moved since the batch ran?).")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def _path(folder: Path, value) -> Path:
+    """A path of a sidecar: absolute as written, else relative to the results folder (runner.save records the
+    files inside the output folder relative to it)."""
+    path = Path(value)
+    return path if path.is_absolute() else folder / path
 
 
-def _sample(record: dict, folder: Path, benchmark: str, mapping: dict | None) -> dict:
-    """The inputs of one scored image: {"id", "category", "edited", ...} (see the module docstring)."""
-    args = json.loads((folder / f"{record['id']}.json").read_text(encoding="utf-8"))["args"]
-    output = next(o for o in record["outputs"] if o.endswith(".png"))
-    sample = {"id": record["id"], "edited": _image(folder / output)}
+def _sidecar_args(folder: Path, job_id: str) -> tuple[dict, Path]:
+    """The "args" of the job's sidecar <id>.json, and the sidecar's path (for messages)."""
+    file = folder / f"{job_id}.json"
+    if not file.is_file():
+        raise ParameterError(f"job {job_id!r}: its sidecar {file} is missing: copy the whole batch folder, or "
+                             "re-run the job.")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ParameterError(f"job {job_id!r}: its sidecar {file} is not valid JSON ({error}): restore the file "
+                             "or re-run the job.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("args"), dict):
+        raise ParameterError(f"job {job_id!r}: its sidecar {file} has no \"args\" mapping: it is not a sidecar "
+                             "written by `zeroedit batch`; re-run the job.")
+    return data["args"], file
+
+
+def _need(args: dict, key: str, file: Path, benchmark: str):
+    if key not in args:
+        raise ParameterError(f"{file} has no {key!r} argument, which --benchmark {benchmark} needs: was the "
+                             f"batch built for {benchmark} (zeroedit.datasets)?")
+    return args[key]
+
+
+def _plan(record: dict, folder: Path, benchmark: str, mapping: dict | None) -> dict:
+    """What one scored image needs, as paths (see the module docstring): {"id", "category", "edited", ...}.
+    Raises ParameterError on a missing sidecar, a sidecar without JSON or a needed argument, a record without
+    a PNG output or a job absent from the mapping file; the images themselves are read by `_load`."""
+    job_id = record["id"]
+    args, file = _sidecar_args(folder, job_id)
+    output = next((o for o in record.get("outputs") or [] if str(o).endswith(".png")), None)
+    if output is None:
+        raise ParameterError(f"job {job_id!r} has no PNG among its outputs in results.jsonl: re-run the job.")
+    plan = {"id": job_id, "edited": _path(folder, output)}
     if benchmark in ("piebench", "toy"):
-        key = record["id"][4:] if record["id"].startswith("pie-") else record["id"]
-        if key not in mapping:
-            raise ParameterError(f"job {record['id']!r} is not in --data's mapping file (key {key!r}).")
-        entry = mapping[key]
-        source = args.get("image") or str(Path(mapping["__root__"]) / "annotation_images" / entry["image_path"])
+        key = job_id[4:] if job_id.startswith("pie-") else job_id
+        entry = mapping.get(key) if key != "__root__" else None
+        if not isinstance(entry, dict) or not {"image_path", "mask"} <= set(entry):
+            raise ParameterError(f"job {job_id!r} is not in --data's mapping file (key {key!r}, with \"image_path\" "
+                                 "and \"mask\"): give the mapping_file.json the batch's jobs were built from.")
+        source = _path(folder, args["image"]) if args.get("image") else \
+            Path(mapping["__root__"]) / "annotation_images" / entry["image_path"]
         parts = entry["image_path"].split("/")
-        sample.update(source=_image(source), entry=entry,
-                      category=parts[0] if len(parts) > 1 else str(entry.get("editing_type_id", "all")))
+        plan.update(source=source, entry=entry,
+                    category=parts[0] if len(parts) > 1 else str(entry.get("editing_type_id", "all")))
     elif benchmark == "tficon":
-        region = args["region"]
-        sample.update(background=_image(args["background"]), reference=_image(args["reference"]),
-                      region=_image(region) if isinstance(region, str) else region, prompt=args["prompt"],
-                      category=args.get("domain") or "all")
+        region = _need(args, "region", file, benchmark)
+        plan.update(background=_path(folder, _need(args, "background", file, benchmark)),
+                    reference=_path(folder, _need(args, "reference", file, benchmark)),
+                    region=_path(folder, region) if isinstance(region, str) else region,
+                    prompt=_need(args, "prompt", file, benchmark), category=args.get("domain") or "all")
     else:
-        references = {k: v if isinstance(v, list) else [v] for k, v in args["references"].items()}
-        sample.update(prompt=args["prompt"], concepts=[[_image(p) for p in ps] for ps in references.values()],
-                      category=" + ".join(references), comb=json.dumps(references, sort_keys=True))
+        given = _need(args, "references", file, benchmark)
+        if not isinstance(given, dict) or not given:
+            raise ParameterError(f"{file}: \"references\" must map each concept to its image(s), got {given!r}.")
+        references = {k: v if isinstance(v, list) else [v] for k, v in given.items()}
+        plan.update(prompt=_need(args, "prompt", file, benchmark),
+                    concepts=[[_path(folder, p) for p in ps] for ps in references.values()],
+                    category=" + ".join(references), comb=json.dumps(references, sort_keys=True))
+    return plan
+
+
+def _load(plan: dict) -> dict:
+    """The plan with its images read (zeroedit.images: RGB, alpha onto white, EXIF upright; the region mask as
+    the methods read it). ImageError / MaskError name the job and the file."""
+    sample, job = dict(plan), plan["id"]
+    for key in ("edited", "source", "background", "reference"):
+        if key in plan:
+            sample[key] = load_image(plan[key], f"{key} image of job {job!r}")
+    if isinstance(plan.get("region"), Path):
+        sample["region"] = Image.fromarray(load_mask(plan["region"], f"region of job {job!r}").astype(np.uint8) * 255)
+    if "concepts" in plan:
+        sample["concepts"] = [[load_image(p, f"reference of job {job!r}") for p in ps] for ps in plan["concepts"]]
     return sample
+
+
+def _validate(plans: list[dict]) -> None:
+    """Read every image once before any model is loaded, so a missing or broken file stops eval up front."""
+    for plan in plans:
+        try:
+            _load(plan)
+        except (ImageError, MaskError) as error:
+            raise type(error)(f"{error} Restore the file (a sidecar's relative paths start at the results folder), "
+                              f"or drop job {plan['id']!r} from results.jsonl.") from None
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -142,7 +214,7 @@ def score(sample: dict, benchmark: str, metrics: list[str], nets: dict) -> dict:
             prompt = piebench.prompt_of(entry["editing_prompt"])
             out["clip_whole"], out["clip_edited"] = piebench.clip_scores(nets["clip"], edited, prompt, mask)
         if benchmark == "toy":
-            out.update(toy.score(entry, sample["edited"]))
+            out.update(toy.score(entry, edited))  # at the source's size, as the mask
     elif benchmark == "tficon":
         composite, reference = sample["edited"], sample["reference"]
         region = tficon.region_mask(sample["region"], composite.size)
@@ -286,7 +358,14 @@ def _check(args) -> tuple[list[Path], list[str], dict | None, list[str]]:
         if not args.data or not Path(args.data).is_file():
             raise ParameterError(f"--benchmark {args.benchmark} needs --data MAPPING_FILE (PIE-Bench's mapping_file.json"
                                  f"{' written by zeroedit.metrics.toy.write_dataset' if args.benchmark == 'toy' else ''}).")
-        mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        try:
+            mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ParameterError(f"--data {args.data} is not valid JSON ({error}): give PIE-Bench's "
+                                 "mapping_file.json.") from None
+        if not isinstance(mapping, dict):
+            raise ParameterError(f"--data {args.data} must map image keys to entries, as PIE-Bench's "
+                                 "mapping_file.json does.")
         mapping["__root__"] = str(Path(args.data).resolve().parent)
     labels = args.label or [f.resolve().name for f in folders]
     if len(labels) != len(folders) or len(set(labels)) != len(labels):
@@ -298,14 +377,16 @@ def run(args) -> int:
     """Score every results folder, write the report, print the summary; 0 on success."""
     from tqdm.auto import tqdm
     folders, metrics, mapping, labels = _check(args)
-    work = [(label, folder, record) for label, folder in zip(labels, folders) for record in read_results(folder)]
+    work = [(label, _plan(record, folder, args.benchmark, mapping))
+            for label, folder in zip(labels, folders) for record in read_results(folder)]
     if not work:
         raise ParameterError("no finished (status ok) jobs in the results folder(s).")
+    _validate([plan for _, plan in work])  # every input checked: only now any model work
     models = Models(args.benchmark, args)
     nets = {kind: models.load(kind) for kind in sorted({NEEDS[m] for m in metrics if m in NEEDS})}
     runs = {label: {"rows": [], "categories": {}} for label in labels}
-    for label, folder, record in tqdm(work, desc=f"eval {args.benchmark}", disable=args.quiet):
-        sample = _sample(record, folder, args.benchmark, mapping)
+    for label, plan in tqdm(work, desc=f"eval {args.benchmark}", disable=args.quiet):
+        sample = _load(plan)
         row = {"id": sample["id"], "category": sample["category"], "comb": sample.get("comb")}
         row.update(score(sample, args.benchmark, metrics, nets))
         runs[label]["rows"].append(row)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import to_unit_tensor
 from .lpips import lpips_distance
 from .models import Clip
 
@@ -26,7 +27,8 @@ LPIPS_NET = "vgg"
 
 
 def _unit(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    """(1, 3, H, W) in [0, 1] of the image as RGB."""
+    return to_unit_tensor(image.convert("RGB"))
 
 
 def region_mask(region, size: tuple[int, int]) -> np.ndarray:
