@@ -12,10 +12,12 @@ folder) reproduces the image with `zeroedit METHOD --config METHOD.json`.
 Runs share one model: every run event is queued in one concurrency group of size 1, and a lock serialises the
 work on the pipeline. Progress comes from the methods' step callback (`callback_on_step_end`; invert: its
 inversion callback); "Stop" sets the session's cancel flag, the callback raises at the next step (a forward
-pre-hook on the UNet raises before the next UNet call, so the inversion phases stop too), the method restores
-the pipeline's processors as on any exception, and the app says where it stopped. A user error (no
-image, a mask of another size, steps 0, ...) is shown as the library's message (`gr.Error`), never a traceback;
-an internal failure is logged on the server and shown in one line. The server keeps serving either way.
+pre-hook on the denoiser, the UNet or the SD3/FLUX transformer, raises before its next call, so the inversion
+phases stop too), the method restores the pipeline's processors as on any exception, and the app says where
+it stopped. A user error (no image, a mask of another size, steps 0, ...) is shown as the library's message
+(`gr.Error`), never a traceback; an internal failure is logged on the server and shown in one line. The server
+keeps serving either way. A parameter whose API default is None (resolved by the method per model family:
+UNet, SD3, FLUX) is an "auto" field: left empty it reaches the method as None; its label says what that means.
 """
 import contextlib
 import functools
@@ -486,7 +488,8 @@ class App:
                     feature = _auto("feature injection: a fraction of the steps (0.8) or a step count (3) "
                                     "(empty: 0.8; SD3/FLUX: 0, off)", elem_id="translate-feature")
                     attention = _auto("self-attention injection: a fraction of the steps or a step count "
-                                      "(empty: 0.5; SD3/FLUX: 1 step, 3 with the preset)", elem_id="translate-attention")
+                                      "(empty: 0.5; SD3/FLUX: 1 step, 3 with the preset)",
+                                      elem_id="translate-attention")
                     cache = gr.Radio(["memory", "recompute"], value=default("translate", "source_cache"),
                                      label="source cache")
             outputs = self._outputs("translate", "PCA of the decoder features (structure that is kept)")
