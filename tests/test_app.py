@@ -197,3 +197,107 @@ def test_zeroedit_app_command(monkeypatch, capsys):
     if not __import__("torch").cuda.is_available():
         assert cli.main(["app", "--device", "cuda"]) == 2 and len(calls) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def form_defaults(api_name: str) -> list:
+    """The initial values of a tab's form (what a user who changes nothing submits)."""
+    demo, _ = zapp.build("tiny")
+    fn = next(fn for fn in demo.fns.values() if fn.api_name == api_name)
+    return [component.value for component in fn.inputs]
+
+
+def test_no_slider_or_number_starts_empty():
+    """A method default of None ("resolved per model family") is an empty `auto` field, never a Slider/Number
+    that would show it as empty or as its minimum (0: no injection)."""
+    demo, _ = zapp.build("tiny")
+    for fn in demo.fns.values():
+        for component in fn.inputs:
+            if isinstance(component, (zapp.gr.Slider, zapp.gr.Number)):
+                assert component.value is not None, (fn.api_name, component.label)
+
+
+def test_translate_form_as_it_starts_runs_with_the_methods_defaults(client, inputs):
+    """The translate form with its initial values (only an image and a prompt given) runs and injects: steps,
+    guidance, both windows and the negative prompt are the method's resolved defaults (UNet: 50, 7.5, 0.8, 0.5,
+    the reference negative), not 0 or ''."""
+    from zeroedit.methods.pnp import REFERENCE_NEGATIVE
+    values = form_defaults("translate")
+    values[1], values[2] = handle_file(str(inputs / "cat.png")), "a dog"
+    assert values[4] in (None, "") and values[10] in (None, "") and values[11] in (None, "")
+    gallery, stats, files, pca = client.predict(*values, api_name="/translate")
+    params = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"]
+    assert (params["steps"], params["guidance_scale"]) == (50, 7.5)
+    assert (params["feature_steps"], params["attention_steps"]) == (40, 25)  # 0.8 and 0.5 of 50 steps
+    assert params["negative_prompt"] == REFERENCE_NEGATIVE
+    assert Image.open(pca).size == Image.open(gallery[0]["image"]).size
+
+
+def test_translate_windows_as_fraction_or_step_count(client, inputs):
+    values = form_defaults("translate")
+    values[1], values[2], values[4], values[10], values[11] = handle_file(str(inputs / "cat.png")), "a dog", "4", \
+        "0.5", "3"
+    values[-1] = False  # no PCA picture
+    _, _, files, _ = client.predict(*values, api_name="/translate")
+    params = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"]
+    assert (params["steps"], params["feature_steps"], params["attention_steps"]) == (4, 2, 3)
+
+
+def test_personalize_scale_and_guidance_default_to_the_methods(client, inputs):
+    """Empty scale / guidance fields: the method's defaults (UNet 0.75 / 5.0)."""
+    values = form_defaults("personalize")
+    values[1:5] = ["a cat and a ball", "cat", handle_file(str(inputs / "cat.png")), ""]
+    values[8] = 2  # steps
+    assert values[9] in (None, "") and values[13] in (None, "")  # scale, guidance: auto
+    _, _, files, _ = client.predict(*values, api_name="/personalize")
+    params = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"]
+    assert (params["scale"], params["guidance_scale"]) == (0.75, 5.0)
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd3"])
+def test_flow_models_translate_invert_personalize(model, client, inputs):
+    """The flow models of the picker run (the Stop hook sits on their transformer): translate (no PCA picture:
+    it reads a UNet layer), invert (its default inversion for the family), personalize on FLUX (its own
+    defaults: scale 1.0, guidance 3.5)."""
+    size = Image.open(inputs / "cat.png").size
+    values = form_defaults("translate")
+    values[0], values[1], values[2], values[4] = model, handle_file(str(inputs / "cat.png")), "a dog", "2"
+    gallery, stats, files, pca = client.predict(*values, api_name="/translate")
+    assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == size and pca is None
+    params = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"]
+    assert params["steps"] == 2 and params["attention_steps"] == 1  # the flow preset's window
+    gallery, stats, files = client.predict(model, handle_file(str(inputs / "cat.png")), None, "", 2, 2,
+                                           api_name="/invert")
+    assert Image.open(gallery[0]["image"]).size == size and "PSNR" in stats
+    assert json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"][
+        "method"] == "fireflow"
+    if model == "tiny-flux":
+        values = form_defaults("personalize")
+        values[0:5] = [model, "a cat and a ball", "cat", handle_file(str(inputs / "cat.png")), ""]
+        values[8] = 2
+        gallery, _, files, relevance = client.predict(*values, api_name="/personalize")
+        params = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["stats"]["params"]
+        assert (params["scale"], params["guidance_scale"]) == (1.0, 3.5) and relevance is not None
+
+
+def test_stop_on_a_flow_model(app_url, inputs):
+    """Stop during a flow translate's inversion: the pre-hook on the transformer raises, the transformer's
+    processors and hooks are as before."""
+    client = Client(app_url, verbose=False)
+    client.predict("tiny-flux", handle_file(str(inputs / "cat.png")), None, "", 2, 2, api_name="/invert")
+    pipe = runner._PIPES[("tiny-flux", False, None, None)]
+    before = processors_snapshot(pipe)
+    job = client.submit("tiny-flux", handle_file(str(inputs / "cat.png")), "a dog", "", 400, "", 0, False, "", "",
+                        "", "", "memory", False, api_name="/translate")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        progress = job.status().progress_data
+        if progress and progress[0].unit == "UNet calls":
+            break
+        assert not job.done(), job.result()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the run never reached its inversion")
+    client.predict(api_name="/stop_translate")
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"Cancelled at step 0 of 400"):
+        job.result(timeout=60)
+    assert processors_snapshot(pipe) == before

@@ -79,3 +79,20 @@ def test_bad_input_shows_the_message_not_a_traceback(page):
     toast = page.get_by_text("image: upload an image (or paste one) first.")
     toast.first.wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
+
+
+def test_translate_as_the_form_starts(page):
+    """The translate form as it starts, with only an image, a prompt and 3 steps typed: its empty "auto" fields
+    reach the method as None, so it injects with its own defaults (0.8 and 0.5 of the steps, guidance 7.5, the
+    reference negative prompt), not 0 or ''."""
+    from zeroedit.methods.pnp import REFERENCE_NEGATIVE
+    page.locator("#translate-tab-button, button[role=tab]:has-text('translate')").first.click()
+    page.locator("#translate-image input[type=file]").set_input_files(str(runner.asset("cat.png")))
+    page.locator("#translate-prompt textarea").fill("a dog")
+    page.locator("#translate-steps textarea").fill("3")
+    page.locator("#translate-run").click()
+    page.locator("#translate-stats").get_by_text("sample-evaluations").wait_for(timeout=90_000)
+    links = [a.get_attribute("href") for a in page.locator("#translate-files a").all()]
+    params = page.request.get(next(h for h in links if h and h.endswith("translate.json"))).json()["stats"]["params"]
+    assert (params["steps"], params["feature_steps"], params["attention_steps"]) == (3, 2, 1)
+    assert params["guidance_scale"] == 7.5 and params["negative_prompt"] == REFERENCE_NEGATIVE

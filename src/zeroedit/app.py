@@ -12,10 +12,12 @@ folder) reproduces the image with `zeroedit METHOD --config METHOD.json`.
 Runs share one model: every run event is queued in one concurrency group of size 1, and a lock serialises the
 work on the pipeline. Progress comes from the methods' step callback (`callback_on_step_end`; invert: its
 inversion callback); "Stop" sets the session's cancel flag, the callback raises at the next step (a forward
-pre-hook on the UNet raises before the next UNet call, so the inversion phases stop too), the method restores
-the pipeline's processors as on any exception, and the app says where it stopped. A user error (no
-image, a mask of another size, steps 0, ...) is shown as the library's message (`gr.Error`), never a traceback;
-an internal failure is logged on the server and shown in one line. The server keeps serving either way.
+pre-hook on the denoiser, the UNet or the SD3/FLUX transformer, raises before its next call, so the inversion
+phases stop too), the method restores the pipeline's processors as on any exception, and the app says where
+it stopped. A user error (no image, a mask of another size, steps 0, ...) is shown as the library's message
+(`gr.Error`), never a traceback; an internal failure is logged on the server and shown in one line. The server
+keeps serving either way. A parameter whose API default is None (resolved by the method per model family:
+UNet, SD3, FLUX) is an "auto" field: left empty it reaches the method as None; its label says what that means.
 """
 import contextlib
 import functools
@@ -37,6 +39,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import runner  # noqa: E402
+from .backbones import check_pipe, is_flow  # noqa: E402
+from .invert import METHODS as INVERSIONS  # noqa: E402
 from .errors import ZeroEditError  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -46,20 +50,21 @@ CONCURRENCY = "model"  # every run event shares one queue slot: one model, one r
 
 
 class Cancelled(Exception):
-    """Raised inside the step callback (or before a UNet call) when the user pressed Stop."""
+    """Raised inside the step callback (or before a denoiser call) when the user pressed Stop."""
 
 
 @contextlib.contextmanager
-def _stop_before_unet_calls(unet, flag: threading.Event, on_call=None):
-    """While a run is on, every UNet forward first checks the Stop flag (a forward pre-hook, removed after):
-    Stop also ends the phases without a step callback (the inversions, the PCA picture) within one call.
-    `on_call()` runs before each call (the progress of those phases)."""
+def _stop_before_model_calls(denoiser, flag: threading.Event, on_call=None):
+    """While a run is on, every forward of the denoiser (the UNet, or the SD3/FLUX transformer) first checks the
+    Stop flag (a forward pre-hook, removed after): Stop also ends the phases without a step callback (the
+    inversions, the PCA picture) within one call. `on_call()` runs before each call (the progress of those
+    phases)."""
     def check(module, args):
         if flag.is_set():
             raise Cancelled()
         if on_call is not None:
             on_call()
-    handle = unet.register_forward_pre_hook(check)
+    handle = denoiser.register_forward_pre_hook(check)
     try:
         yield
     finally:
@@ -67,7 +72,8 @@ def _stop_before_unet_calls(unet, flag: threading.Event, on_call=None):
 
 
 def default(method: str, name: str):
-    """The API default of a method's argument (the paper's value), so the form never repeats a number."""
+    """The API default of a method's argument (the paper's value), so the form never repeats a number. None means
+    "resolved by the method" (per model family): its field is an `_auto` one, never a Slider/Number."""
     value = runner.parameters(method)[name].default
     return None if value is inspect.Parameter.empty else value
 
@@ -129,6 +135,14 @@ def _seed(value):
     return _optional(value, "seed", integer=True)
 
 
+def _window(value, name: str):
+    """An injection-window "auto" field: empty -> None (the method's default), "0.8" -> a fraction of the steps,
+    "3" -> a number of steps (as the API: a float is a fraction, an int a count)."""
+    if isinstance(value, str) and value.strip() and not re.search(r"[.eE]", value):
+        return _optional(value, name, integer=True)
+    return _optional(value, name)
+
+
 def _auto(label: str, elem_id: str | None = None):
     """A number field whose empty value means "automatic" (gr.Number cannot be empty in the browser)."""
     return gr.Textbox(label=label, placeholder="auto", elem_id=elem_id)
@@ -178,10 +192,10 @@ class App:
         session = getattr(request, "session_hash", None) or "local"
         flag = self.cancel_flags[session] = threading.Event()
         model = (model or self.model).strip()
-        seen, total = {"step": 0, "calls": 0, "shown": 0.0}, 0
+        seen, total = {"step": 0, "calls": 0, "shown": 0.0}, None
         try:
             values = runner.resolve_arguments(method, {}, config, folder)
-            total = int(values.get("steps") or default(method, "steps"))
+            total = values.get("steps") or default(method, "steps")  # None: the method resolves it (per family)
 
             def callback(pipe, step, timestep, kwargs):
                 if flag.is_set():
@@ -194,7 +208,8 @@ class App:
             def on_call():  # the phases without a step callback: count UNet calls (at most 5 updates a second)
                 seen["calls"] += 1
                 now = time.monotonic()
-                if progress is not None and (seen["step"] == 0 or seen["step"] >= total) and now - seen["shown"] > 0.2:
+                finishing = total is not None and seen["step"] >= total
+                if progress is not None and (seen["step"] == 0 or finishing) and now - seen["shown"] > 0.2:
                     seen["shown"] = now
                     phase = "inverting" if seen["step"] == 0 else "finishing"
                     progress((seen["calls"], None), desc=f"{method}: {phase}", unit="UNet calls")
@@ -203,13 +218,14 @@ class App:
                 if progress is not None:
                     progress(0, desc=f"loading {model}")
                 pipe = runner.load_pipeline(model, method, self.device, self.dtype)
-                with _stop_before_unet_calls(pipe.unet, flag, on_call):
+                with _stop_before_model_calls(check_pipe(pipe), flag, on_call):
                     result, stats = runner.execute(method, values, pipe, callback)
                     extras = after(pipe, result, values) if after is not None else {}
             sidecar = runner.save(result.images, stats, method, values, model, folder)
             return result, sidecar, extras
         except Cancelled:
-            raise gr.Error(f"Cancelled at step {seen['step']} of {total}; the pipeline is restored.",
+            of = f" of {total}" if total else ""
+            raise gr.Error(f"Cancelled at step {seen['step']}{of}; the pipeline is restored.",
                            title="Cancelled", print_exception=False) from None
         except (ZeroEditError, FileNotFoundError) as error:
             raise gr.Error(str(error).splitlines()[0] or type(error).__name__, title="Input error",
@@ -291,16 +307,18 @@ class App:
         picture = _picture(image, "image")
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         config = dict(image=_save(picture, folder, "image.png"), prompt=lines if len(lines) > 1 else (lines or [""])[0],
-                      source_prompt=source_prompt or "", steps=steps, guidance_scale=guidance_scale, seed=_seed(seed),
-                      preset="reference" if preset else None, negative_prompt=negative_prompt or "",
+                      source_prompt=source_prompt or "", steps=_optional(steps, "steps", integer=True),
+                      guidance_scale=_optional(guidance_scale, "guidance scale"), seed=_seed(seed),
+                      preset="reference" if preset else None, negative_prompt=negative_prompt or None,
                       inversion_steps=_optional(inversion_steps, "inversion steps", integer=True),
-                      feature_steps=feature_steps, attention_steps=attention_steps, source_cache=source_cache)
+                      feature_steps=_window(feature_steps, "feature injection"),
+                      attention_steps=_window(attention_steps, "self-attention injection"), source_cache=source_cache)
 
         def draw(pipe, result, values):
             from . import visualize
-            if not pca:
+            if not pca or is_flow(pipe):  # the PCA picture reads a UNet decoder layer
                 return {}
-            picture = visualize.features_pca(pipe, values["image"], step=0, steps=values.get("steps", 50),
+            picture = visualize.features_pca(pipe, values["image"], step=0, steps=result.stats.params["steps"],
                                              prompt=values.get("source_prompt", ""))
             return {"picture": _save(picture, folder, "pca.png")}
         _, sidecar, extras = self._run("translate", model, config, folder, progress, request, draw)
@@ -376,7 +394,8 @@ class App:
                         "METHOD.json`.")
             model = gr.Dropdown(list(dict.fromkeys([self.model, *MODELS])), value=self.model, allow_custom_value=True,
                                 label="model", info="toy (trained on coloured shapes, offline), tiny / tiny-xl "
-                                "(random weights, for tests), a hub id or a local folder")
+                                "(random weights, for tests), toy-flow / tiny-sd3 / tiny-flux (SD3/FLUX layouts), "
+                                "a hub id or a local folder")
             with gr.Tab("compose", id="compose", elem_id="compose-tab"):
                 self._compose_tab(model)
             with gr.Tab("translate", id="translate", elem_id="translate-tab"):
@@ -455,20 +474,22 @@ class App:
                 prompts = gr.Textbox(label="target prompt(s): one per line, one image each", lines=2,
                                      placeholder="a photo of a bronze horse", elem_id="translate-prompt")
                 source_prompt = gr.Textbox(value=default("translate", "source_prompt"), label="source prompt")
-                with gr.Row():
-                    steps = gr.Number(value=default("translate", "steps"), precision=0, label="steps",
-                                      elem_id="translate-steps")
-                    guidance = gr.Number(value=default("translate", "guidance_scale"), label="guidance scale")
+                with gr.Row():  # empty fields: the method's defaults for the model's family (pnp.py, pnp_flow.py)
+                    steps = _auto("steps (empty: 50; SD3/FLUX: 8, 25 with the preset)", elem_id="translate-steps")
+                    guidance = _auto("guidance scale (empty: 7.5; FLUX 2.0, SD3 7.0)", elem_id="translate-guidance")
                 seed = self._seed()
-                preset = gr.Checkbox(label="reference preset (999-step inversion, as the reference preprocessing)")
-                pca = gr.Checkbox(value=True, label="draw the PCA of the injected decoder features (one more inversion)")
+                preset = gr.Checkbox(label="reference preset (UNet: 999-step inversion, as the reference "
+                                           "preprocessing; SD3/FLUX: RF-Solver-Edit's setting)")
+                pca = gr.Checkbox(value=True, label="draw the PCA of the injected decoder features (one more "
+                                                    "inversion; UNet models)")
                 with gr.Accordion("advanced", open=False):
-                    negative = gr.Textbox(value=default("translate", "negative_prompt"), label="negative prompt")
+                    negative = gr.Textbox(label="negative prompt (empty: the reference's; SD3: none)")
                     inversion_steps = _auto("inversion steps (empty: = steps)")
-                    feature = gr.Slider(0, 1, value=default("translate", "feature_steps"), step=0.05,
-                                        label="feature injection (fraction of steps)")
-                    attention = gr.Slider(0, 1, value=default("translate", "attention_steps"), step=0.05,
-                                          label="self-attention injection (fraction of steps)")
+                    feature = _auto("feature injection: a fraction of the steps (0.8) or a step count (3) "
+                                    "(empty: 0.8; SD3/FLUX: 0, off)", elem_id="translate-feature")
+                    attention = _auto("self-attention injection: a fraction of the steps or a step count "
+                                      "(empty: 0.5; SD3/FLUX: 1 step, 3 with the preset)",
+                                      elem_id="translate-attention")
                     cache = gr.Radio(["memory", "recompute"], value=default("translate", "source_cache"),
                                      label="source cache")
             outputs = self._outputs("translate", "PCA of the decoder features (structure that is kept)")
@@ -513,15 +534,16 @@ class App:
                 with gr.Row():
                     steps = gr.Number(value=default("personalize", "steps"), precision=0, label="steps",
                                       elem_id="personalize-steps")
-                    scale = gr.Number(value=0.75, label="IP-Adapter scale")
+                    scale = _auto("IP-Adapter scale (empty: 0.75; FLUX 1.0)", elem_id="personalize-scale")
                 seed = self._seed()
                 with gr.Accordion("advanced", open=False):
                     weighting = gr.Radio(["relevance", "uniform"], value=default("personalize", "weighting"),
                                          label="weighting (uniform: plain IP-Adapter, the baseline)")
                     phrases = gr.Radio(["alone", "prompt"], value=default("personalize", "phrase_encoding"),
-                                       label="phrase encoding (alone: the paper; prompt: zeroedit's variant)")
-                    guidance = gr.Number(value=5.0, label="guidance scale")
-                    negative = gr.Textbox(label="negative prompt (empty: the reference's)")
+                                       label="phrase encoding (alone: the paper; prompt: zeroedit's variant; none "
+                                             "chosen: alone on UNets, prompt on FLUX)")
+                    guidance = _auto("guidance scale (empty: 5.0; FLUX 3.5)", elem_id="personalize-guidance")
+                    negative = gr.Textbox(label="negative prompt (empty: the reference's; FLUX takes none)")
                     with gr.Row():
                         height = _auto("height in px (empty: the model's)")
                         width = _auto("width in px (empty: the model's)")
@@ -533,7 +555,9 @@ class App:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="pil", label="image", sources=("upload", "clipboard"), elem_id="invert-image")
-                method = gr.Radio(["ddim", "dpmpp"], value=default("invert", "method"), label="inversion")
+                method = gr.Radio(list(INVERSIONS), value=default("invert", "method"),
+                                  label="inversion (none chosen: ddim on UNets, fireflow on SD3/FLUX; ddim/dpmpp "
+                                        "are UNet-only, euler/rf-solver/fireflow flow-only)")
                 prompt = gr.Textbox(value=default("invert", "prompt"),
                                     label="prompt ('' , a text, or 'exceptional': TF-ICON's exceptional prompt)")
                 with gr.Row():

@@ -355,7 +355,9 @@ def execute(method: str, values: dict, pipe, callback=None):
     (invert: called at each inversion step); raising in it stops the run (the method restores the pipeline)."""
     from . import invert, reconstruct
     if method == "invert":
-        step = None if callback is None else (lambda i, t, x: callback(pipe, i, t, {"latents": x}))
+        def step(i, t, x):  # invert's callback(step, t, latents) -> the latents it hands back (flow solvers use them)
+            return (callback(pipe, i, t, {"latents": x}) or {}).get("latents")
+        step = None if callback is None else step
         inversion = invert(pipe, **values, callback=step)
         result = reconstruct(pipe, inversion)
         stats = inversion.stats.to_dict()
