@@ -152,7 +152,10 @@ def test_bad_input_is_refused_before_model_work(tiny_pipe, ip_pipe, ddpm_pipe, i
     pipes = dict(tiny=tiny_pipe, ip=ip_pipe, ddpm=ddpm_pipe, unet=tiny_pipe.unet, inversion=inversion, bomb=bomb)
     before = {name: processors_snapshot(pipes[name]) for name in ("tiny", "ip")}
     calls = []
-    handles = [pipes[name].unet.register_forward_pre_hook(lambda *a: calls.append(1)) for name in ("tiny", "ip")]
+    components = ("unet", "vae", "text_encoder", "image_encoder")  # any model work, not only the UNet's
+    handles = [module.register_forward_pre_hook(lambda *a, c=component: calls.append(c))
+               for name in ("tiny", "ip") for component in components
+               if (module := getattr(pipes[name], component, None)) is not None]
     try:
         with pytest.raises(error) as raised:
             _call(method, pipes, **override)

@@ -189,11 +189,13 @@ def test_a_missing_model_is_a_model_error_with_the_download_command(tmp_path):
     (lambda: masks.segment(IMAGE, "a cat", device="gpu7"), ParameterError),
     (lambda: masks.segment(IMAGE, "a cat", dtype="float17"), ParameterError),
 ])
-def test_bad_inputs_are_refused_before_model_work(call, error):
-    before = sum(masks.loads.values())
+def test_bad_inputs_are_refused_before_model_work(call, error, monkeypatch):
+    """Refused before any model is even fetched (cached or not): masks._load is never reached."""
+    fetched = []
+    monkeypatch.setattr(masks, "_load", lambda *args: fetched.append(args) or pytest.fail("a model was fetched"))
     with pytest.raises(error):
         call()
-    assert sum(masks.loads.values()) == before
+    assert fetched == []
 
 
 def test_method_values_are_resolved():
