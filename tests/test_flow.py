@@ -395,3 +395,17 @@ def test_sd35_layout_dual_attention_and_qk_norm():
         with controller.installed(model):
             out = model(x, text, pooled, torch.tensor([500.0]), return_dict=False)[0]
     assert torch.allclose(out, reference, atol=1e-5)
+
+
+def test_long_prompt_on_t5_warns(tiny_flux_pipe, caplog):
+    """T5's part (32 tokens on the tiny model) truncates with the same warning as CLIP; a short prompt does not."""
+    import logging
+    backbone = FlowBackbone(tiny_flux_pipe)
+    with caplog.at_level(logging.WARNING, logger="zeroedit"):
+        backbone.encode_prompt("a cat " * 10)  # 41 T5 tokens, 42 CLIP tokens: only T5 truncates
+    assert [r.getMessage().split(";")[0] for r in caplog.records if "truncated" in r.getMessage()] == [
+        "prompt truncated to the text encoder's 32 tokens"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zeroedit"):
+        backbone.encode_prompt("a cat")
+    assert not any("truncated" in record.getMessage() for record in caplog.records)
