@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from zeroedit.tiny import _sd_scheduler_config
+from zeroedit.toy.flow import caption_accuracy
 from zeroedit.toy.model import TOY_SIZE, text_config, unet_config, vae_config, write_tokenizer
 from zeroedit.toy.world import render, sample_scene
 
@@ -102,29 +103,6 @@ def train_unet(latents, captions, tokenizer, steps, batch, lr, device, log, max_
     return unet.eval(), text_encoder.eval()
 
 
-@torch.no_grad()
-def evaluate(pipe, n: int = 64, seed: int = 10**6, steps: int = 30, guidance: float = 4.0) -> dict:
-    """Caption-following accuracy per attribute: generate from held-out captions and run the detectors."""
-    from zeroedit.toy.detect import detect_objects, detect_style
-    scenes = [sample_scene(seed + i) for i in range(n)]
-    hits = dict(style=0, color=0, shape=0, count=0)
-    objects = 0
-    for start in range(0, n, 16):
-        batch = scenes[start:start + 16]
-        images = pipe([s.caption() for s in batch], num_inference_steps=steps, guidance_scale=guidance,
-                      height=TOY_SIZE, width=TOY_SIZE, generator=torch.Generator(pipe.device).manual_seed(start)).images
-        for scene, image in zip(batch, images):
-            style = detect_style(image)
-            found = {d.color: d for d in detect_objects(image, style)}
-            hits["style"] += style == scene.style
-            hits["count"] += len(found) == len(scene.objects)
-            for obj in scene.objects:
-                objects += 1
-                hits["color"] += obj.color in found
-                hits["shape"] += obj.color in found and found[obj.color].shape == obj.shape
-    return {k: round(v / (objects if k in ("color", "shape") else n), 3) for k, v in hits.items()}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="src/zeroedit/assets/toy")
@@ -169,7 +147,7 @@ def main(argv=None):
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    quality = evaluate(pipe.to(args.device), n=args.eval)
+    quality = caption_accuracy(pipe.to(args.device), n=args.eval)
     times["evaluation"] = time.perf_counter() - start
     log(f"caption-following accuracy: {quality}")
     pipe.to("cpu", torch.float16).save_pretrained(out, safe_serialization=True)
