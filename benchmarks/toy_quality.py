@@ -64,15 +64,20 @@ def section_edit(pipe, n):
     return _edit_rows(Q.run_edit(pipe, cases), cases)
 
 
-def section_compose(pipe, n):
-    cases = Q.compose_cases(n, seed=0)
+def _compose_rows(results: dict, cases) -> list[dict]:
+    """One row per method: its rates, and the style rate per background style."""
     rows = []
-    for name, scores in Q.run_compose(pipe, cases).items():
+    for name, scores in results.items():
         row = dict(method=name, **_rates(scores))
         for style in dict.fromkeys(c.scene.style for c in cases):
             row[f"style ok on {style}"] = Q.rate(s["style"] for s, c in zip(scores, cases) if c.scene.style == style)
         rows.append(row)
     return rows
+
+
+def section_compose(pipe, n):
+    cases = Q.compose_cases(n, seed=0)
+    return _compose_rows(Q.run_compose(pipe, cases), cases)
 
 
 def section_personalize(pipe, n):
@@ -97,22 +102,15 @@ def section_translate_flow(pipe, n):
 
 
 def section_compose_flow(pipe, n):
-    """The compose cases on the toy flow model: TF-ICON's composite attention (flow defaults), KV-Edit's kept
-    background K/V, no injection, cut-and-paste (toy/quality_flow.py)."""
+    """The compose cases on the toy flow model: TF-ICON's composite attention, KV-Edit's kept background K/V
+    (the flow default), no injection, cut-and-paste (toy/quality_flow.py)."""
     cases = Q.compose_cases(n, seed=0)
-    rows = []
-    for name, scores in QF.run_compose_flow(pipe, cases).items():
-        row = dict(method=name, **_rates(scores))
-        for style in dict.fromkeys(c.scene.style for c in cases):
-            row[f"style ok on {style}"] = Q.rate(s["style"] for s, c in zip(scores, cases) if c.scene.style == style)
-        rows.append(row)
-    return rows
+    return _compose_rows(QF.run_compose_flow(pipe, cases), cases)
 
 
 def section_edit_flow(pipe, n):
-    """The edit cases on the toy flow model: pix2pix-zero (image→text guidance) vs word swap."""
-    cases = Q.edit_cases(n, kinds=("color", "shape"), seed=100)
-    return _edit_rows(Q.run_edit(pipe, cases), cases)
+    """The edit cases on the toy flow model: pix2pix-zero (image→text guidance) vs word swap, as section_edit."""
+    return section_edit(pipe, n)
 
 
 def section_inversion(pipe, n):

@@ -462,7 +462,7 @@ class App:
                                       label="tau_a: composite self-attention injection (fraction of steps)")
                     tau_b = gr.Slider(0, 1, value=default("compose", "tau_b"), step=0.05,
                                       label="tau_b: background preservation (fraction of steps)")
-                    guidance = _auto("guidance scale (empty: 5.0 cross, 2.5 same)")
+                    guidance = _auto("guidance scale (empty: 5.0 cross, 2.5 same; FLUX 3.5)")
             outputs = self._outputs("compose")
         self._buttons("compose", self.compose, [model, background, reference, mask_file, box, prompt, domain, steps,
                                                 seed, preset, order, tau_a, tau_b, guidance], outputs)
