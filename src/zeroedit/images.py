@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, MaskError, ParameterError
+from .errors import ImageError, MaskError, ParameterError, shorten
 
 MAX_WORKING_SIDE = 2048  # px, long side of the working size without allow_large=True
 
@@ -178,7 +178,7 @@ def working_size(image_size: tuple[int, int], native: int, multiple: int, size=N
     values = list(size) if pair else [size]
     if (pair and len(values) != 2) or not all(isinstance(v, (int, float, np.integer, np.floating))
                                              and not isinstance(v, bool) and math.isfinite(v) and v >= 1 for v in values):
-        raise ParameterError(f"size must be the long side in px (e.g. 512) or (width, height), got {size!r}.")
+        raise ParameterError(f"size must be the long side in px (e.g. 512) or (width, height), got {shorten(size)}.")
     width, height = round_size(*image_size, size=tuple(values) if pair else values[0], multiple=multiple)
     if max(width, height) > MAX_WORKING_SIDE and not allow_large:
         raise ParameterError(f"a working size of {width}×{height} px is above {MAX_WORKING_SIDE} px on the long side "

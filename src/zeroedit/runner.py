@@ -13,6 +13,7 @@ of two different names can never collide.
 """
 from __future__ import annotations
 
+import codecs
 import inspect
 import json
 import logging
@@ -24,7 +25,7 @@ import threading
 from importlib import resources
 from pathlib import Path
 
-from .errors import ZeroEditError
+from .errors import ParameterError, ZeroEditError, shorten
 
 METHODS = ("compose", "translate", "edit", "personalize", "invert")
 # The model each method's paper used (hub ids; offline, pass a local folder or tiny/tiny-xl/toy).
@@ -39,6 +40,7 @@ SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback
 RUN_KEYS = {"model", "out", "quiet", "device", "dtype", "method", "id"}  # config keys that are not API arguments
 SEPARATOR = "~"  # NAME~i.png for the i-th of several images; never part of a name
 _STALE_TMP = re.compile(r"^\..+\.tmp\d+$")  # write_atomically's temporary files
+CONFIG_VALUES = 10_000  # most values (list items, keys, leaves) a config may hold once YAML aliases are expanded
 
 
 class _NoTorchvisionNotice(logging.Filter):
@@ -53,7 +55,7 @@ class _NoTorchvisionNotice(logging.Filter):
 logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 
-class UserError(ZeroEditError):
+class UserError(ParameterError):
     """A bad command line, config, jobs file or form."""
 
 
@@ -66,7 +68,7 @@ def method_function(name: str):
     """The API function of a method name (invert: `zeroedit.invert`)."""
     import zeroedit as ze
     if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; use one of {', '.join(METHODS)}.")
+        raise UserError(f"unknown method {shorten(name)}; use one of {', '.join(METHODS)}.")
     return getattr(ze, name)
 
 
@@ -139,7 +141,7 @@ def parse_value(name: str, value, base: Path | None = None, typed: bool = False)
         if isinstance(value, str) and value.count(",") == 3:
             box = _numbers(value.split(","))
             if box is None:
-                raise UserError(f"{flag(name)} {value!r}: give x0,y0,x1,y1 in pixels, a mask image or words naming an "
+                raise UserError(f"{flag(name)} {shorten(value)}: give x0,y0,x1,y1 in pixels, a mask image or words naming an "
                                 "object.")
             return box
         return [parse_value(name, v, base, typed) for v in value] if isinstance(value, list) else path(value)
@@ -148,7 +150,7 @@ def parse_value(name: str, value, base: Path | None = None, typed: bool = False)
             [item.split("=", 1) if "=" in item else (item, None) for item in (value if isinstance(value, list) else [value])]
         for phrase, region in items:
             if region is None:
-                raise UserError(f"--regions {phrase!r}: write phrase=x0,y0,x1,y1, phrase=mask.png or phrase=\"words\".")
+                raise UserError(f"--regions {shorten(phrase)}: write phrase=x0,y0,x1,y1, phrase=mask.png or phrase=\"words\".")
         return {phrase: parse_value("region", region, base, typed) for phrase, region in items}
     if name == "references":
         if isinstance(value, dict):
@@ -156,7 +158,7 @@ def parse_value(name: str, value, base: Path | None = None, typed: bool = False)
         out = {}
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, str) or "=" not in item:
-                raise UserError(f"--references {item!r}: write phrase=image.png (several: phrase=a.png,b.png).")
+                raise UserError(f"--references {shorten(item)}: write phrase=image.png (several: phrase=a.png,b.png).")
             phrase, images = item.split("=", 1)
             files = [path(v) for v in images.split(",")]
             out[phrase] = files if len(files) > 1 else files[0]
@@ -180,23 +182,67 @@ def map_paths(values: dict, function) -> dict:
     return {name: one(name, value) for name, value in values.items()}
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped); undecodable bytes are a UserError naming
+    the file, the line and the byte offset."""
+    data = Path(path).read_bytes()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = start + error.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise UserError(f"{what} {str(path)!r} is not UTF-8 text: line {line}, byte "
+                        f"{offset} (0x{data[offset]:02x}) cannot be decoded; save the file as UTF-8 (e.g. "
+                        "`iconv -f latin1 -t utf-8 FILE > NEW`).") from None
+
+
+def expanded_size(value, limit: int = CONFIG_VALUES, _seen: dict | None = None) -> int:
+    """How many values (containers, keys and leaves) `value` holds with every shared reference counted at each
+    use, as a YAML alias is expanded; stops counting past `limit` (a self-containing value counts as past it).
+    Shared parts are counted once each (memo), so an alias bomb is measured in microseconds."""
+    seen = {} if _seen is None else _seen
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in seen:
+        return seen[id(value)]
+    seen[id(value)] = limit + 1  # until counted: a value that contains itself is past any limit
+    total = 1
+    for item in (x for pair in value.items() for x in pair) if isinstance(value, dict) else value:
+        total += expanded_size(item, limit, seen)
+        if total > limit:
+            break
+    seen[id(value)] = total
+    return total
+
+
 def read_config(path: str) -> tuple[dict, Path]:
-    """Keys of a YAML/JSON config (or of a sidecar's "args"), and the folder relative paths start from."""
+    """Keys of a YAML/JSON config (or of a sidecar's "args"), and the folder relative paths start from.
+    PyYAML's safe loader; a config holding more than CONFIG_VALUES values once its aliases are expanded (an
+    alias bomb loads as a few shared lists, but every use of it, a message or a sidecar, would expand it) or a
+    value that contains itself is refused."""
+    import yaml
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"config file {path!r} does not exist.")
+        raise UserError(f"config file {shorten(path)} does not exist.")
+    text = read_text(file, "config file")
     try:
-        import yaml
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except Exception as error:  # noqa: BLE001 — yaml.YAMLError, UnicodeDecodeError
-        raise UserError(f"config file {path!r} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as error:  # RecursionError: nested too deeply
+        raise UserError(f"config file {shorten(path)} is not valid YAML/JSON: {str(error).splitlines()[0]}") from None
+    if expanded_size(data) > CONFIG_VALUES:
+        raise UserError(f"config file {shorten(path)} holds more than {CONFIG_VALUES} values once its YAML aliases "
+                        "(*name) are expanded, or a value that contains itself: write the values out.")
     if not isinstance(data, dict):
-        raise UserError(f"config file {path!r} must hold a mapping of argument names to values.")
+        raise UserError(f"config file {shorten(path)} must hold a mapping of argument names to values.")
     if "args" in data and "method" in data:  # a sidecar
+        if not isinstance(data["args"], dict):
+            raise UserError(f"config file {shorten(path)}: a sidecar's \"args\" must be a mapping of argument names "
+                            "to values.")
         data = dict(data["args"], model=data.get("model"))
     config = {str(k).replace("-", "_"): v for k, v in data.items()}
     if "quiet" in config and not isinstance(config["quiet"], bool):
-        raise UserError(f"config file {path!r}: quiet must be true or false, got {config['quiet']!r}.")
+        raise UserError(f"config file {shorten(path)}: quiet must be true or false, got {shorten(config['quiet'])}.")
     return config, file.resolve().parent
 
 
@@ -269,7 +315,7 @@ def check_device(device, dtype=None):
     try:
         kind = torch.device(str(device)).type
     except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
+        raise UserError(f"--device {shorten(device)} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(kind, True):
         raise UserError(f"--device {device}: {kind.upper()} is not available on this machine "
@@ -400,7 +446,7 @@ def job_arguments(job: dict, base: Path, model: str | None) -> tuple[str, dict, 
         raise UserError(job["_error"])
     method = job.get("method")
     if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
+        raise UserError(f"unknown method {shorten(method)}; use one of {', '.join(METHODS)}.")
     config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
     values = resolve_arguments(method, {}, config, base)
     return method, values, job.get("model") or model or DEFAULT_MODELS[method]

@@ -34,7 +34,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from .. import sessions
-from ..errors import ModelError, ParameterError, UnsupportedModel
+from ..errors import ModelError, ParameterError, UnsupportedModel, shorten
 from ..loading import is_sdxl
 from ..result import Stats
 from .vae import LatentCodec
@@ -277,7 +277,7 @@ def compile_options(value) -> dict | None:
                                  "leave fullgraph out.")
         return {**COMPILE_DEFAULTS, **value}
     raise ParameterError(f"compile must be True, False or a dict of torch.compile keyword arguments "
-                         f"(e.g. {{'mode': 'reduce-overhead'}}), got {value!r}.")
+                         f"(e.g. {{'mode': 'reduce-overhead'}}), got {shorten(value)}.")
 
 
 def compiled_forward(args, options: dict, forward=None) -> torch.Tensor | None:

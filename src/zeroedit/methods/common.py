@@ -16,7 +16,7 @@ from PIL import Image
 
 from .. import jobs
 from ..backbones import check_pipe
-from ..errors import ParameterError
+from ..errors import ParameterError, shorten
 from ..images import fit, load_image, to_pil, to_unit_tensor, working_size
 
 OUTPUT_TYPES = ("pil", "latent", "np", "pt")
@@ -27,14 +27,14 @@ SEED_LIMIT = 2 ** 64
 def check_number(value, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
     """A finite real number (not a bool) within [minimum, maximum]; NaN and ±inf are refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ParameterError(f"{name} must be a number, got {value!r}.")
+        raise ParameterError(f"{name} must be a number, got {shorten(value)}.")
     value = float(value)
     if not math.isfinite(value):
-        raise ParameterError(f"{name} must be a finite number, got {value!r}.")
+        raise ParameterError(f"{name} must be a finite number, got {shorten(value)}.")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         low = "-∞" if minimum is None else f"{minimum:g}"
         high = "∞" if maximum is None else f"{maximum:g}"
-        raise ParameterError(f"{name} must be in [{low}, {high}], got {value!r}.")
+        raise ParameterError(f"{name} must be in [{low}, {high}], got {shorten(value)}.")
     return value
 
 
@@ -44,7 +44,7 @@ def check_steps(steps, name: str = "steps", minimum: int = 1, maximum: int | Non
             or (maximum is not None and steps > maximum):
         bound = f"in {minimum}…{maximum}" if maximum is not None else f"≥ {minimum}"
         why = " (the most the scheduler's timestep grid holds)" if maximum is not None else ""
-        raise ParameterError(f"{name} must be an integer {bound}{why}, got {steps!r}.")
+        raise ParameterError(f"{name} must be an integer {bound}{why}, got {shorten(steps)}.")
     return int(steps)
 
 
@@ -69,21 +69,21 @@ def check_window(value, steps: int, name: str) -> int:
 
 def check_choice(value, name: str, choices) -> str:
     if not any(value is c or (c is not None and isinstance(value, type(c)) and value == c) for c in choices):
-        raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {shorten(value)}.")
     return value
 
 
 def check_prompts(prompt, name: str = "prompt") -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ParameterError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}.")
+        raise ParameterError(f"{name} must be a string or a non-empty list of strings, got {shorten(prompt)}.")
     return prompts
 
 
 def check_text(value, name: str) -> str:
     """A non-blank string (a concept, a phrase), stripped."""
     if not isinstance(value, str) or not value.strip():
-        raise ParameterError(f"{name} must be a non-blank string, got {value!r}.")
+        raise ParameterError(f"{name} must be a non-blank string, got {shorten(value)}.")
     return value.strip()
 
 
@@ -92,7 +92,7 @@ def check_seed(seed) -> int | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
-        raise ParameterError(f"seed must be an integer in [0, 2**64) or None, got {seed!r}.")
+        raise ParameterError(f"seed must be an integer in [0, 2**64) or None, got {shorten(seed)}.")
     return int(seed)
 
 
