@@ -76,7 +76,9 @@ def test_image_modes_convert_to_rgb(tmp_path):
     converted = np.asarray(load_image(str(path)))
     assert converted.shape == (30, 40, 3) and converted.max() > 200
     assert load_image(np.zeros((8, 8, 3), np.float32)).size == (8, 8)
-    assert load_image(torch.zeros(1, 3, 8, 8) - 1).getpixel((0, 0)) == (0, 0, 0)
+    assert load_image(torch.zeros(1, 3, 8, 8)).getpixel((0, 0)) == (0, 0, 0)  # floats in [0, 1], as diffusers
+    with pytest.raises(ImageError, match=r"\(x \+ 1\) / 2"):  # a [-1, 1] tensor is refused with the conversion
+        load_image(torch.zeros(1, 3, 8, 8) - 1)
 
 
 def test_image_errors(tmp_path):

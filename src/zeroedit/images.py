@@ -1,10 +1,23 @@
 """Image and mask inputs: PIL, numpy, torch or a path, in any common mode; working sizes.
 
-Conversions: RGBA/LA are composited onto white, palette and greyscale become RGB, 16-bit
-images are scaled to 8 bits. Files and PIL images are turned upright by their EXIF orientation
-(a portrait phone photo stays portrait). A file whose header announces more pixels than PIL's
-`Image.MAX_IMAGE_PIXELS` (89.5 MP by default; raise it, or set it to None, to accept bigger
-files) is an ImageError before any pixel is decoded (decompression bombs).
+Conversions: RGBA/LA are composited onto white, palette and greyscale become RGB. Files and PIL
+images are turned upright by their EXIF orientation (a portrait phone photo stays portrait). A file
+whose header announces more pixels than PIL's `Image.MAX_IMAGE_PIXELS` (89.5 MP by default; raise it,
+or set it to None, to accept bigger files) is an ImageError before any pixel is decoded (decompression
+bombs); so is a file PIL cannot decode, or one whose compressed text or colour-profile chunk expands
+beyond PIL's limit (`DECODE_ERRORS`).
+
+Pixel values (arrays, tensors and PIL's deep modes; the dtype decides the scale, never the values):
+- floats (numpy, torch, PIL mode F): diffusers' convention, [0, 1]. Values at most FLOAT_TOLERANCE (1/255,
+  one 8-bit level) outside it are rounding noise and clipped; NaN, ±inf or values further out are an
+  ImageError that says how to convert (0–255 values: divide by 255; a [-1, 1] image: (x + 1) / 2). numpy
+  and torch inputs follow the same rules (a tensor is read through numpy).
+- uint16, PIL's I;16 modes (16-bit PNG/TIFF) and mode I (PIL's decoders put 16-bit PGM/PPM there):
+  0–65535, scaled by 255/65535; mode I values outside 0–65535 (a 32-bit TIFF) are an ImageError.
+- uint8, bool (False/True -> 0/255) and other integer types: 8-bit values, 0–255; values outside are an
+  ImageError (give uint16 for 16-bit data, or floats).
+- complex or object arrays, meta or sparse tensors: ImageError.
+Layouts: HxW, HxWx{1,3,4}, {1,3,4}xHxW, each with an optional batch of one in front.
 
 Masks: white (luminance > 127) is inside; a mask whose largest value is 1 is read as a 0/1 mask
 (1 = inside); a mask with transparency uses its alpha channel.
@@ -20,22 +33,74 @@ long side, so at most 4.2 MP) are refused unless `allow_large=True`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from .errors import ImageError, MaskError, ParameterError, shorten
+from .errors import ImageError, MaskError, ParameterError, ZeroEditError, shorten
 
 MAX_WORKING_SIDE = 2048  # px, long side of the working size without allow_large=True
+FLOAT_TOLERANCE = 1 / 255  # float pixels this far outside [0, 1] (one 8-bit level) are rounding noise: clipped
+# What PIL raises on broken or hostile files (UnidentifiedImageError is an OSError; "Decompressed Data Too Large"
+# a ValueError; truncated or malformed chunks SyntaxError, EOFError, struct.error or zlib.error).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 
 ImageInput = Any  # PIL.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
 
+def _unit_floats(array: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8 (diffusers' convention). Values within FLOAT_TOLERANCE outside [0, 1]
+    are rounding noise and clipped; NaN/inf or values further out are an ImageError saying how to convert."""
+    array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ImageError(f"{what}: {int(array.size - finite.sum())} pixel value(s) are NaN or infinite; pass finite "
+                         "floats in [0, 1] (e.g. np.nan_to_num(x) first).")
+    low, high = float(array.min()), float(array.max())
+    if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+        if low >= -FLOAT_TOLERANCE and high <= 255 * (1 + FLOAT_TOLERANCE):
+            hint = "they look like 0–255 values: divide by 255 (or pass a uint8 array)"
+        elif low >= -1 - FLOAT_TOLERANCE and high <= 1 + FLOAT_TOLERANCE:
+            hint = "they look like a [-1, 1] image: pass (x + 1) / 2"
+        elif low >= -FLOAT_TOLERANCE and high <= 65535 * (1 + FLOAT_TOLERANCE):
+            hint = "they look like 0–65535 values: divide by 65535 (or pass a uint16 array)"
+        else:
+            hint = "rescale them to [0, 1]"
+        raise ImageError(f"{what}: float pixels must lie in [0, 1] (diffusers' convention), got values in "
+                         f"[{low:.4g}, {high:.4g}]; {hint}.")
+    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _integers(array: np.ndarray, what: str) -> np.ndarray:
+    """Integer pixels -> uint8: uint16 scaled by 65535 (16 bits, rounded), any other integer type read as
+    8-bit values (0–255; anything outside is an ImageError: the scale would be a guess)."""
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 255:
+        raise ImageError(f"{what}: {array.dtype} pixels are read as 8-bit values (0–255), got values in "
+                         f"[{low}, {high}]; pass a uint16 array for 16-bit data (0–65535) or floats in [0, 1].")
+    return array.astype(np.uint8)
+
+
 def _from_array(array: np.ndarray, what: str) -> Image.Image:
+    """A numpy array (HxW, HxWxC, CxHxW, or any of them with a batch of one in front) -> a PIL image:
+    bool, uint8, uint16 (÷ 257), other integers in 0–255, floats in [0, 1] (module docstring)."""
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"{what}: pixels of dtype {array.dtype} are not an image; pass uint8 (0–255), uint16 "
+                         "(0–65535), bool or floats in [0, 1].")
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ImageError(f"{what}: a 4-D array must hold one image, got batch {array.shape[0]}; pass one "
+                             "image at a time.")
+        array = array[0]
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -46,14 +111,27 @@ def _from_array(array: np.ndarray, what: str) -> Image.Image:
         raise ImageError(f"{what}: the array is empty.")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        array = np.clip(np.nan_to_num(array), 0.0, 1.0)
-        array = (array * 255.0 + 0.5).astype(np.uint8)
-    elif array.dtype == np.uint16:
-        array = (array // 257).astype(np.uint8)
+    elif array.dtype.kind == "f":
+        array = _unit_floats(array, what)
     elif array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return Image.fromarray(array)
+        array = _integers(array, what)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _tensor_array(tensor: torch.Tensor, what: str) -> np.ndarray:
+    """A tensor's values as a numpy array, read by the same rules as a numpy input (floats in [0, 1])."""
+    if tensor.is_meta:
+        raise ImageError(f"{what}: a meta tensor holds no pixel values (it only has a shape); pass a tensor with "
+                         "data.")
+    if tensor.layout != torch.strided:
+        raise ImageError(f"{what}: a {tensor.layout} tensor; pass a dense one (tensor.to_dense()).")
+    tensor = tensor.detach().cpu()
+    tensor = tensor.float() if tensor.is_floating_point() else tensor  # bfloat16 and float8 have no numpy type
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as error:  # e.g. a quantized tensor
+        raise ImageError(f"{what}: a tensor of dtype {tensor.dtype} cannot be read as pixels ({error}); pass "
+                         "uint8 or float values.") from None
 
 
 def _check_pixels(image: Image.Image, what: str) -> None:
@@ -74,6 +152,21 @@ def _upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
 
 
+@contextlib.contextmanager
+def _decoding(what: str, name: str):
+    """Turn what PIL raises on a broken or hostile file (any of DECODE_ERRORS) into an ImageError naming it."""
+    try:
+        yield
+    except ZeroEditError:
+        raise
+    except DECODE_ERRORS as error:
+        text = (str(error) or type(error).__name__).splitlines()[0][:300]
+        if "decompressed data too large" in text.lower():  # PIL's ImageFile.SAFEBLOCK guard of zTXt/iTXt/iCCP
+            text += ": a compressed text or colour-profile chunk expands beyond PIL's limit; re-save the image " \
+                    "without its metadata"
+        raise ImageError(f"{what}: {name} is not a readable image ({text}).") from None
+
+
 def _read_file(path, what: str) -> Image.Image:
     """Open lazily, check the header's pixel count, then decode (bombs never reach `load`). PIL itself raises
     above twice its limit and warns above it (the warning is left alone: silencing it would change the
@@ -92,50 +185,55 @@ def _read_file(path, what: str) -> Image.Image:
 def _open(image: ImageInput, what: str) -> Image.Image:
     if isinstance(image, Image.Image):
         _check_pixels(image, what)
+        with _decoding(what, "the PIL image"):
+            image.load()  # a lazily opened file decodes here
         return _upright(image)
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise ImageError(f"{what}: file not found: {os.fspath(image)!r}.")
-        try:
+        with _decoding(what, repr(os.fspath(image))):
             return _upright(_read_file(image, what))
-        except (UnidentifiedImageError, OSError) as error:
-            raise ImageError(f"{what}: {os.fspath(image)!r} is not a readable image ({error}).") from None
     if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.ndim == 4:
-            if tensor.shape[0] != 1:
-                raise ImageError(f"{what}: a 4-D tensor must hold one image, got batch {tensor.shape[0]}.")
-            tensor = tensor[0]
-        if tensor.is_floating_point() and tensor.min() < 0:  # diffusers' [-1, 1] convention
-            tensor = (tensor + 1) / 2
-        return _from_array(tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy(), what)
+        return _from_array(_tensor_array(image, what), what)
     if isinstance(image, np.ndarray):
         return _from_array(image, what)
     raise ImageError(f"{what}: expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}.")
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+def _named(image: ImageInput, what: str) -> str:
+    """`what`, with the file's name when the input is a path (for messages about its pixel values)."""
+    return f"{what} {os.fspath(image)!r}" if isinstance(image, (str, os.PathLike)) else what
+
+
+def _to_8bit(image: Image.Image, what: str) -> Image.Image:
+    """PIL's deep modes by the array rules: I;16* and I are 16-bit (0–65535, as PIL's decoders fill mode I,
+    e.g. a 16-bit PGM), F (32-bit floats) in [0, 1]."""
+    if image.mode.startswith("I;16"):
+        return _from_array(np.asarray(image).astype(np.uint16), what)  # byte order: numpy reads it from the mode
+    if image.mode == "I":
         array = np.asarray(image, dtype=np.int64)
-        peak = 65535 if array.max() > 255 else 255
-        return Image.fromarray((array * 255 // peak).clip(0, 255).astype(np.uint8))
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ImageError(f"{what}: a 32-bit integer image (PIL mode I) is read as 16-bit (0–65535), got values "
+                             f"in [{array.min()}, {array.max()}]; save it as 8- or 16-bit, or pass floats in [0, 1].")
+        return _from_array(array.astype(np.uint16), what)
     if image.mode == "F":
-        return _from_array(np.asarray(image, dtype=np.float32), "image")
+        return _from_array(np.asarray(image, dtype=np.float32), what)
     return image
 
 
 def load_image(image: ImageInput, what: str = "image") -> Image.Image:
     """Any supported input -> an RGB PIL image (alpha composited onto white)."""
-    pil = _to_8bit(_open(image, what))
+    pil = _to_8bit(_open(image, what), _named(image, what))
     if pil.width < 1 or pil.height < 1:
         raise ImageError(f"{what}: the image is empty ({pil.width}x{pil.height}).")
-    if pil.mode == "P":
-        pil = pil.convert("RGBA")
-    if pil.mode in ("RGBA", "LA", "PA"):
-        rgba = pil.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return pil.convert("RGB")
+    with _decoding(what, "the image"):  # a mode PIL cannot convert (e.g. "La") is unreadable too
+        if pil.mode == "P":
+            pil = pil.convert("RGBA")
+        if pil.mode in ("RGBA", "LA", "PA"):
+            rgba = pil.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return pil.convert("RGB")
 
 
 def load_mask(mask: ImageInput, what: str = "mask", size: tuple[int, int] | None = None) -> np.ndarray:
@@ -143,7 +241,7 @@ def load_mask(mask: ImageInput, what: str = "mask", size: tuple[int, int] | None
     uses the alpha; otherwise luminance > 127, or > 0 for a 0/1 mask (largest value 1).
     `size` = (width, height) resizes (nearest)."""
     try:
-        pil = _to_8bit(_open(mask, what))
+        pil = _to_8bit(_open(mask, what), _named(mask, what))
     except ImageError as error:
         raise MaskError(str(error)) from None
     if pil.mode in ("RGBA", "LA", "PA") and np.asarray(pil.getchannel("A")).min() < 255:
