@@ -6,7 +6,15 @@ model). Every image and sidecar is written atomically (tmp + os.replace); each f
 {"id", "status": "ok"|"error", "outputs", "stats" | "error"} to its process's shard `results.part<rank>.jsonl`;
 at the end the main process merges all shards into `results.jsonl` (one record per job, in job order). A re-run
 skips every job that already has a record, so a crash or Ctrl-C loses nothing and duplicates nothing; it first
-removes the temporary files (`.NAME.tmpPID`) a kill left behind. Outputs are named by the job's id: `ID.png`,
+removes the temporary files (`.NAME.tmpPID`) a kill left behind.
+
+Every line is checked before any model work (`check_jobs`: JSON, method, argument names and values, required
+arguments, input files present; ~100,000 lines in seconds): a bad line becomes an error record at once and is
+named on stderr (unless quiet), the other jobs run. The jobs file is UTF-8 (a byte-order mark is accepted); other
+bytes are a UserError naming the line. Records are written through `Records`: each line is flushed as its job
+ends (a killed process loses none), fsync'd at most once per SYNC_SECONDS and at the end (a power cut or an OS
+crash loses at most the last SYNC_SECONDS of records; their jobs run again on resume, overwriting their own
+outputs). Outputs are named by the job's id: `ID.png`,
 or `ID~0.png`, `ID~1.png`, ... for several images, and `ID.json`; ids cannot contain `~`, so two jobs' files
 never collide (job "h" with two prompts writes h~0.png, h~1.png; job "h-0" writes h-0.png). Under
 `accelerate launch` the jobs are split with `PartialState().split_between_processes`.
@@ -25,6 +33,8 @@ import json
 import logging
 import os
 import re
+import sys
+import time
 from pathlib import Path
 
 from . import runner
@@ -34,6 +44,8 @@ logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
 METHODS = runner.METHODS
 ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")  # any other character of an id becomes "_" (never runner.SEPARATOR)
+SYNC_SECONDS = 1.0  # records are fsync'd at most this often (and at the end)
+LISTED = 5  # refused jobs named on stderr before the count of the others
 
 
 def read_jobs(path: Path) -> list[dict]:
@@ -43,15 +55,15 @@ def read_jobs(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"jobs file {str(path)!r} does not exist.")
     jobs, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(runner.read_text(path, "jobs file").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             job = json.loads(line)
             if not isinstance(job, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as error:
-            job = {"_error": f"line {number} is not a JSON object: {error}"}
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
+            job = {"_error": f"line {number} is not a JSON object: {str(error)[:200]}"}
         job_id = re.sub(r"^\.", "_", ID_CHARS.sub("_", str(job.get("id", f"job{number:05d}"))))
         if job_id.lower() in seen:
             job, job_id = {"_error": f"line {number}: duplicate id {job_id!r}"}, f"job{number:05d}"
@@ -66,13 +78,43 @@ def read_records(out: Path) -> dict[str, dict]:
     for file in [out / RESULTS] + sorted(out.glob("results.part*.jsonl")):
         if not file.is_file():
             continue
-        for line in file.read_text(encoding="utf-8").splitlines():
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():  # a damaged line is skipped
             try:
                 record = json.loads(line)
                 records[record["id"]] = record
             except (ValueError, KeyError, TypeError):
                 continue
     return records
+
+
+def check_job(job: dict, base: Path, model: str | None) -> None:
+    """The checks of one job that need no model: `runner.job_arguments` (JSON, method, argument names and
+    values, required arguments) and every input file present. Raises UserError."""
+    _, values, _ = job_arguments(job, base, model)
+    missing = runner.missing_files(values)
+    if missing:
+        raise UserError(f"input file not found: {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                                                                   else "") + ".")
+
+
+def check_jobs(jobs: list[dict], base: Path, model: str | None) -> tuple[list[dict], list[dict]]:
+    """Check every job before any model work (`check_job`): (the good jobs, an error record per bad one)."""
+    good, refused = [], []
+    for job in jobs:
+        record = guarded(job, lambda record: check_job(job, base, model))
+        if "status" in record:
+            refused.append(record)
+        else:
+            good.append(job)
+    return good, refused
+
+
+def refusal_note(refused: list[dict], total: int) -> str:
+    """One line naming the first LISTED refused jobs (id: error) and counting the others."""
+    listed = "; ".join(f"{r['id']}: {r['error']}" for r in refused[:LISTED])
+    more = f"; and {len(refused) - LISTED} more" if len(refused) > LISTED else ""
+    return (f"batch: {len(refused)} of {total} job(s) refused before any model work (error records; the others "
+            f"run): {listed}{more}")
 
 
 PER_JOB = {"image", "background", "reference", "reference_mask", "region", "references", "prompt", "source_prompt",
@@ -130,12 +172,39 @@ def run_group(group: list[dict], base: Path, out: Path, model: str | None, devic
     return [dict(record, batch=shared) for record, _ in outcomes]
 
 
-def _append(shard: Path, record: dict):
-    """Append one record line and flush it to disk (a kill can at most tear this line, which reads skip)."""
-    with open(shard, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+class Records:
+    """Appends records to a shard (module docstring): every line is flushed when added (a killed process loses
+    none; a kill mid-write can at most tear the last line, which reads skip), fsync'd at most once per
+    SYNC_SECONDS and on close."""
+
+    def __init__(self, shard: Path):
+        self.file = open(shard, "a", encoding="utf-8")
+        self.synced = time.monotonic()
+
+    def add(self, *records: dict):
+        if not records:
+            return
+        self.file.write("".join(json.dumps(record) + "\n" for record in records))
+        self.file.flush()
+        if time.monotonic() - self.synced >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self):
+        os.fsync(self.file.fileno())
+        self.synced = time.monotonic()
+
+    def close(self):
+        try:
+            self.file.flush()
+            self.sync()
+        finally:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def merge(out: Path, jobs: list[dict]) -> list[dict]:
@@ -179,7 +248,10 @@ def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool 
         if stale:
             logger.info("removed %d stale temporary file(s) of a killed run: %s", len(stale), ", ".join(stale))
     done = read_records(out)
-    todo = [job for job in jobs if job["id"] not in done]
+    base = jobs_path.parent.resolve()
+    todo, refused = check_jobs([job for job in jobs if job["id"] not in done], base, model)  # every line, no model
+    if refused and not quiet and (state is None or state.is_main_process):
+        print(refusal_note(refused, len(refused) + len(todo)), file=sys.stderr, flush=True)
     todo.sort(key=lambda job: (str(job.get("model") or model or ""), job.get("method") == "personalize"))  # fewer loads
     device = None
     if state is not None:
@@ -188,19 +260,18 @@ def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool 
             device = str(state.device)
         with state.split_between_processes(todo) as mine:
             todo = list(mine)
-    shard = out / f"results.part{rank}.jsonl"
     from tqdm.auto import tqdm
-    base = jobs_path.parent.resolve()
-    if max_batch == 1:
-        for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
-            _append(shard, dict(run_job(job, base, out, model, device, quiet=True), process=rank))
-    else:
-        groups, failed = plan(todo, base, model, max_batch)
-        for record in failed:
-            _append(shard, dict(record, process=rank))
-        for group in tqdm(groups, desc=f"batch[{rank}] groups", disable=quiet):
-            for record in run_group(group, base, out, model, device):
-                _append(shard, dict(record, process=rank))
+    with Records(out / f"results.part{rank}.jsonl") as records:
+        if state is None or state.is_main_process:
+            records.add(*(dict(record, process=rank) for record in refused))
+        if max_batch == 1:
+            for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
+                records.add(dict(run_job(job, base, out, model, device, quiet=True), process=rank))
+        else:
+            groups, failed = plan(todo, base, model, max_batch)
+            records.add(*(dict(record, process=rank) for record in failed))
+            for group in tqdm(groups, desc=f"batch[{rank}] groups", disable=quiet):
+                records.add(*(dict(record, process=rank) for record in run_group(group, base, out, model, device)))
     if state is not None:
         state.wait_for_everyone()
     failed = 0

@@ -14,6 +14,7 @@ of two different names can never collide.
 from __future__ import annotations
 
 import codecs
+import functools
 import inspect
 import json
 import logging
@@ -74,7 +75,13 @@ def method_function(name: str):
 
 def parameters(method: str) -> dict[str, inspect.Parameter]:
     """The method's user-facing parameters (name -> inspect.Parameter), in signature order."""
-    return {n: p for n, p in inspect.signature(method_function(method)).parameters.items() if n not in SKIPPED}
+    return dict(_parameters(method_function(method)))
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(function) -> dict[str, inspect.Parameter]:
+    """`parameters` of one function, read once (a batch resolves 100,000 jobs' arguments in seconds)."""
+    return {n: p for n, p in inspect.signature(function).parameters.items() if n not in SKIPPED}
 
 
 def flag(name: str) -> str:
@@ -180,6 +187,13 @@ def map_paths(values: dict, function) -> dict:
             return [one(name, v) for v in value]
         return function(value) if isinstance(value, str) and _is_path_arg(name, value) else value
     return {name: one(name, value) for name, value in values.items()}
+
+
+def missing_files(values: dict) -> list[str]:
+    """The file paths among resolved `values` (those `map_paths` visits) that do not exist."""
+    missing = []
+    map_paths(values, lambda path: path if os.path.exists(path) else missing.append(path))
+    return missing
 
 
 def read_text(path: Path, what: str) -> str:
