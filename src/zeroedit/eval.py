@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageError, MaskError, ParameterError
+from .errors import ImageError, MaskError, ParameterError, shorten
 from .images import load_image, load_mask
+from .runner import read_text
 
 logger = logging.getLogger(__name__)
 BENCHMARKS = ("piebench", "tficon", "mip", "toy")
@@ -61,19 +62,26 @@ def add_arguments(parser):
 
 # ----------------------------------------------------------------------------------------- inputs
 def read_results(folder: Path) -> list[dict]:
-    """The finished ("ok") records of a batch folder's results.jsonl (its presence is checked by `_check`)."""
+    """The finished ("ok") records of a batch folder's results.jsonl (its presence is checked by `_check`); each
+    has a string "id" and a list of output names (ParameterError naming the file and the line otherwise)."""
     file, records = folder / "results.jsonl", []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(file, "results file").splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ParameterError(f"{file}, line {number}, is not JSON ({error.msg}): delete or repair that line "
-                                 "(a batch stopped mid-write), then run eval again.") from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise ParameterError(f"{file}, line {number}, is not a job record with an \"id\": give the --out folder "
-                                 "of a `zeroedit batch`.")
+        except (json.JSONDecodeError, RecursionError) as error:
+            why = getattr(error, "msg", "nested too deeply")
+            raise ParameterError(f"{file}, line {number}, is not JSON ({why}): delete or repair that line (a batch "
+                                 "stopped mid-write), then run eval again.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
+            raise ParameterError(f"{file}, line {number}, is not a job record with a string \"id\": give the --out "
+                                 "folder of a `zeroedit batch`.")
+        outputs = record.get("outputs")
+        names = isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)
+        if record.get("status") == "ok" and not names:
+            raise ParameterError(f"{file}, line {number} (job {record['id']!r}): \"outputs\" must be a list of file "
+                                 f"names, got {shorten(outputs)}: repair the line or re-run the job.")
         records.append(record)
     return [r for r in records if r.get("status") == "ok"]
 
@@ -92,8 +100,8 @@ def _sidecar_args(folder: Path, job_id: str) -> tuple[dict, Path]:
         raise ParameterError(f"job {job_id!r}: its sidecar {file} is missing: copy the whole batch folder, or "
                              "re-run the job.")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(read_text(file, f"job {job_id!r}: its sidecar"))
+    except (json.JSONDecodeError, RecursionError) as error:
         raise ParameterError(f"job {job_id!r}: its sidecar {file} is not valid JSON ({error}): restore the file "
                              "or re-run the job.") from None
     if not isinstance(data, dict) or not isinstance(data.get("args"), dict):
@@ -102,46 +110,103 @@ def _sidecar_args(folder: Path, job_id: str) -> tuple[dict, Path]:
     return data["args"], file
 
 
-def _need(args: dict, key: str, file: Path, benchmark: str):
+def _text(value, key: str, where: str) -> str:
+    """A field that must be a non-empty string (a file path or a prompt)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(f"{where}: {key!r} must be a non-empty string (a file path or a text), got "
+                             f"{shorten(value)}: repair the file or re-run the job.")
+    return value
+
+
+def _need(args: dict, key: str, file: Path, benchmark: str, job_id: str, text: bool = True):
+    """A sidecar argument --benchmark needs; `text`: a path or prompt, which must be a non-empty string."""
     if key not in args:
-        raise ParameterError(f"{file} has no {key!r} argument, which --benchmark {benchmark} needs: was the "
-                             f"batch built for {benchmark} (zeroedit.datasets)?")
-    return args[key]
+        raise ParameterError(f"job {job_id!r}: {file} has no {key!r} argument, which --benchmark {benchmark} needs: "
+                             f"was the batch built for {benchmark} (zeroedit.datasets)?")
+    return _text(args[key], key, f"job {job_id!r}, {file}") if text else args[key]
+
+
+def _entry(mapping: dict, key: str, job_id: str, benchmark: str) -> dict:
+    """The job's entry of --data's mapping file, its fields checked: "image_path" a string, "mask" PIE-Bench's
+    run-length list (an even number of integers); piebench: "editing_prompt" a string; toy: "toy" naming the
+    case (integers index < n and seed, a list of kinds)."""
+    entry = mapping.get(key) if key != "__root__" else None
+    if not isinstance(entry, dict) or not {"image_path", "mask"} <= set(entry):
+        raise ParameterError(f"job {job_id!r} is not in --data's mapping file (key {key!r}, with \"image_path\" "
+                             "and \"mask\"): give the mapping_file.json the batch's jobs were built from.")
+    where = f"job {job_id!r}, --data's entry {key!r}"
+    _text(entry["image_path"], "image_path", where)
+    mask = entry["mask"]
+    if not isinstance(mask, list) or len(mask) % 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                              for v in mask):
+        raise ParameterError(f"{where}: \"mask\" must be PIE-Bench's run-length list (pairs of non-negative "
+                             f"integers start, length), got {shorten(mask)}.")
+    if benchmark == "piebench":
+        _text(entry.get("editing_prompt"), "editing_prompt", where)
+    if benchmark == "toy":
+        toy = entry.get("toy")
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        if not (isinstance(toy, dict) and all(whole(toy.get(k)) for k in ("index", "n", "seed"))
+                and 0 <= toy["index"] < toy["n"] and isinstance(toy.get("kinds"), list)
+                and all(isinstance(k, str) for k in toy["kinds"])):
+            raise ParameterError(f"{where}: --benchmark toy needs the \"toy\" key naming the case ({{\"index\", "
+                                 f"\"n\", \"kinds\", \"seed\"}}), got {shorten(toy)}: give the mapping file "
+                                 "zeroedit.metrics.toy.write_dataset wrote.")
+    return entry
+
+
+def _region(region, where: str):
+    """A sidecar's region: a mask path (string) or a box of four numbers."""
+    if isinstance(region, str) and region.strip():
+        return region
+    if isinstance(region, list) and len(region) == 4 and \
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in region):
+        return region
+    raise ParameterError(f"{where}: \"region\" must be a mask path or a box [x0, y0, x1, y1], got "
+                         f"{shorten(region)}: repair the file or re-run the job.")
+
+
+def _references(given, where: str) -> dict[str, list[str]]:
+    """A sidecar's references: {concept: image path or non-empty list of paths}."""
+    references = {k: v if isinstance(v, list) else [v] for k, v in given.items()} if isinstance(given, dict) else None
+    if not references or not all(isinstance(k, str) and ps and all(isinstance(p, str) and p for p in ps)
+                                 for k, ps in references.items()):
+        raise ParameterError(f"{where}: \"references\" must map each concept to its image path(s), got "
+                             f"{shorten(given)}: repair the file or re-run the job.")
+    return references
 
 
 def _plan(record: dict, folder: Path, benchmark: str, mapping: dict | None) -> dict:
     """What one scored image needs, as paths (see the module docstring): {"id", "category", "edited", ...}.
     Raises ParameterError on a missing sidecar, a sidecar without JSON or a needed argument, a record without
-    a PNG output or a job absent from the mapping file; the images themselves are read by `_load`."""
+    a PNG output, a job absent from the mapping file, or a field of the wrong type (every message names the job
+    and the file); the images themselves are read by `_load`."""
     job_id = record["id"]
     args, file = _sidecar_args(folder, job_id)
-    output = next((o for o in record.get("outputs") or [] if str(o).endswith(".png")), None)
+    where = f"job {job_id!r}, {file}"
+    output = next((o for o in record.get("outputs") or [] if o.endswith(".png")), None)
     if output is None:
         raise ParameterError(f"job {job_id!r} has no PNG among its outputs in results.jsonl: re-run the job.")
     plan = {"id": job_id, "edited": _path(folder, output)}
     if benchmark in ("piebench", "toy"):
         key = job_id[4:] if job_id.startswith("pie-") else job_id
-        entry = mapping.get(key) if key != "__root__" else None
-        if not isinstance(entry, dict) or not {"image_path", "mask"} <= set(entry):
-            raise ParameterError(f"job {job_id!r} is not in --data's mapping file (key {key!r}, with \"image_path\" "
-                                 "and \"mask\"): give the mapping_file.json the batch's jobs were built from.")
-        source = _path(folder, args["image"]) if args.get("image") else \
+        entry = _entry(mapping, key, job_id, benchmark)
+        source = _path(folder, _text(args["image"], "image", where)) if args.get("image") is not None else \
             Path(mapping["__root__"]) / "annotation_images" / entry["image_path"]
         parts = entry["image_path"].split("/")
         plan.update(source=source, entry=entry,
                     category=parts[0] if len(parts) > 1 else str(entry.get("editing_type_id", "all")))
     elif benchmark == "tficon":
-        region = _need(args, "region", file, benchmark)
-        plan.update(background=_path(folder, _need(args, "background", file, benchmark)),
-                    reference=_path(folder, _need(args, "reference", file, benchmark)),
+        region = _region(_need(args, "region", file, benchmark, job_id, text=False), where)
+        domain = args.get("domain")
+        plan.update(background=_path(folder, _need(args, "background", file, benchmark, job_id)),
+                    reference=_path(folder, _need(args, "reference", file, benchmark, job_id)),
                     region=_path(folder, region) if isinstance(region, str) else region,
-                    prompt=_need(args, "prompt", file, benchmark), category=args.get("domain") or "all")
+                    prompt=_need(args, "prompt", file, benchmark, job_id),
+                    category=_text(domain, "domain", where) if domain is not None else "all")
     else:
-        given = _need(args, "references", file, benchmark)
-        if not isinstance(given, dict) or not given:
-            raise ParameterError(f"{file}: \"references\" must map each concept to its image(s), got {given!r}.")
-        references = {k: v if isinstance(v, list) else [v] for k, v in given.items()}
-        plan.update(prompt=_need(args, "prompt", file, benchmark),
+        references = _references(_need(args, "references", file, benchmark, job_id, text=False), where)
+        plan.update(prompt=_need(args, "prompt", file, benchmark, job_id),
                     concepts=[[_path(folder, p) for p in ps] for ps in references.values()],
                     category=" + ".join(references), comb=json.dumps(references, sort_keys=True))
     return plan
@@ -359,8 +424,8 @@ def _check(args) -> tuple[list[Path], list[str], dict | None, list[str]]:
             raise ParameterError(f"--benchmark {args.benchmark} needs --data MAPPING_FILE (PIE-Bench's mapping_file.json"
                                  f"{' written by zeroedit.metrics.toy.write_dataset' if args.benchmark == 'toy' else ''}).")
         try:
-            mapping = json.loads(Path(args.data).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            mapping = json.loads(read_text(Path(args.data), "--data"))
+        except (json.JSONDecodeError, RecursionError) as error:
             raise ParameterError(f"--data {args.data} is not valid JSON ({error}): give PIE-Bench's "
                                  "mapping_file.json.") from None
         if not isinstance(mapping, dict):
