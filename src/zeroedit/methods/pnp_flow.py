@@ -43,6 +43,10 @@ z ← z + (σ' − σ)·(v(ẑ_tar, c_tar) − v(ẑ_src, c_src)); source and ev
 with CFG, negative ""). Defaults from FlowEdit's FLUX_exp.yaml / SD3_exp.yaml: FLUX 28 steps, n_max 24,
 guidance source 1.5 / target 5.5; SD3 50 steps, n_max 33, source 3.5 / target 13.5; n_avg = 1, n_min = 0
 (only n_min = 0 is implemented). `strength` = n_max / steps. Calls: n_max (no inversion).
+
+negative_prompt: SD3/3.5 use it in their CFG branch (both methods). FLUX.1 is guidance-distilled (no CFG
+branch, nothing a negative prompt could enter), so a non-empty negative_prompt on FLUX is a ParameterError
+rather than silently ignored.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ import torch
 
 from ..backbones import Cond, FlowBackbone
 from ..control import Controller, Inject, Record, joint_attention_layers
-from ..errors import ParameterError
+from ..errors import ParameterError, shorten
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
@@ -126,7 +130,11 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
                                 layers, guidance_scale, source_guidance_scale)
     negative = "" if negative_prompt is None else negative_prompt
     if not isinstance(negative, str):
-        raise ParameterError(f"negative_prompt must be a string, got {negative_prompt!r}.")
+        raise ParameterError(f"negative_prompt must be a string, got {shorten(negative_prompt)}.")
+    if negative.strip() and not backbone.has_cfg:
+        raise ParameterError(f"negative_prompt {shorten(negative)}: FLUX.1 is guidance-distilled (no classifier-free "
+                             "guidance branch), so it takes no negative prompt; leave negative_prompt empty, or use "
+                             "an SD3/SD3.5 model, which honours it.")
     noise = generator(seed)  # checks seed; FlowEdit's noise
     original, picture = load_input(picture_input, backbone, size, allow_large)
     stats = Stats(params=dict(params, prompt=prompts, source_prompt=source_prompt, negative_prompt=negative, seed=seed,
