@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import MaskError, ModelError, ParameterError
+from .errors import MaskError, ModelError, ParameterError, shorten
 from .images import load_image, load_mask
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def register(name: str, model, processor) -> None:
     """Use `model` + `processor` (already built) whenever `name` is asked for; clears cached placements of it.
     The model is moved to the asked device/dtype in place (a copy for a second placement)."""
     if not isinstance(name, str) or not name.strip():
-        raise ParameterError(f"register needs a model name, got {name!r}.")
+        raise ParameterError(f"register needs a model name, got {shorten(name)}.")
     with _lock:
         _registered[name] = (model.eval(), processor)
         for key in [k for k in _cache if k[1] == name]:
@@ -91,7 +91,7 @@ def _name(value, kind: str) -> str:
     if value is None:
         return _defaults[kind]
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ParameterError(f"{kind} must be a model name or folder, got {value!r}.")
+        raise ParameterError(f"{kind} must be a model name or folder, got {shorten(value)}.")
     value = os.fspath(value)
     return SHORT_NAMES.get(value, value)
 
@@ -105,7 +105,7 @@ def placement(device=None, dtype=None, like=None) -> tuple[torch.device, torch.d
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, TypeError):
-        raise ParameterError(f"device must be a torch device or a name such as 'cuda', got {device!r}.") from None
+        raise ParameterError(f"device must be a torch device or a name such as 'cuda', got {shorten(device)}.") from None
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
@@ -152,7 +152,8 @@ def _family(model) -> str:
 # ----------------------------------------------------------------------------------------- checks
 def _check_phrase(phrase) -> str:
     if not isinstance(phrase, str) or not phrase.strip():
-        raise ParameterError(f"the phrase must be a non-empty string naming an object, e.g. 'the panda', got {phrase!r}.")
+        raise ParameterError("the phrase must be a non-empty string naming an object, e.g. 'the panda', got "
+                             f"{shorten(phrase)}.")
     return phrase.strip()
 
 
@@ -160,7 +161,7 @@ def _check_threshold(threshold):
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ParameterError(f"threshold must be a score in [0, 1] or None, got {threshold!r}.")
+        raise ParameterError(f"threshold must be a score in [0, 1] or None, got {shorten(threshold)}.")
     return float(threshold)
 
 
@@ -189,9 +190,11 @@ def detect(image, phrase: str, detector=None, threshold: float | None = None, de
     model, processor = _load("detector", name, *placement(device, dtype, like))
     family = _family(model)
     threshold = THRESHOLDS[family] if threshold is None else threshold
+    # Grounding DINO's text format: lower case, ending with "."
+    text = (phrase.lower() if phrase.endswith(".") else phrase.lower() + ".") if family == "grounding-dino" else phrase
+    _check_length(phrase, text, model, processor, family, name)
     try:
-        if family == "grounding-dino":  # lower case, ends with "." (Grounding DINO's text format)
-            text = phrase.lower() if phrase.endswith(".") else phrase.lower() + "."
+        if family == "grounding-dino":
             inputs = processor(images=picture, text=text, return_tensors="pt")
         else:
             inputs = processor(text=[[phrase]], images=picture, return_tensors="pt", truncation=True)
@@ -203,7 +206,7 @@ def detect(image, phrase: str, detector=None, threshold: float | None = None, de
     best = int(scores.argmax())
     score = float(scores[best])
     if score < threshold:
-        raise MaskError(f"{phrase!r} was not found in the image: best detection score {score:.3f} is under the "
+        raise MaskError(f"{shorten(phrase)} was not found in the image: best detection score {score:.3f} is under the "
                         f"threshold {threshold:.3f} (detector {name}). Rephrase, lower threshold=, or give a box/mask.")
     cx, cy, w, h = out.pred_boxes[0, best].float().tolist()
     width, height = picture.size
@@ -211,8 +214,32 @@ def detect(image, phrase: str, detector=None, threshold: float | None = None, de
     box = (max(0.0, (cx - w / 2) * sx), max(0.0, (cy - h / 2) * sy),
            min(float(width), (cx + w / 2) * sx), min(float(height), (cy + h / 2) * sy))
     if box[2] <= box[0] or box[3] <= box[1]:
-        raise MaskError(f"the best detection of {phrase!r} (score {score:.3f}) lies outside the image.")
+        raise MaskError(f"the best detection of {shorten(phrase)} (score {score:.3f}) lies outside the image.")
     return box, score
+
+
+def token_limit(model, processor, family: str) -> int | None:
+    """The most tokens (special ones included) of a phrase the detector reads: Grounding DINO's max_text_len
+    (its forward cuts the rest), OWL's text positions (its processor truncates), or the tokenizer's own limit
+    when smaller; None when the model does not say (a stand-in model)."""
+    config = model.config
+    limit = getattr(config, "max_text_len", None) if family == "grounding-dino" else \
+        getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
+    own = getattr(getattr(processor, "tokenizer", None), "model_max_length", None)
+    return min(v for v in (limit, own) if v) if limit or own else None
+
+
+def _check_length(phrase: str, text: str, model, processor, family: str, name: str) -> None:
+    """Refuse (MaskError) a phrase longer than the detector's token limit: it would be cut silently, often
+    dropping the noun at its end."""
+    limit = token_limit(model, processor, family)
+    if limit is None or getattr(processor, "tokenizer", None) is None:
+        return
+    count = len(processor.tokenizer(text)["input_ids"])
+    if count > limit:
+        raise MaskError(f"the phrase {shorten(phrase)} is {count} tokens long, over the limit of {limit} tokens of "
+                        f"the detector {name} (the words past it would be cut off): use a shorter phrase naming the "
+                        "object, e.g. 'the red car'.")
 
 
 def box(image, phrase: str, detector=None, threshold: float | None = None, device=None, dtype=None,
@@ -255,7 +282,7 @@ def segment(image, phrase: str | None = None, segmenter=None, detector=None, thr
     masks, scores = _sam(picture, model, processor, input_boxes=[[list(found)]])
     mask = masks[0, int(scores[0].argmax())].numpy()
     if not mask.any():
-        raise MaskError(f"SAM returned an empty mask for {phrase!r} in its box {tuple(round(v) for v in found)}.")
+        raise MaskError(f"SAM returned an empty mask for {shorten(phrase)} in its box {tuple(round(v) for v in found)}.")
     return mask
 
 
