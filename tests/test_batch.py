@@ -152,3 +152,65 @@ def test_resume_removes_stale_temporary_files(tmp_path):
     assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 0
     assert not any(file.exists() for file in stale) and keep.is_file()
     assert sorted(p.name for p in out.glob("*.png")) == ["j0.png", "j1.png"]
+
+
+def test_every_line_is_checked_before_any_model_loads(tmp_path, monkeypatch):
+    """Bad lines anywhere (issue 26 §6) become error records, written before the first model load; the good
+    jobs still run."""
+    shutil.copyfile(ASSETS / "cat.png", tmp_path / "cat.png")
+    good = {"method": "invert", "id": "ok", "image": "cat.png", "steps": 2, "model": "tiny"}
+    bad = [{"method": "invert", "id": "gone", "image": "missing.png", "model": "tiny"},  # no such input file
+           {"method": "invert", "id": "typo", "image": "cat.png", "stepz": 2, "model": "tiny"},  # unknown key
+           {"method": "translate", "id": "bare", "image": "cat.png", "model": "tiny"}]  # no prompt
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in [good] + bad) + '{"method": "invert", "id": \n')
+    out, seen = tmp_path / "out", []
+    real = runner.load_pipeline
+
+    def load(*args, **kwargs):  # what the shard holds when the first model loads
+        seen.append(sorted(json.loads(line)["id"] for line in (out / "results.part0.jsonl").read_text().splitlines()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "load_pipeline", load)
+    assert cli.main(["batch", str(jobs), "--out", str(out), "--quiet"]) == 3
+    assert seen[0] == ["bare", "gone", "job00005", "typo"]
+    recs = {r["id"]: r for r in records(out)}
+    assert recs["ok"]["status"] == "ok" and [recs[i]["status"] for i in seen[0]] == ["error"] * 4
+    assert "missing.png" in recs["gone"]["error"] and "stepz" in recs["typo"]["error"]
+    assert "--prompt" in recs["bare"]["error"] and "line 5" in recs["job00005"]["error"]
+
+
+def test_refused_jobs_are_named_on_stderr_unless_quiet(tmp_path, capsys):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(f'{{"method": "invert", "id": "m{i}", "image": "no{i}.png"}}\n' for i in range(7)))
+    assert batch.run_batch(jobs, tmp_path / "out", quiet=False) == 7
+    err = capsys.readouterr().err
+    assert "7 of 7 job(s) refused before any model work" in err and "m0: input file not found" in err
+    assert "m4:" in err and "m5:" not in err and "and 2 more" in err  # the first five, then a count
+    assert batch.run_batch(jobs, tmp_path / "out2", quiet=True) == 7 and "refused" not in capsys.readouterr().err
+
+
+def test_records_are_flushed_per_job_and_synced_in_batches(tmp_path, monkeypatch):
+    """Each record is readable as soon as it is added (a killed process loses none); fsync runs at most once per
+    SYNC_SECONDS, and always on close."""
+    syncs = []
+    monkeypatch.setattr(batch.os, "fsync", lambda fd: syncs.append(fd))
+    monkeypatch.setattr(batch, "SYNC_SECONDS", 3600.0)
+    shard = tmp_path / "results.part0.jsonl"
+    with batch.Records(shard) as writer:
+        for i in range(50):
+            writer.add({"id": f"j{i}", "status": "error"})
+            assert len(shard.read_text().splitlines()) == i + 1
+        writer.add(*({"id": f"k{i}", "status": "ok"} for i in range(3)))
+        assert syncs == []
+    assert len(syncs) == 1 and len(batch.read_records(tmp_path)) == 53
+    monkeypatch.setattr(batch, "SYNC_SECONDS", 0.0)  # 0: one fsync per add, the former behaviour
+    with batch.Records(shard) as writer:
+        writer.add({"id": "x"})
+        writer.add({"id": "y"})
+    assert len(syncs) == 1 + 2 + 1
+
+
+def test_a_results_file_with_a_damaged_line_is_still_read(tmp_path):
+    (tmp_path / batch.RESULTS).write_bytes(b'{"id": "a", "status": "ok"}\n{"id": "b\xe9\n{"id": "c", "status": "ok"}\n')
+    assert sorted(batch.read_records(tmp_path)) == ["a", "c"]

@@ -321,3 +321,67 @@ def test_sidecar_paths_relative_to_the_results_folder(tmp_path, monkeypatch):
                                        decode_rle(rle, (32, 32)))["mse"] for key, source in sources.items()]
     assert [r["id"] for r in table] == [f"pie-{key}" for key in sources]
     assert [float(r["mse"]) for r in table] == pytest.approx(expected, rel=1e-6) and min(expected) > 0.1
+
+
+def _rewrite(path, change):
+    """Apply `change` to the JSON of `path` in place."""
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _damaged(tmp_path, damage):
+    """A one-job batch of the benchmark the damage is about, damaged: (argv of eval, job id, file named)."""
+    if damage in ("toy without its key", "toy index past n"):
+        mapping = write_dataset(tmp_path / "data", n=1)
+        key = next(iter(json.loads(mapping.read_text())))
+        fake_batch(tmp_path / "run", {f"pie-{key}": np.zeros((64, 64, 3), np.uint8)}, {f"pie-{key}": {}})
+        _rewrite(mapping, (lambda d: d[key].pop("toy")) if damage == "toy without its key" else
+                 (lambda d: d[key]["toy"].update(index=5)))
+        return ["--benchmark", "toy", "--data", str(mapping)], f"pie-{key}", "mapping_file.json"
+    if damage in ("references of a number", "region of words"):
+        fake_batch(tmp_path / "run", {"j": np.zeros((8, 8, 3), np.uint8)}, {"j": {
+            "prompt": "a cat", "references": {"cat": 5}, "background": "b.png", "reference": "r.png",
+            "region": "x" if damage == "references of a number" else {"box": 1}}})
+        benchmark = "mip" if damage == "references of a number" else "tficon"
+        return ["--benchmark", benchmark, "--metrics", "clip_t" if benchmark == "mip" else "clip_text"], "j", "j.json"
+    run, mapping, job = pie_batch(tmp_path)
+    if damage == "outputs a number":
+        (run / "results.jsonl").write_text(json.dumps({"id": job, "status": "ok", "outputs": 5}) + "\n")
+        named = "results.jsonl"
+    elif damage == "image a list":
+        _rewrite(run / f"{job}.json", lambda d: d["args"].update(image=["a.png", "b.png"]))
+        named = f"{job}.json"
+    elif damage == "image_path a number":
+        _rewrite(mapping, lambda d: d[job[4:]].update(image_path=7))
+        named = "mapping_file.json"
+    elif damage == "mask not pairs":
+        _rewrite(mapping, lambda d: d[job[4:]].update(mask=[1, 2, 3]))
+        named = "mapping_file.json"
+    elif damage == "results not UTF-8":
+        (run / "results.jsonl").write_bytes(b'{"id": "' + job.encode() + b'", "status": "ok", "note": "\xe9"}\n')
+        named = "results.jsonl"
+    else:  # "id a number"
+        (run / "results.jsonl").write_text(json.dumps({"id": 5, "status": "ok", "outputs": ["5.png"]}) + "\n")
+        named = "results.jsonl"
+    return ["--benchmark", "piebench", "--data", str(mapping)], job, named
+
+
+@pytest.mark.parametrize("damage", ["outputs a number", "image a list", "image_path a number", "mask not pairs",
+                                    "results not UTF-8", "id a number", "toy without its key", "toy index past n",
+                                    "references of a number", "region of words"])
+def test_valid_json_of_the_wrong_shape_names_the_job_and_the_file(tmp_path, monkeypatch, capsys, damage):
+    """Issue 26 §5: every field eval reads is checked before any metric model loads; the message names the job
+    (where the line has one) and the file; the CLI exits 2 with one line."""
+    argv, job, named = _damaged(tmp_path, damage)
+    loads = []
+    monkeypatch.setattr(evaluation.Models, "load", lambda self, kind: loads.append(kind))
+    args = cli.build_parser().parse_args(["eval", str(tmp_path / "run"), *argv])
+    with pytest.raises(ParameterError) as raised:
+        evaluation.run(args)
+    message = str(raised.value)
+    assert named in message and (damage in ("results not UTF-8", "id a number") or repr(job) in message), message
+    assert loads == [] and not (tmp_path / "run" / "eval").exists()
+    assert cli.main(["eval", str(tmp_path / "run"), *argv, "--quiet"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("zeroedit: error") and "internal" not in lines[0], lines

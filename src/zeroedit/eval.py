@@ -130,17 +130,18 @@ def _entry(mapping: dict, key: str, job_id: str, benchmark: str) -> dict:
     """The job's entry of --data's mapping file, its fields checked: "image_path" a string, "mask" PIE-Bench's
     run-length list (an even number of integers); piebench: "editing_prompt" a string; toy: "toy" naming the
     case (integers index < n and seed, a list of kinds)."""
-    entry = mapping.get(key) if key != "__root__" else None
+    entry = mapping.get(key) if key not in ("__root__", "__file__") else None
     if not isinstance(entry, dict) or not {"image_path", "mask"} <= set(entry):
         raise ParameterError(f"job {job_id!r} is not in --data's mapping file (key {key!r}, with \"image_path\" "
                              "and \"mask\"): give the mapping_file.json the batch's jobs were built from.")
-    where = f"job {job_id!r}, --data's entry {key!r}"
+    where = f"job {job_id!r}, entry {key!r} of --data {mapping['__file__']}"
     _text(entry["image_path"], "image_path", where)
     mask = entry["mask"]
     if not isinstance(mask, list) or len(mask) % 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                               for v in mask):
         raise ParameterError(f"{where}: \"mask\" must be PIE-Bench's run-length list (pairs of non-negative "
-                             f"integers start, length), got {shorten(mask)}.")
+                             f"integers start, length), got {shorten(mask)}: give the mapping_file.json the batch "
+                             "was built from.")
     if benchmark == "piebench":
         _text(entry.get("editing_prompt"), "editing_prompt", where)
     if benchmark == "toy":
@@ -431,7 +432,7 @@ def _check(args) -> tuple[list[Path], list[str], dict | None, list[str]]:
         if not isinstance(mapping, dict):
             raise ParameterError(f"--data {args.data} must map image keys to entries, as PIE-Bench's "
                                  "mapping_file.json does.")
-        mapping["__root__"] = str(Path(args.data).resolve().parent)
+        mapping["__root__"], mapping["__file__"] = str(Path(args.data).resolve().parent), args.data
     labels = args.label or [f.resolve().name for f in folders]
     if len(labels) != len(folders) or len(set(labels)) != len(labels):
         raise ParameterError("--label needs one distinct name per RESULTS_DIR.")
