@@ -89,13 +89,25 @@ def mean_embedding(pipe, sentences: list[str], batch: int = 64):
     """Mean of the text encoder's embeddings (1, 77, d) over the sentences, in float32 (SD3/FLUX: a Cond of the
     mean token states and the mean pooled vector)."""
     backbone = backbone_for(pipe)
-    total = None
+    total = count = pooled = None
     for start in range(0, len(sentences), batch):
         cond = backbone.encode_prompt(sentences[start:start + batch])
-        parts = [cond.embeds.float().sum(0, keepdim=True)] + ([cond.pooled.float().sum(0, keepdim=True)] if is_flow(pipe) else [])
-        total = parts if total is None else [t + p for t, p in zip(total, parts)]
-    total = [t / len(sentences) for t in total]
-    return Cond(*total) if is_flow(pipe) else total[0]
+        weight = cond.token_mask().float()[..., None]  # texts with a length of their own: the mean over real tokens
+        parts = [(cond.embeds.float() * weight).sum(0, keepdim=True), weight.sum(0, keepdim=True)]
+        total, count = (parts if total is None else [_padded_sum(t, p) for t, p in zip((total, count), parts)])
+        if cond.pooled is not None:
+            pooled = cond.pooled.float().sum(0, keepdim=True) + (0 if pooled is None else pooled)
+    embeds = total / count.clamp_min(1)
+    if not is_flow(pipe):
+        return embeds
+    return Cond(embeds, None if pooled is None else pooled / len(sentences))
+
+
+def _padded_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b over the token axis, the shorter zero-padded."""
+    length = max(a.shape[1], b.shape[1])
+    return (torch.nn.functional.pad(a, (0, 0, 0, length - a.shape[1]))
+            + torch.nn.functional.pad(b, (0, 0, 0, length - b.shape[1])))
 
 
 def _text_encoders(pipe) -> list:
@@ -172,13 +184,15 @@ def _build(pipe, source, target, sentences, cache_dir) -> torch.Tensor:
 
 def _difference(target, source):
     if isinstance(target, Cond):
-        return Cond(target.embeds - source.embeds, target.pooled - source.pooled)
+        pooled = None if target.pooled is None else target.pooled - source.pooled
+        return Cond(_padded_sum(target.embeds, -source.embeds), pooled)
     return target - source
 
 
 def _copy(direction, device=None):
     if isinstance(direction, Cond):
-        return Cond(direction.embeds.to(device).clone(), direction.pooled.to(device).clone())
+        return Cond(direction.embeds.to(device).clone(),
+                    None if direction.pooled is None else direction.pooled.to(device).clone())
     return direction.to(device).clone()
 
 
@@ -191,6 +205,7 @@ def save(direction, path, pipe=None, source: str = "", target: str = "", **metad
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tensors = {"direction": direction.embeds, "pooled": direction.pooled} if isinstance(direction, Cond) else {"direction": direction}
+    tensors = {k: v for k, v in tensors.items() if v is not None}
     save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
     tmp.replace(path)
 

@@ -6,6 +6,7 @@ Safetensors only, no safety checker, never `trust_remote_code`.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 TINY_MODELS = ("tiny", "tiny-xl")
 TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux")
+# Offline random-weight tiny models of the later flow families: name -> (module, builder(seed)).
+TINY_FAMILIES = {"tiny-flux2": ("zeroedit.tiny_flux2", "build_tiny_flux2"),
+                 "tiny-qwen-image": ("zeroedit.tiny_qwenimage", "build_tiny_qwen_image"),
+                 "tiny-z-image": ("zeroedit.tiny_zimage", "build_tiny_z_image")}
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
 TOY_FLOW_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy_flow")  # scripts/train_toy_flow.py
 TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
@@ -77,21 +82,40 @@ def _model_index(model: str) -> dict:
         return json.load(handle)
 
 
+# Flow pipelines zeroedit loads, by model_index.json's `_class_name`; a folder of another class is loaded as its
+# family's plain text-to-image pipeline (last column) when its transformer is one of theirs.
+FLOW_PIPELINES = {
+    "StableDiffusion3Pipeline": "SD3Transformer2DModel",
+    "FluxPipeline": "FluxTransformer2DModel",
+    "FluxKontextPipeline": "FluxTransformer2DModel",
+    "ChromaPipeline": "ChromaTransformer2DModel",
+    "Flux2Pipeline": "Flux2Transformer2DModel",
+    "Flux2KleinPipeline": "Flux2Transformer2DModel",
+    "QwenImagePipeline": "QwenImageTransformer2DModel",
+    "QwenImageEditPlusPipeline": "QwenImageTransformer2DModel",
+    "ZImagePipeline": "ZImageTransformer2DModel",
+}
+DEFAULT_FLOW_PIPELINE = {"SD3Transformer2DModel": "StableDiffusion3Pipeline", "FluxTransformer2DModel": "FluxPipeline",
+                         "ChromaTransformer2DModel": "ChromaPipeline", "Flux2Transformer2DModel": "Flux2Pipeline",
+                         "QwenImageTransformer2DModel": "QwenImagePipeline",
+                         "ZImageTransformer2DModel": "ZImagePipeline"}
+
+
 def _pipeline_class(index: dict):
-    """The diffusers pipeline class of a model_index.json: SD3/SD3.5 and FLUX.1 by their `_class_name` or
-    denoiser (a `transformer` entry), SDXL by its second text encoder, else Stable Diffusion 1.x/2.x."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The diffusers pipeline class of a model_index.json: a flow pipeline by its `_class_name` (FLOW_PIPELINES) or
+    its transformer's family, SDXL by its second text encoder, else Stable Diffusion 1.x/2.x."""
+    import diffusers
     name = index.get("_class_name", "")
     transformer = (index.get("transformer") or [None, None])[-1] or ""
-    if "Flux" in name or transformer == "FluxTransformer2DModel":
-        return FluxPipeline
-    if "StableDiffusion3" in name or transformer == "SD3Transformer2DModel":
-        return StableDiffusion3Pipeline
+    if name in FLOW_PIPELINES:
+        return getattr(diffusers, name)
+    if transformer in DEFAULT_FLOW_PIPELINE:
+        return getattr(diffusers, DEFAULT_FLOW_PIPELINE[transformer])
     if "transformer" in index:
         raise ModelError(f"{name or 'this pipeline'} ({transformer}) is not supported: zeroedit loads SD 1.x/2.x/XL, "
-                         "SD3/SD3.5 and FLUX.1 pipelines.")
+                         "SD3/SD3.5, FLUX.1 (and Kontext, Chroma), FLUX.2, Qwen-Image and Z-Image pipelines.")
     sdxl = "text_encoder_2" in index or "XL" in name
-    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    return diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
 
 
 def is_sdxl(pipe) -> bool:
@@ -162,7 +186,13 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     if not isinstance(model, str) and not isinstance(model, os.PathLike):
         raise ModelError(f"model must be a name, hub id or folder (a string), got {type(model).__name__}.")
     model = os.fspath(model)
-    if model in TINY_FLOW_MODELS:
+    if model in TINY_FAMILIES:
+        if ip_adapter:
+            raise ParameterError(f"ip_adapter: {model} has no IP-Adapter; personalize on FLUX.2 takes reference images "
+                                 "natively (no adapter to load).")
+        module, builder = TINY_FAMILIES[model]
+        pipe = getattr(importlib.import_module(module), builder)(seed)
+    elif model in TINY_FLOW_MODELS:
         if ip_adapter and model == "tiny-sd3":
             raise ParameterError("ip_adapter: tiny-sd3 has no IP-Adapter (personalize runs on UNet models and FLUX.1).")
         from .tiny_flow import build_tiny_flux, build_tiny_sd3

@@ -1,7 +1,8 @@
 """backbones/: one adapter per model family, behind one interface (see docs/backbones.md).
 
 - `unet.Backbone`: SD 1.x / 2.x / SDXL (UNet, ε or v prediction, DDPM schedule).
-- `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow).
+- `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow), and the base of the other
+  flow families' adapters, registered by transformer class in `flow.FAMILIES`.
 `backbone_for(pipe, stats, compile)` picks the adapter from the pipeline's denoiser.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import torch
 
 from ..errors import ModelError
-from .flow import FlowBackbone, is_flux, is_sd3
+from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options
 
 __all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "compile_options"]
@@ -38,10 +39,13 @@ def check_pipe(pipe):
     return denoiser
 
 
+FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone)
+
+
 def is_flow(pipe) -> bool:
-    """True for pipelines whose denoiser is an SD3 or FLUX transformer."""
+    """True for pipelines whose denoiser is a flow transformer zeroedit has an adapter for (flow.FAMILIES)."""
     model = getattr(pipe, "transformer", None)
-    return model is not None and (is_sd3(model) or is_flux(model))
+    return model is not None and type(model).__name__ in FAMILIES
 
 
 def backbone_for(pipe, stats=None, compile=False):
@@ -50,6 +54,6 @@ def backbone_for(pipe, stats=None, compile=False):
     if getattr(pipe, "unet", None) is not None:
         return Backbone(pipe, stats, compile)
     if is_flow(pipe):
-        return FlowBackbone(pipe, stats, compile)
+        return FAMILIES[type(pipe.transformer).__name__](pipe, stats, compile)
     raise ModelError(f"{type(pipe).__name__} is not supported: zeroedit runs Stable Diffusion 1.x/2.x/XL (UNet) and "
                      "SD3/SD3.5/FLUX.1 (flow transformer) pipelines.")

@@ -1,4 +1,5 @@
-"""Flow backbone: one object hiding SD3/SD3.5 (`StableDiffusion3Pipeline`) vs FLUX.1 (`FluxPipeline`).
+"""Flow backbone: one object hiding SD3/SD3.5 (`StableDiffusion3Pipeline`) vs FLUX.1 (`FluxPipeline`), and the
+base class of the other flow families' adapters (FLUX.2, Qwen-Image, Z-Image: their own modules).
 
 Rectified-flow models: x_σ = (1 − σ)·x₀ + σ·ε, the transformer predicts the velocity v = ε − x₀ and a step
 from σ to σ' is x + (σ' − σ)·v (diffusers' FlowMatchEulerDiscreteScheduler). What differs per family, and
@@ -15,6 +16,13 @@ is hidden here (each as diffusers' own pipeline does it, files named in the docs
   count for FLUX-dev and dynamic-shift SD3.5 configs), with σ = 0 appended.
 Every transformer call goes through `transformer_call` and is counted in `stats.unet_calls` (sequential
 calls) and `stats.unet_evals` (sample-evaluations), like the UNet's.
+
+A family adapter subclasses FlowBackbone and overrides what differs (docs/backbones.md): text (`encode_prompt`,
+`encode_negative`, `exceptional_cond`, `cond_shapes`), latents (`encode_image` / `decode`, `patch`,
+`vae_scale`), time (`sigmas`, `model_time`), one call (`_forward`: the function and arguments of one transformer
+forward on spatial latents; `_velocity`: its output as a velocity (B, C, h, w)), guidance (`has_cfg`,
+`guidance_embeds`, `guided`, `default_guidance`); then registers its transformer class in `FAMILIES` (the names of
+its attention layers are control/layers.py's `BLOCKS`, its token layout control/seam.py's `LAYOUTS`).
 """
 from __future__ import annotations
 
@@ -31,7 +39,11 @@ from .vae import LatentCodec
 SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
 FLUX_T5_LENGTH = 512  # FluxPipeline's max_sequence_length default
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the distilled guidance embedding of FLUX-dev)
+SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 TEXT_VARIANTS = ("exceptional", "exceptional-clip", "empty", "zeros")  # conditionings without content (compose)
+
+
+FAMILIES: dict = {}  # transformer class name -> FlowBackbone subclass (backbones/__init__.py picks by it)
 
 
 def is_flux(model) -> bool:
@@ -89,28 +101,35 @@ class FlowBackbone(LatentCodec):
     """Wraps a diffusers SD3/SD3.5 or FLUX.1 pipeline; see module docstring."""
 
     kind = "flow"
+    text_components = ("text_encoder", "tokenizer")
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
-        for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        for name in ("transformer", "vae", "scheduler") + self.text_components:
             if getattr(pipe, name, None) is None:
                 raise ModelError(f"the pipeline has no {name}; zeroedit's flow backbone needs a StableDiffusion3Pipeline "
                                  f"or FluxPipeline, got {type(pipe).__name__}.")
         self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
         self.model = self.transformer  # what control rules install on
-        self.is_flux = is_flux(self.transformer)
-        if not (self.is_flux or is_sd3(self.transformer)):
-            raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
-                             "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
-        self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
-        self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
-        self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.num_train_timesteps = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
         self.stats = stats if stats is not None else Stats()
         self.compile_options = compile_options(compile)
         self.stats.params.setdefault("compile", compile)
         if self.compile_options is not None and not _dynamo_supported():
             self.compile_options = None
+        self._setup()
+
+    def _setup(self):
+        """The family's geometry and guidance (SD3 / FLUX.1 here; each adapter sets its own)."""
+        self.is_flux = is_flux(self.transformer)
+        if not (self.is_flux or is_sd3(self.transformer)):
+            raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
+                             "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
+        self.family = "flux" if self.is_flux else "sd3"
+        self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
+        self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
+        self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
+        self.default_guidance = FLUX_GUIDANCE if self.is_flux else SD3_GUIDANCE
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def device(self) -> torch.device:
@@ -124,9 +143,10 @@ class FlowBackbone(LatentCodec):
     def _ids(self, tokenizer, prompts: list[str], length: int) -> torch.Tensor:
         return tokenize(tokenizer, prompts, length, self.device)
 
-    def cond_shapes(self) -> tuple[tuple[int, int], tuple[int]]:
+    def cond_shapes(self) -> tuple[tuple[int | None, int], tuple[int] | None]:
         """Shapes of one prompt's Cond without encoding anything: token states (tokens, width) and pooled (width,).
-        FLUX: T5's tokens; SD3: CLIP's 77 (padded to T5's width) then T5's."""
+        FLUX: T5's tokens; SD3: CLIP's 77 (padded to T5's width) then T5's. Families whose texts have a length of
+        their own give tokens None; families without a pooled vector give pooled None."""
         config, clip = self.transformer.config, 0 if self.is_flux else self.pipe.tokenizer.model_max_length
         return (clip + self.t5_length(), config.joint_attention_dim), (config.pooled_projection_dim,)
 
@@ -180,7 +200,13 @@ class FlowBackbone(LatentCodec):
         if variant == "empty":
             return empty.repeat(batch)
         if variant == "zeros":
-            return Cond(torch.zeros_like(empty.embeds), torch.zeros_like(empty.pooled)).repeat(batch)
+            pooled = None if empty.pooled is None else torch.zeros_like(empty.pooled)
+            return Cond(torch.zeros_like(empty.embeds), pooled, empty.mask).repeat(batch)
+        return self._exceptional(batch, variant, token_id, empty)
+
+    def _exceptional(self, batch: int, variant: str, token_id: int, empty: Cond) -> Cond:
+        """The CLIP exceptional prompt and its T5 analogue (exceptional_cond); families without CLIP override it
+        with a ParameterError."""
         pipe, length = self.pipe, self.pipe.tokenizer.model_max_length
         t5_encoder = pipe.text_encoder_2 if self.is_flux else getattr(pipe, "text_encoder_3", None)
         t5 = self._exceptional_t5(t5_encoder, token_id) if variant == "exceptional" and t5_encoder is not None else None
@@ -241,13 +267,24 @@ class FlowBackbone(LatentCodec):
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", False):
             h, w = self.token_grid(latent_hw)
-            kwargs["mu"] = calculate_shift(h * w, scheduler.config)
-        if self.is_flux:
+            kwargs["mu"] = self._mu(h * w, steps, scheduler.config)
+        if self.linear_sigmas:
             kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
             scheduler.set_timesteps(device="cpu", **kwargs)
         else:
             scheduler.set_timesteps(steps, device="cpu", **kwargs)
         return [float(s) for s in scheduler.sigmas]
+
+    @property
+    def linear_sigmas(self) -> bool:
+        """Whether the pipeline passes sigmas linspace(1, 1/steps) to its scheduler (FLUX and the later families)
+        instead of letting it space the timesteps (SD3)."""
+        return self.family != "sd3"
+
+    def _mu(self, image_tokens: int, steps: int, config) -> float:
+        """mu of the resolution-dependent time shift (FLUX.1, SD3.5 dynamic configs, Qwen-Image, Z-Image:
+        calculate_shift of the image-token count; FLUX.2 overrides it)."""
+        return calculate_shift(image_tokens, config)
 
     def model_time(self, sigma: torch.Tensor) -> torch.Tensor:
         """σ -> the transformer's `timestep` argument: FLUX takes σ (the pipeline divides by 1000 and the model
@@ -258,9 +295,9 @@ class FlowBackbone(LatentCodec):
     def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None,
                          attention_kwargs: dict | None = None) -> torch.Tensor:
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
-        counted in stats. `guidance`: FLUX-dev's distilled guidance, a number or one per sample (ignored by models
-        without the embedding). `attention_kwargs`: the transformer's joint_attention_kwargs (e.g. FLUX's
-        {"ip_adapter_image_embeds": [...]}).
+        counted in stats. `guidance`: a distilled guidance embedding's value (FLUX-dev), a number or one per sample
+        (ignored by models without the embedding). `attention_kwargs`: the transformer's attention kwargs (e.g.
+        FLUX's {"ip_adapter_image_embeds": [...]}).
         Returns the velocity (B, C, h, w) in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
@@ -268,27 +305,39 @@ class FlowBackbone(LatentCodec):
         sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1).expand(batch)
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
+        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs)
+        out = None
+        if self.compile_options is not None:
+            out = compiled_forward(args, self.compile_options, forward)
+            if out is None:
+                self.compile_options = None
+        if out is None:
+            out = forward(*args)
+        return self._velocity(out, h, w)
+
+    def _guidance_tensor(self, guidance, batch: int) -> torch.Tensor | None:
+        """The distilled guidance embedding's input, one value per sample (None for models without it)."""
+        if not self.guidance_embeds:
+            return None
+        scale = torch.as_tensor(self.default_guidance if guidance is None else guidance, device=self.device,
+                                dtype=torch.float32)
+        return scale.reshape(-1).expand(batch)
+
+    def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs):
+        """(function, arguments) of one transformer forward (SD3: spatial latents and model time σ·1000; FLUX:
+        packed tokens, latent image ids, model time σ and the guidance embedding)."""
+        batch, _, h, w = latents.shape
         if self.is_flux:
             hidden = pack(latents.to(self.dtype))
             ids = image_ids(h // 2, w // 2, self.device, cond.embeds.dtype)
             txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=cond.embeds.dtype)
-            scale = None
-            if self.guidance_embeds:
-                scale = torch.as_tensor(FLUX_GUIDANCE if guidance is None else guidance, device=self.device,
-                                        dtype=torch.float32)
-                scale = scale.reshape(-1).expand(batch)
-            args = (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids, txt_ids, scale,
-                    attention_kwargs)
-        else:
-            args = (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled, self.model_time(sigma),
-                    None, None, None, attention_kwargs)
-        out = None
-        if self.compile_options is not None:
-            out = compiled_forward(args, self.compile_options, _transformer_forward)
-            if out is None:
-                self.compile_options = None
-        if out is None:
-            out = _transformer_forward(*args)
+            return _transformer_forward, (self.transformer, hidden, cond.embeds, cond.pooled, sigma.to(self.dtype), ids,
+                                          txt_ids, self._guidance_tensor(guidance, batch), attention_kwargs)
+        return _transformer_forward, (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled,
+                                      self.model_time(sigma), None, None, None, attention_kwargs)
+
+    def _velocity(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The forward's output as a spatial velocity (B, C, h, w)."""
         return unpack(out, h, w) if self.is_flux else out
 
     def guided(self, out: torch.Tensor, scale: float) -> torch.Tensor:

@@ -31,6 +31,7 @@ import warnings
 import weakref
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from .. import sessions
@@ -59,25 +60,43 @@ def tokenize(tokenizer, prompts: list[str], length: int, device) -> torch.Tensor
 
 @dataclasses.dataclass
 class Cond:
-    """Text conditioning of a batch: token embeddings (B, 77, D) and, for SDXL, pooled embeddings (B, P)."""
+    """Text conditioning of a batch: token embeddings (B, L, D), pooled embeddings (B, P) where the model takes
+    them (SDXL, SD3, FLUX.1), and a token mask (B, L) (True = a real token) for the families whose text has a
+    length of its own (Qwen-Image, Z-Image); None = every token counts."""
 
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
     @staticmethod
     def cat(conds: list["Cond"]) -> "Cond":
+        """The conditionings of several branches as one batch; texts of different lengths are zero-padded to the
+        longest, the padding masked out."""
         pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
-        return Cond(torch.cat([c.embeds for c in conds]), pooled)
+        length = max(c.embeds.shape[1] for c in conds)
+        if all(c.mask is None and c.embeds.shape[1] == length for c in conds):
+            return Cond(torch.cat([c.embeds for c in conds]), pooled)
+        embeds = torch.cat([F.pad(c.embeds, (0, 0, 0, length - c.embeds.shape[1])) for c in conds])
+        mask = torch.cat([F.pad(c.token_mask(), (0, length - c.embeds.shape[1])) for c in conds])
+        return Cond(embeds, pooled, mask)
+
+    def token_mask(self) -> torch.Tensor:
+        """(B, L) bool: which tokens are real."""
+        if self.mask is not None:
+            return self.mask.bool()
+        return torch.ones(self.embeds.shape[:2], dtype=torch.bool, device=self.embeds.device)
 
     def repeat(self, n: int) -> "Cond":
-        return Cond(self.embeds.repeat_interleave(n, 0), None if self.pooled is None else self.pooled.repeat_interleave(n, 0))
+        return Cond(self.embeds.repeat_interleave(n, 0), None if self.pooled is None else self.pooled.repeat_interleave(n, 0),
+                    None if self.mask is None else self.mask.repeat_interleave(n, 0))
 
     def __getitem__(self, index) -> "Cond":
         index = slice(index, index + 1) if isinstance(index, int) else index
-        return Cond(self.embeds[index], None if self.pooled is None else self.pooled[index])
+        return Cond(self.embeds[index], None if self.pooled is None else self.pooled[index],
+                    None if self.mask is None else self.mask[index])
 
 
 class Backbone(LatentCodec):

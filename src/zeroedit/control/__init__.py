@@ -1,6 +1,8 @@
-"""control/: the one mechanism for attention and feature manipulation (see core.py; joint attention of
-SD3/FLUX transformers: joint.py)."""
-from . import joint  # noqa: F401 — registers SD3's and FLUX's controlled processors (core.MIRRORS)
+"""control/: the one mechanism for attention and feature manipulation (see core.py). Transformers: the
+dispatcher seam (seam.py: FLUX.1, FLUX.2, Qwen-Image, Z-Image) and the SD3 / FLUX IP-Adapter mirror (joint.py),
+both through streams.py."""
+from . import seam  # noqa: F401 — registers the dispatcher seam (core.MIRRORS), tried first
+from . import joint  # noqa: F401 — registers SD3's and FLUX IP-Adapter's mirrored processors
 from .core import AttnContext, Controller, ControlledAttnProcessor, FeatureContext, Rule, ip_adapter_term
 from .layers import (attention_layers, decoder_self_attention_layers, double_block, joint_attention_layers, joint_block,
                      single_block)

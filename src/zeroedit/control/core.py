@@ -99,13 +99,17 @@ class AttnContext(FeatureContext):
     original: Any  # the processor this layer had before installation
     ip_handled: bool = False  # a rule that adds the image-attention term itself sets this
     text_tokens: int = 0  # joint attention: number of text tokens in the layer's sequence
-    split: Any = None  # joint attention: where the image and text tokens lie (joint.Split), for stream="joint" rules
+    split: Any = None  # joint attention: where the image and text tokens lie (streams.Split), for stream="joint" rules
     ip_query: Any = None  # joint attention with a FLUX IP-Adapter: the image queries its image attention uses
     ip_output: Any = None  # such a layer's image-attention term (B, N, dim), when a rule computes it (ip_handled)
+    logit_scale: float | None = None  # the scale the layer's attention call uses, where the call names it
 
     @property
     def scale(self) -> float:
-        """The layer's logit scale (diffusers' Attention.scale; FLUX's FluxAttention has none: head_dim^-0.5)."""
+        """The layer's logit scale: the one its attention call uses, else diffusers' Attention.scale, else
+        head_dim^-0.5."""
+        if self.logit_scale is not None:
+            return self.logit_scale
         scale = getattr(self.attn, "scale", None)
         return scale if scale is not None else self.attn.head_dim ** -0.5
 
@@ -119,15 +123,18 @@ class Controller:
         self.timestep: Any = None
         self.layout: dict[str, slice] = {}
         self.latent_hw: tuple[int, int] | None = None
+        self.reference_tokens: int = 0
 
     def add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
         return rule
 
-    def set_call(self, step: int, timestep, branches: list[tuple[str, int]], latent_hw: tuple[int, int] | None = None):
+    def set_call(self, step: int, timestep, branches: list[tuple[str, int]], latent_hw: tuple[int, int] | None = None,
+                 reference_tokens: int = 0):
         """Announce the next UNet call: step index, timestep and the batch layout [(branch, size), ...].
-        latent_hw: the latent's (h, w) for a UNet; the image-token grid for a transformer (FlowBackbone.token_grid)."""
-        self.step, self.timestep = step, timestep
+        latent_hw: the latent's (h, w) for a UNet; the image-token grid for a transformer (FlowBackbone.token_grid).
+        reference_tokens: reference-image tokens that follow the image tokens in the sequence (FLUX.2's references)."""
+        self.step, self.timestep, self.reference_tokens = step, timestep, reference_tokens
         self.layout, start = {}, 0
         for name, size in branches:
             self.layout[name] = slice(start, start + size)
@@ -197,7 +204,7 @@ class Controller:
             return
         hooks = []
         try:
-            processors = {key: (_controlled(self, key[: -len(".processor")], proc)
+            processors = {key: (_controlled(self, key[: -len(".processor")], proc, unet)
                                 if key[: -len(".processor")] in attn_layers else proc) for key, proc in saved.items()}
             if attn_layers:
                 unet.set_attn_processor(processors)
@@ -211,16 +218,17 @@ class Controller:
                 unet.set_attn_processor(saved)
 
 
-# Controlled processors of other attention families, by the processor they mirror: [(accepts(original), make(
-# controller, name, original))]. control/joint.py adds SD3's and FLUX's; every other layer gets ControlledAttnProcessor.
+# Controlled processors of other attention families: [(accepts(name, original, model), make(controller, name,
+# original, model))], tried in order. control/seam.py adds the dispatcher seam (FLUX.1, FLUX.2, Qwen-Image,
+# Z-Image), control/joint.py the SD3 / FLUX IP-Adapter mirror; every other layer gets ControlledAttnProcessor.
 MIRRORS: list = []
 
 
-def _controlled(controller: Controller, name: str, original):
-    """The controlled processor for a layer: the mirror that accepts its processor, else the UNet one."""
+def _controlled(controller: Controller, name: str, original, model=None):
+    """The controlled processor for a layer of `model`: the first mirror that accepts it, else the UNet one."""
     for accepts, make in MIRRORS:
-        if accepts(name, original):
-            return make(controller, name, original)
+        if accepts(name, original, model):
+            return make(controller, name, original, model)
     return ControlledAttnProcessor(controller, name, original)
 
 

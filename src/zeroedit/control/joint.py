@@ -1,37 +1,33 @@
-"""Joint attention (MM-DiT): the controlled processor for SD3's `JointAttnProcessor2_0` and FLUX's
-`FluxAttnProcessor` layers.
+"""Joint attention (MM-DiT) whose processor does not go through diffusers' attention dispatcher: the controlled
+mirror of SD3's `JointAttnProcessor2_0` (it calls SDPA itself) and of FLUX's `FluxIPAdapterAttnProcessor` (the
+double-stream layers an IP-Adapter replaces; MIP's merge computes their image-attention term). Every other FLUX
+layer, and FLUX.2 / Qwen-Image / Z-Image, are controlled at the dispatcher seam (seam.py), with no mirror.
 
 In joint attention image and text tokens attend together in one softmax. The layouts (diffusers 0.42):
 - SD3 joint block (`transformer_blocks.i.attn`): q/k/v = [image, text] (image first); outputs split back,
   the text part projected by `to_add_out` unless the block is `context_pre_only` (SD3's last block).
 - SD3.5 image-only block (`transformer_blocks.i.attn2`, encoder_hidden_states None): image tokens only.
-- FLUX double-stream block (`transformer_blocks.i.attn`): q/k/v = [text, image] (text first), RoPE on the
-  concatenation; image out through `to_out`, text out through `to_add_out`.
-- FLUX single-stream block (`single_transformer_blocks.i.attn`): the block concatenates [text, image] before
-  the layer, so the processor sees one sequence; the image part is the last H·W tokens, H×W the token grid the
-  controller holds (`set_call(..., latent_hw=token grid)`); no output projection (the block's proj_out does it).
+- FLUX double-stream block with an IP-Adapter (`transformer_blocks.i.attn`): q/k/v = [text, image] (text first),
+  RoPE on the concatenation; image out through `to_out`, text out through `to_add_out`, and the IP-Adapter's
+  image-attention term s·Attn(image queries before RoPE, to_k_ip(c), to_v_ip(c)) returned beside them.
 
-A rule sees the part of q/k/v (B, heads, tokens, head_dim), of the logits/probabilities (image queries ×
-image keys) and of the output that its `stream` names: "image" (default), "text", or "joint" (everything, in
-the layer's own order). Rules see q and k after the q/k norms and after RoPE, as the attention uses them
-(replacing a branch's q/k by another branch's at the same positions is the same before or after RoPE).
-Everything else is computed as diffusers does; with no active rule the original processor runs, and where no
-rule needs the matrix the attention is SDPA.
+A rule sees the part of q/k/v (B, heads, tokens, head_dim), of the logits/probabilities (image queries × image
+keys) and of the output that its `stream` names (streams.py). Everything else is computed as diffusers does;
+with no active rule the original processor runs, and where no rule needs the matrix the attention is SDPA.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError
 from .core import MIRRORS, AttnContext, _heads, eager_under_compile
+from .streams import Split, apply_rules
 
-JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxAttnProcessor, FluxIPAdapterAttnProcessor)
+JOINT_PROCESSORS = (JointAttnProcessor2_0, FluxIPAdapterAttnProcessor)
 
 
 def is_joint_processor(processor) -> bool:
@@ -39,42 +35,12 @@ def is_joint_processor(processor) -> bool:
 
 
 def check_joint_processor(name: str, processor):
-    """Raise ModelError for a transformer attention layer whose processor we cannot mirror."""
+    """Raise ModelError for an SD3 attention layer whose processor we cannot mirror."""
     if not is_joint_processor(processor):
         raise ModelError(f"attention layer {name!r} runs {type(processor).__name__}; zeroedit's joint-attention control "
-                         "mirrors JointAttnProcessor2_0 (SD3), FluxAttnProcessor and FluxIPAdapterAttnProcessor (FLUX). "
-                         "Undo fused projections "
-                         "or custom processors (e.g. pipe.transformer.unfuse_qkv_projections()) first.")
-
-
-@dataclasses.dataclass
-class Split:
-    """Where the image and text tokens lie in a joint sequence."""
-
-    image: slice
-    text: slice
-
-    def of(self, stream: str) -> slice:
-        if stream == "image":
-            return self.image
-        if stream == "text":
-            return self.text
-        if stream == "joint":
-            return slice(None)
-        raise ParameterError(f"stream must be 'image', 'text' or 'joint', got {stream!r}.")
-
-
-def _put(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-    """`full` (B, heads, tokens, ·) with its `where` tokens replaced by `part` (no copy when the rule returned
-    its view unchanged)."""
-    if part is view:
-        return full
-    if where == slice(None):
-        return part
-    out = full.clone()
-    out[:, :, where] = part.to(out.dtype)
-    return out
-
+                         "mirrors JointAttnProcessor2_0 (SD3) and FluxIPAdapterAttnProcessor (FLUX with an "
+                         "IP-Adapter). Undo fused projections or custom processors (e.g. "
+                         "pipe.transformer.unfuse_qkv_projections()) first.")
 
 
 def _qkv(attn, hidden_states, projections, norms):
@@ -85,15 +51,14 @@ def _qkv(attn, hidden_states, projections, norms):
 
 
 class ControlledJointAttnProcessor:
-    """Controlled processor of one joint-attention layer; see module docstring."""
+    """Controlled processor of one mirrored joint-attention layer; see module docstring."""
 
-    def __init__(self, controller, name: str, original):
+    def __init__(self, controller, name: str, original, model=None):
         self.controller, self.name, self.original = controller, name, original
-        self.flux = isinstance(original, (FluxAttnProcessor, FluxIPAdapterAttnProcessor))
         self.ip = isinstance(original, FluxIPAdapterAttnProcessor)
 
     def _delegate(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kwargs):
-        if self.flux:
+        if self.ip:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
@@ -112,36 +77,25 @@ class ControlledJointAttnProcessor:
         """q, k, v (B, heads, tokens, head_dim) of the joint sequence in the layer's order, and the Split."""
         q, k, v = _qkv(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
         n = hidden_states.shape[1]
-        if encoder_hidden_states is None:
-            if self.flux:  # single-stream block: [text, image] concatenated by the block
-                n_image = self._image_tokens(n)
-                return q, k, v, Split(slice(n - n_image, n), slice(0, n - n_image))
+        if encoder_hidden_states is None:  # SD3.5's image-only attn2
             return q, k, v, Split(slice(0, n), slice(0, 0))
         eq, ek, ev = _qkv(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
                           (attn.norm_added_q, attn.norm_added_k))
         m = encoder_hidden_states.shape[1]
-        if self.flux:  # text first
+        if self.ip:  # FLUX: text first
             q, k, v = torch.cat([eq, q], 2), torch.cat([ek, k], 2), torch.cat([ev, v], 2)
             return q, k, v, Split(slice(m, m + n), slice(0, m))
         q, k, v = torch.cat([q, eq], 2), torch.cat([k, ek], 2), torch.cat([v, ev], 2)  # SD3: image first
         return q, k, v, Split(slice(0, n), slice(n, n + m))
 
-    def _image_tokens(self, total: int) -> int:
-        if self.controller.latent_hw is None:
-            raise RuntimeError("internal: a FLUX single-stream layer needs set_call(..., latent_hw=token grid)")
-        h, w = self.controller.latent_hw
-        if h * w >= total:
-            raise RuntimeError(f"internal: token grid {h}×{w} does not fit a sequence of {total} tokens")
-        return h * w
-
     def _output(self, attn, out, split: Split, encoder_hidden_states, ip_output=None):
         """(B, tokens, dim) attention output -> the layer's return value, as the original processor (FLUX
         IP-Adapter layers: (image, text, image-attention term))."""
         if encoder_hidden_states is None:
-            return out if self.flux else attn.to_out[1](attn.to_out[0](out))
+            return attn.to_out[1](attn.to_out[0](out))
         image, text = out[:, split.image], out[:, split.text]
         image = attn.to_out[1](attn.to_out[0](image.contiguous()))
-        if self.flux or not attn.context_pre_only:
+        if self.ip or not attn.context_pre_only:
             text = attn.to_add_out(text.contiguous())
         return (image, text) if ip_output is None else (image, text, ip_output.to(image.dtype))
 
@@ -157,60 +111,29 @@ class ControlledJointAttnProcessor:
         ip_query = q[:, :, split.image] if self.ip else None  # diffusers: the image queries before RoPE
         if image_rotary_emb is not None:
             q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
-        n_image = split.image.stop - split.image.start
-        grid = self.controller.grid(n_image)
+        grid = self.controller.grid(split.image.stop - split.image.start)
         ctx = AttnContext(self.name, self.controller, attn, False, grid, encoder_hidden_states,
                           ip_hidden_states if self.ip else None, self.original,
-                          text_tokens=split.text.stop - split.text.start, split=split, ip_query=ip_query)
-        for rule in rules:
-            where = split.of(rule.stream)
-            views = (q[:, :, where], k[:, :, where], v[:, :, where])
-            new = rule.qkv(ctx, *views)
-            q, k, v = (_put(full, where, part, view) for full, part, view in zip((q, k, v), new, views))
-        if any(rule.needs_logits for rule in rules):
-            logits = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-            if attention_mask is not None:
-                logits = logits + attention_mask
-            for rule in rules:
-                where = split.of(rule.stream)
-                block = logits[:, :, where, where]
-                logits = _put2(logits, where, rule.logits(ctx, block), block)
-            probs = logits.float().softmax(dim=-1).to(v.dtype)
-            for rule in rules:
-                where = split.of(rule.stream)
-                block = probs[:, :, where, where]
-                probs = _put2(probs, where, rule.probs(ctx, block), block)
-            out = probs @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-        for rule in rules:
-            where = split.of(rule.stream)
-            view = out[:, :, where]
-            out = _put(out, where, rule.merge(ctx, view), view)
+                          text_tokens=split.text.stop - split.text.start, split=split, ip_query=ip_query,
+                          logit_scale=q.shape[-1] ** -0.5)
+
+        def sdpa(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+
+        out = apply_rules(rules, ctx, split, q, k, v, sdpa, attention_mask)
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)
         ip_output = None
-        if self.ip and encoder_hidden_states is not None:
+        if self.ip:
             ip_output = ctx.ip_output if ctx.ip_handled else self._ip_output(ctx, ip_hidden_states)
         return self._output(attn, out, split, encoder_hidden_states, ip_output)
 
 
-def _put2(full: torch.Tensor, where: slice, part: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-    """`full` (B, heads, Nq, Nk) with its [where, where] block replaced by `part`."""
-    if part is view:
-        return full
-    if where == slice(None):
-        return part
-    out = full.clone()
-    out[:, :, where, where] = part.to(out.dtype)
-    return out
-
-
-def _accepts(name: str, processor) -> bool:
-    """SD3's and FLUX's joint-attention processors; another processor of those families (fused projections, PAG,
-    ...) is a ModelError, not silently the UNet mirror."""
+def _accepts(name: str, processor, model=None) -> bool:
+    """SD3's joint-attention processor and FLUX's IP-Adapter processor; another SD3 processor (fused projections,
+    PAG, ...) is a ModelError, not silently the UNet mirror."""
     if is_joint_processor(processor):
         return True
-    if "Joint" in type(processor).__name__ or "Flux" in type(processor).__name__:
+    if "Joint" in type(processor).__name__:
         check_joint_processor(name, processor)
     return False
 

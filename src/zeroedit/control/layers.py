@@ -1,5 +1,5 @@
 """Layer names by role, resolved from the model itself so SD 1.x/2.x and SDXL share method code; for SD3/FLUX
-transformers, joint-attention layers by block index and kind (double/joint, single)."""
+transformers, attention layers by block index and kind (double/joint, single), per family (`BLOCKS`)."""
 from __future__ import annotations
 
 from ..errors import ParameterError
@@ -18,29 +18,46 @@ def decoder_self_attention_layers(unet) -> list[str]:
     return attention_layers(unet, "attn1", parts=("up",))
 
 
-def _blocks(model, prefix: str, blocks) -> list[str]:
-    names = [key[: -len(".processor")] for key in model.attn_processors]
-    found = [n for n in names if n.startswith(prefix + ".") and n.endswith(".attn")]
-    if blocks is None:
-        return found
-    count, names = len(found), []
-    for i in blocks:
-        index = i + count if i < 0 else i
-        if not 0 <= index < count:
-            raise ParameterError(f"block {i} does not exist: the model has {count} {prefix}; use 0…{count - 1}.")
-        names.append(f"{prefix}.{index}.attn")
-    return names
+# The attention layers of each transformer family's blocks: kind -> (list of blocks, attention module in a block).
+# "double": two-stream blocks (separate weights for image and text tokens; SD3's joint blocks), "single": one-stream.
+BLOCKS = {
+    "SD3Transformer2DModel": {"double": ("transformer_blocks", "attn")},
+    "FluxTransformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
+    "Flux2Transformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
+    "QwenImageTransformer2DModel": {"double": ("transformer_blocks", "attn")},
+    "ZImageTransformer2DModel": {"single": ("layers", "attention")},
+}
+_FLUX_NAMES = BLOCKS["FluxTransformer2DModel"]  # any other transformer: FLUX's names
 
 
 def joint_attention_layers(model, kind: str = "double", blocks=None) -> list[str]:
-    """Joint-attention layer names of an SD3/FLUX transformer, in forward order. kind: "double" (FLUX's
-    double-stream blocks; on SD3 the joint blocks, `transformer_blocks.i.attn`; "joint" is the same) or "single"
-    (FLUX's single-stream blocks, `single_transformer_blocks.i.attn`). blocks: block indices (negative ones
-    count from the end), or None for all."""
+    """Attention layer names of a flow transformer's blocks, in forward order. kind: "double" (two-stream blocks:
+    FLUX.1/FLUX.2 double-stream, SD3's joint blocks `transformer_blocks.i.attn` ("joint" is the same), Qwen-Image's
+    blocks) or "single" (one-stream blocks: FLUX's `single_transformer_blocks.i.attn`, Z-Image's
+    `layers.i.attention`); a family without blocks of that kind gives []. blocks: block indices (negative ones count
+    from the end), or None for all."""
     if kind not in ("double", "joint", "single"):
         raise ParameterError(f"kind must be 'double', 'joint' or 'single', got {kind!r}.")
-    prefix = "single_transformer_blocks" if kind == "single" else "transformer_blocks"
-    return _blocks(model, prefix, blocks)
+    names = BLOCKS.get(type(model).__name__, _FLUX_NAMES).get("single" if kind == "single" else "double")
+    if names is None:
+        return [] if blocks is None else _blocks(model, "", "", blocks, kind)
+    return _blocks(model, *names, blocks, kind)
+
+
+def _blocks(model, prefix: str, module: str, blocks, kind: str) -> list[str]:
+    names = [key[: -len(".processor")] for key in model.attn_processors]
+    found = [n for n in names if prefix and n.startswith(prefix + ".") and n.endswith("." + module)
+             and n.count(".") == 2]
+    if blocks is None:
+        return found
+    count, chosen = len(found), []
+    for i in blocks:
+        index = i + count if i < 0 else i
+        if not 0 <= index < count:
+            raise ParameterError(f"block {i} does not exist: the model has {count} {kind} blocks; use 0…{count - 1}."
+                                 if count else f"this model has no {kind} blocks.")
+        chosen.append(found[index])
+    return chosen
 
 
 def double_block(i: int) -> str:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..backbones import FlowBackbone
+from ..backbones import backbone_for
 from ..backbones.flow import FLUX_GUIDANCE
 from ..control import Controller, Rule, joint_attention_layers
 from ..control.core import _heads
@@ -106,8 +106,8 @@ def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding
                      negative_prompt, height, width, seed, output_type, callback, compile, size=None,
                      allow_large=False) -> Result:
     """`ze.personalize` on a FLUX pipeline (module docstring)."""
-    backbone = FlowBackbone(pipe, None, compile)
-    if not backbone.is_flux:
+    backbone = backbone_for(pipe, None, compile)
+    if backbone.family != "flux":
         raise UnsupportedModel("personalize runs on UNet pipelines (SD 1.x, 2.x, XL) and FLUX.1; diffusers' SD3 "
                                "IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's control yet.")
     objects = _check_references(prompt, references)

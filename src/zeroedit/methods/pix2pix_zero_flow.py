@@ -37,7 +37,7 @@ import contextlib
 import torch
 
 from .. import directions as edit_directions
-from ..backbones import Cond, FlowBackbone
+from ..backbones import Cond, backbone_for
 from ..control import Controller, Rule, joint_attention_layers
 from ..errors import ParameterError
 from ..images import to_tensor
@@ -92,22 +92,42 @@ def gradient_checkpointing(model, enabled: bool):
 
 
 def _check_direction(backbone, direction) -> Cond:
-    """A given direction as a Cond of this pipeline's shapes (a tensor: token states, pooled part zero), finite."""
+    """A given direction as a Cond of this pipeline's shapes (a tensor: token states, pooled part zero), finite.
+    Families whose texts have a length of their own (tokens None) take token states of up to their longest text."""
     (tokens, width), pooled = backbone.cond_shapes()
-    if isinstance(direction, torch.Tensor) and direction.shape[1:] == (tokens, width):
-        direction = Cond(direction, torch.zeros(1, *pooled))
-    if (not isinstance(direction, Cond) or direction.embeds.shape[1:] != (tokens, width)
-            or direction.pooled is None or direction.pooled.shape[1:] != pooled):
+
+    def fits(states) -> bool:
+        return (isinstance(states, torch.Tensor) and states.ndim == 3 and states.shape[0] == 1
+                and states.shape[2] == width and (states.shape[1] == tokens if tokens else states.shape[1] >= 1))
+
+    if fits(direction):
+        direction = Cond(direction, None if pooled is None else torch.zeros(1, *pooled))
+    pooled_ok = isinstance(direction, Cond) and (
+        direction.pooled is None if pooled is None else
+        isinstance(direction.pooled, torch.Tensor) and direction.pooled.shape[1:] == tuple(pooled))
+    if not (isinstance(direction, Cond) and fits(direction.embeds) and pooled_ok):
         raise ParameterError(f"direction must be a Cond from ze.directions.build for this pipeline (token states "
-                             f"{(tokens, width)}, pooled {tuple(pooled)}), a path of a saved one, or a tensor of the "
-                             "token states' shape.")
-    if not (torch.isfinite(direction.embeds).all() and torch.isfinite(direction.pooled).all()):
+                             f"(1, {tokens or 'L'}, {width}), pooled {None if pooled is None else tuple(pooled)}), a "
+                             "path of a saved one, or a tensor of the token states' shape.")
+    parts = [direction.embeds] + ([] if direction.pooled is None else [direction.pooled])
+    if not all(torch.isfinite(part).all() for part in parts):
         raise ParameterError("direction contains NaN or inf; rebuild it with ze.directions.build.")
     return direction
 
 
+def _shifted(cond: Cond, delta: Cond) -> Cond:
+    """The caption's conditioning moved by the direction: token states + Δ position by position (Δ cut or
+    zero-padded to the caption's length), pooled + Δ pooled."""
+    length = cond.embeds.shape[1]
+    states = torch.nn.functional.pad(delta.embeds, (0, 0, 0, max(0, length - delta.embeds.shape[1])))[:, :length]
+    pooled = None if cond.pooled is None else cond.pooled + delta.pooled.to(cond.pooled)
+    return Cond(cond.embeds + states.to(cond.embeds), pooled, cond.mask)
+
+
 def _blocks(backbone, guidance_blocks) -> list[str]:
-    layers = joint_attention_layers(backbone.transformer, "double")
+    """The guided layers: the two-stream blocks' (one-stream blocks' on families without two-stream blocks)."""
+    model = backbone.transformer
+    layers = joint_attention_layers(model, "double") or joint_attention_layers(model, "single")
     if guidance_blocks is None:
         return layers
     if isinstance(guidance_blocks, bool) or not isinstance(guidance_blocks, int) or not 1 <= guidance_blocks <= len(layers):
@@ -128,7 +148,7 @@ def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidanc
     checkpointing = flow["checkpointing"]
     if not isinstance(checkpointing, bool):
         raise ParameterError(f"checkpointing must be True or False, got {checkpointing!r}.")
-    backbone = FlowBackbone(pipe, None, compile)
+    backbone = backbone_for(pipe, None, compile)
     steps = check_steps(steps, maximum=step_limit(backbone))
     layers = _blocks(backbone, flow["guidance_blocks"])
     delta = None if direction is None else _check_direction(backbone, direction)
@@ -149,7 +169,7 @@ def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidanc
         sigmas = backbone.sigmas(steps, x0.shape[-2:])
         top = _regularized_inversion(backbone, cond, x0, sigmas[::-1], reg_steps, float(lambda_ac), float(lambda_kl),
                                      float(embedding), gen)
-        edited = Cond(cond.embeds + delta.embeds.to(cond.embeds), cond.pooled + delta.pooled.to(cond.pooled))
+        edited = _shifted(cond, delta)
         latents = _edit(pipe, backbone, top, cond, edited, sigmas, layers, float(xa_guidance), float(guidance_scale),
                         float(embedding), checkpointing, callback)
         images = finish(backbone, latents, output_type, original.size)
@@ -172,7 +192,7 @@ def _edit(pipe, backbone, x_top, cond, edited, sigmas, layers, xa_guidance, guid
           callback):
     """Euler sampling with cross-attention guidance; two calls per step (module docstring)."""
     guide = ImageToTextGuidance(layers)
-    stop = StopAfter(layers[-1][: -len(".attn")])
+    stop = StopAfter(layers[-1].rsplit(".", 1)[0])  # the block of the last guided layer
     controller = Controller()
     controller.add(guide)
     controller.add(stop)

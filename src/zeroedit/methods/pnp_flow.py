@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones import Cond, FlowBackbone
+from ..backbones import Cond, FlowBackbone, backbone_for
 from ..control import Controller, Inject, Record, joint_attention_layers
+from ..backbones.flow import FLUX_GUIDANCE, SD3_GUIDANCE
 from ..errors import ParameterError, shorten
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
@@ -67,7 +68,6 @@ PRESETS = {  # see module docstring for the source of each value
     None: dict(solver="fireflow", steps=8, window=1, layers="single", guidance=2.0),
     "reference": dict(solver="rf-solver", steps=25, window=3, layers="last-single", guidance=2.0),
 }
-SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 FLOWEDIT = {"flux": dict(steps=28, n_max=24, source=1.5, target=5.5),  # FlowEdit FLUX_exp.yaml
             "sd3": dict(steps=50, n_max=33, source=3.5, target=13.5)}  # FlowEdit SD3_exp.yaml
 VITAL_DOUBLE, VITAL_SINGLE = (0, 1, 17, 18), (6, 9, 34, 35, 37)  # Stable Flow, of 19 double / 38 single
@@ -93,16 +93,15 @@ def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[s
     if not any(isinstance(layers, str) and layers == preset for preset in LAYER_PRESETS):
         raise ParameterError(f"layers must be one of {', '.join(map(repr, LAYER_PRESETS))} or a list of attention "
                              f"layer names; got {layers!r}.")
-    kind = "single" if backbone.is_flux else "joint"
-    blocks = joint_attention_layers(model, kind)
+    blocks = joint_attention_layers(model, "single") or joint_attention_layers(model, "double")
     if layers == "single":
         return blocks, ("v",), "joint"
     if layers == "last-single":
         keep = max(1, round(len(blocks) * 18 / 38))
         return blocks[-keep:], ("v",), "joint"
-    if not backbone.is_flux:
+    if backbone.family != "flux":
         raise ParameterError("layers='vital' (Stable Flow) is defined for FLUX.1 only; pass 'single', 'last-single' "
-                             "or a list of layer names on SD3.")
+                             "or a list of layer names on this model.")
     double = joint_attention_layers(model, "double")
     names = [double[i] for i in _spread(VITAL_DOUBLE, 19, len(double))]
     names += [blocks[i] for i in _spread(VITAL_SINGLE, 38, len(blocks))]
@@ -114,7 +113,7 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
                    solver, layers, strength, source_guidance_scale, size=None, allow_large=False) -> Result:
     """`ze.translate` on an SD3/FLUX pipeline (the common arguments are checked by methods/pnp.py)."""
     check_choice(method, "method", METHODS)
-    backbone = FlowBackbone(pipe, None, compile)
+    backbone = backbone_for(pipe, None, compile)
     if method == "flowedit":
         unused = dict(preset=preset, solver=solver, layers=layers, attention_steps=attention_steps,
                       feature_steps=feature_steps, inversion_steps=inversion_steps)
@@ -132,9 +131,9 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
     if not isinstance(negative, str):
         raise ParameterError(f"negative_prompt must be a string, got {shorten(negative_prompt)}.")
     if negative.strip() and not backbone.has_cfg:
-        raise ParameterError(f"negative_prompt {shorten(negative)}: FLUX.1 is guidance-distilled (no classifier-free "
-                             "guidance branch), so it takes no negative prompt; leave negative_prompt empty, or use "
-                             "an SD3/SD3.5 model, which honours it.")
+        raise ParameterError(f"negative_prompt {shorten(negative)}: {type(pipe).__name__} is guidance-distilled (no "
+                             "classifier-free guidance branch), so it takes no negative prompt; leave negative_prompt "
+                             "empty, or use a model with CFG (SD3/SD3.5, Qwen-Image, Z-Image), which honours it.")
     noise = generator(seed)  # checks seed; FlowEdit's noise
     original, picture = load_input(picture_input, backbone, size, allow_large)
     stats = Stats(params=dict(params, prompt=prompts, source_prompt=source_prompt, negative_prompt=negative, seed=seed,
@@ -168,14 +167,14 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
     k_feature = 0 if feature_steps is None else check_window(feature_steps, steps, "feature_steps")
     return dict(method="inject", steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
                 attention_steps=k, feature_steps=k_feature,
-                guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.is_flux else SD3_GUIDANCE,
-                                         "guidance_scale"),
+                guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.family == "flux"
+                                         else backbone.default_guidance, "guidance_scale"),
                 source_guidance_scale=_guidance(source_guidance_scale, 1.0, "source_guidance_scale"))
 
 
 def _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_scale) -> dict:
     """Resolved parameters of FlowEdit (defaults of its FLUX/SD3 configs; strength = n_max / steps)."""
-    family = FLOWEDIT["flux" if backbone.is_flux else "sd3"]
+    family = flowedit_defaults(backbone)
     steps = family["steps"] if steps is None else check_steps(steps, maximum=step_limit(backbone))
     if strength is None:
         n_max = round(steps * family["n_max"] / family["steps"])
@@ -184,6 +183,19 @@ def _flowedit_params(backbone, steps, strength, guidance_scale, source_guidance_
     return dict(method="flowedit", steps=steps, n_max=n_max,
                 guidance_scale=_guidance(guidance_scale, family["target"], "guidance_scale"),
                 source_guidance_scale=_guidance(source_guidance_scale, family["source"], "source_guidance_scale"))
+
+
+def flowedit_defaults(backbone) -> dict:
+    """FlowEdit's published settings on FLUX.1 and SD3; no published setting on the other families: FLUX's
+    steps and n_max, and the guidance of FlowEdit's own family of the same kind (CFG: SD3's; distilled: FLUX's) in
+    proportion to the pipeline's default (source ½, target 27/14 of it with CFG; 3/7 and 11/7 distilled)."""
+    if backbone.family in FLOWEDIT:
+        return FLOWEDIT[backbone.family]
+    published = FLOWEDIT["sd3" if backbone.has_cfg else "flux"]
+    reference = SD3_GUIDANCE if backbone.has_cfg else FLUX_GUIDANCE
+    ratio = backbone.default_guidance / reference
+    return dict(steps=FLOWEDIT["flux"]["steps"], n_max=FLOWEDIT["flux"]["n_max"], source=published["source"] * ratio,
+                target=published["target"] * ratio)
 
 
 def _strength(value) -> float:

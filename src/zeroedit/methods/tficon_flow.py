@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones import Cond, FlowBackbone
-from ..backbones.flow import FLUX_GUIDANCE, TEXT_VARIANTS
+from ..backbones import Cond, backbone_for
+from ..backbones.flow import TEXT_VARIANTS
 from ..control import Controller, Rule, joint_attention_layers
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
@@ -102,7 +102,7 @@ def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
     check_choice(options["solver"], "solver", tuple(FLOW_SOLVERS))
     check_choice(options["inversion_prompt"], "inversion_prompt", TEXT_VARIANTS)
     check_choice(options["attention"], "attention", ATTENTIONS)
-    default = DOMAINS[domain] if backbone.has_cfg else FLUX_GUIDANCE
+    default = DOMAINS[domain] if backbone.has_cfg else backbone.default_guidance
     guidance = default if guidance_scale is None else guidance_scale
     return dict(options, guidance_scale=check_number(guidance, "guidance_scale"),
                 steps=check_steps(steps, minimum=2, maximum=step_limit(backbone)))
@@ -114,7 +114,7 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
     """`ze.compose` on an SD3/FLUX pipeline (module docstring), after ze.compose's shared checks (domain, preset,
     output type, callback, windows, prompt, paste_background, seed). `flow`: solver, inversion_prompt, attention;
     sizes, boxes and the pasted full-resolution background as on the UNet (methods/tficon.py)."""
-    backbone = FlowBackbone(pipe, None, compile)
+    backbone = backbone_for(pipe, None, compile)
     options = _options(backbone, guidance_scale, domain, steps, flow)
     steps = options["steps"]
     gen = generator(seed)
@@ -158,9 +158,10 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
 
 
 def _layers(backbone) -> list[str]:
-    """Every joint-attention layer: SD3's joint blocks; FLUX's double- then single-stream blocks."""
+    """Every attention layer of the blocks: the two-stream (SD3's joint, FLUX's double-stream) then the one-stream
+    ones."""
     model = backbone.transformer
-    return joint_attention_layers(model, "double") + (joint_attention_layers(model, "single") if backbone.is_flux else [])
+    return joint_attention_layers(model, "double") + joint_attention_layers(model, "single")
 
 
 def _injection_keys(sigmas: list[float], k_a: int, key: _Keys) -> set[float]:
