@@ -44,7 +44,7 @@ def shrink(path: Path):
 def fill(page, tab: str, inputs: dict, steps: int):
     """Inputs of one tab, from the demo's toy-world files."""
     paths = inputs["paths"]
-    page.locator(f"#{tab}-steps input").fill(str(steps))
+    page.locator(f"#{tab}-steps").locator("input, textarea").first.fill(str(steps))  # a number or an "auto" field
     if tab == "compose":
         page.locator("#compose-background input[type=file]").set_input_files(paths["toy-background"])
         page.locator("#compose-reference input[type=file]").set_input_files(paths["toy-reference"])

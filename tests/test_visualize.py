@@ -33,3 +33,20 @@ def test_features_pca_is_deterministic(tiny_pipe):
 def test_features_pca_bad_input(tiny_pipe, kwargs):
     with pytest.raises(ParameterError):
         ze.visualize.features_pca(tiny_pipe, make_image(0), **(dict(steps=5) | kwargs))
+
+
+def test_features_pca_inverts_at_the_working_size_and_returns_the_input_size(tiny_pipe):
+    """A 517×389 image: the inversion runs at the methods' working size (images.working_size; what translate
+    inverts), not at the upload's own size; the callback sees every inversion step; the picture comes back at
+    517×389."""
+    from zeroedit.backbones import Backbone
+    from zeroedit.images import working_size
+    backbone = Backbone(tiny_pipe)
+    width, height = working_size((517, 389), backbone.native_size, backbone.size_multiple)
+    seen = []
+    picture = ze.visualize.features_pca(tiny_pipe, make_image(2, (517, 389)), steps=3,
+                                        callback=lambda i, t, x: seen.append((i, tuple(x.shape[-2:]))))
+    assert picture.size == (517, 389)
+    assert [i for i, _ in seen] == [0, 1, 2]
+    assert {shape for _, shape in seen} == {(height // backbone.vae_scale, width // backbone.vae_scale)}
+    assert (width, height) != (512, 384)  # not the upload's size rounded to 64 (what it used to invert at)

@@ -10,9 +10,9 @@ from PIL import Image
 from .backbones import Backbone
 from .control import Controller, Record
 from .errors import ParameterError
-from .images import prepare_image, to_tensor
+from .images import to_tensor
 from .inversion import ddim_invert, ddim_timesteps
-from .methods.common import check_steps, serialised
+from .methods.common import check_callback, check_steps, load_input, serialised
 from .methods.pnp import injection_layers
 
 
@@ -29,13 +29,18 @@ def pca_rgb(tokens: torch.Tensor, height: int, width: int) -> Image.Image:
 
 @serialised
 def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str = "feature", steps: int = 50,
-                 prompt: str = "", out: str | None = None) -> Image.Image:
+                 prompt: str = "", out: str | None = None, size=None, allow_large: bool = False,
+                 callback=None) -> Image.Image:
     """PCA picture of a decoder layer at sampling step `step` (0 = the noisiest) of a `steps`-step DDIM
     inversion of `image` with `prompt`.
 
     what: "feature" (a module's output; default layer: PnP's injected feature, up_blocks[1].resnets[1]),
     or "q"/"k" (self-attention; default layer: the first PnP-injected attention layer).
-    Returns the picture, upsampled to the image size, and saves it as PNG when `out` is given."""
+    The inversion runs at the methods' working size (`size`, `allow_large` as in `translate`: the model's native
+    long side by default, the image's aspect kept; images.working_size), so it sees what translate injects and
+    costs what translate's inversion costs. callback(step, t, latents) after each of the `steps` inversion steps
+    (as `invert`'s). Returns the picture at the image's own size (nearest-neighbour upsampling of the feature
+    grid), and saves it as PNG when `out` is given."""
     steps = check_steps(steps)
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < steps:
         raise ParameterError(f"step must be an integer in 0…{steps - 1}, got {step!r}.")
@@ -43,8 +48,9 @@ def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str
         raise ParameterError(f"what must be 'feature', 'q' or 'k', got {what!r}.")
     feature_layer, attention_layers = injection_layers(pipe.unet)
     layer = layer or (feature_layer if what == "feature" else attention_layers[0])
-    picture = prepare_image(image)
+    check_callback(callback, "callback")
     backbone = Backbone(pipe)
+    original, picture = load_input(image, backbone, size, allow_large)
     grid = ddim_timesteps(backbone, steps)
     t_wanted = list(reversed(grid))[step]
     store, controller = {}, Controller()
@@ -58,7 +64,7 @@ def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str
 
     with torch.no_grad(), controller.installed(pipe.unet):
         x0 = backbone.encode_image(to_tensor(picture)).float()  # DDIM arithmetic in float32
-        trajectory = ddim_invert(backbone, model_fn, x0, grid)
+        trajectory = ddim_invert(backbone, model_fn, x0, grid, callback)
         if not store:  # the top of the grid is never an inversion input: evaluate it once
             model_fn(trajectory[-1], t_wanted, steps)
     tensor = next(iter(store.values()))
@@ -68,7 +74,7 @@ def features_pca(pipe, image, step: int = 0, layer: str | None = None, what: str
     else:
         tokens = tensor[0].transpose(0, 1).reshape(tensor.shape[2], -1)
         h, w = controller.grid(tokens.shape[0])
-    result = pca_rgb(tokens, h, w).resize(picture.size, Image.NEAREST)
+    result = pca_rgb(tokens, h, w).resize(original.size, Image.NEAREST)
     if out is not None:
         result.save(out)
     return result

@@ -68,6 +68,7 @@ from .common import (FLOW_VARIANTS, check_callback, check_choice, check_number, 
 
 REFERENCE_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 PRESETS = (None, "reference")
+STEPS = 50  # DDIM sampling steps when steps=None (the paper's)
 CACHES = ("memory", "recompute")
 
 
@@ -188,7 +189,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     if method not in (None, "pnp"):
         raise ParameterError(f"method must be None or 'pnp' on UNet pipelines ('flowedit' runs on SD3/FLUX), got {method!r}.")
     negative_prompt = REFERENCE_NEGATIVE if negative_prompt is None else negative_prompt
-    steps = 50 if steps is None else steps
+    steps = STEPS if steps is None else steps
     feature_steps = 0.8 if feature_steps is None else feature_steps
     attention_steps = 0.5 if attention_steps is None else attention_steps
     guidance_scale = 7.5 if guidance_scale is None else guidance_scale
