@@ -228,10 +228,13 @@ def test_personalize_on_plain_qwen_image_is_refused_before_any_model_work(pipe):
         backbone_for(pipe).exceptional_cond(1, "exceptional")
 
 
-def test_personalize_uniform_single_reference_equals_the_edit_plus_pipeline(edit_pipe, monkeypatch):
+@pytest.mark.parametrize("zero_cond_t", [False, True], ids=["edit-2509", "edit-2511"])
+def test_personalize_uniform_single_reference_equals_the_edit_plus_pipeline(zero_cond_t, monkeypatch):
     """weighting="uniform" is the pipeline's own multi-image generation (references resized as it does, shown to
-    the text encoder, appended to the tokens, CFG renormalised); one object with relevance: Ã ≡ 1, the same."""
+    the text encoder, appended to the tokens, CFG renormalised; Edit-2511's zero_cond_t layout too); one object
+    with relevance: Ã ≡ 1, the same."""
     from zeroedit.methods.common import generator, randn
+    edit_pipe = build_tiny_qwen_image(0, edit_plus=True, zero_cond_t=zero_cond_t)
     cat = Image.fromarray(make_image(1, (96, 64)))
     out = ze.personalize(edit_pipe, "a cat on a mat", {"cat": cat}, weighting="uniform", steps=3, seed=0,
                          output_type="latent")
