@@ -15,7 +15,8 @@ Built in-process, deterministically from a seed, never touching the network; rea
   themselves (no Jinja chat template is applied);
 - Edit-Plus: a Qwen2VLProcessor of that tokenizer and a Qwen2VL image processor (no video processor);
 - scheduler: Qwen/Qwen-Image's scheduler config (dynamic shift, mu from the image-token count, shift_terminal).
-Default image size: 128 px (`pipe.default_sample_size` 16 latent rows; 8×8 = 64 image tokens).
+Default image size: 128 px (`pipe.default_sample_size` 16 latent rows; 8×8 = 64 image tokens); set on the pipeline
+object, so a saved and reloaded tiny model defaults to the pipelines' 1024 px.
 `qwen_image_transformer_config(real=True)`: the 20 B transformer's published config, for GPU benchmarks.
 """
 from __future__ import annotations
@@ -127,3 +128,8 @@ def build_tiny_qwen_image(seed: int = 0, edit_plus: bool = False, zero_cond_t: b
     pipe.default_sample_size = TINY_SIZE // pipe.vae_scale_factor
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_qwen_image_edit(seed: int = 0) -> QwenImageEditPlusPipeline:
+    """The tiny Qwen-Image-Edit-Plus pipeline (Edit-2509's layout), for a `TINY_FAMILIES` entry of its own."""
+    return build_tiny_qwen_image(seed, edit_plus=True)
