@@ -160,6 +160,12 @@ def test_translate_and_flowedit_at_defaults(pipe):
     assert one.stats.params["guidance_scale"] == 4.0
     assert torch.allclose(three.images[:1], ze.translate(pipe, image, "a dog", source_prompt="a small cat",
                                                         output_type="latent").images, atol=1e-4)
+    recompute = ze.translate(pipe, image, ["a dog", "a red fox in the snow", "x"], source_prompt="a small cat",
+                             source_cache="recompute", output_type="latent")
+    assert torch.allclose(recompute.images, three.images, atol=1e-4)  # the source riding in the batch: the same
+    plain = ze.translate(pipe, image, ["a dog", "a red fox in the snow", "x"], source_prompt="a small cat",
+                         attention_steps=0, output_type="latent")
+    assert (plain.images - three.images).abs().max() > 1e-4  # the injection acts
     flowedit = ze.translate(pipe, image, "a dog", source_prompt="a small cat", method="flowedit", seed=0)
     assert flowedit.stats.unet_calls == 24 and flowedit.stats.unet_evals == 24 * 4 and flowedit.images[0].size == SIZE
     assert processors_snapshot(pipe) == before
