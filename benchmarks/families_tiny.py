@@ -6,7 +6,8 @@ sample-evaluations, backward passes and CPU seconds (one thread).
 
 Inputs: a 128×128 background/image (the tiny models' native size), a 64×64 reference in a 64×64 region. edit
 gets its caption (no captioner download); personalize runs where the family takes reference images or an adapter
-(tiny-flux with its random IP-Adapter loaded; "—": UnsupportedModel, the reason printed). Each method runs once to warm up, then once timed (`stats.seconds`).
+(tiny-flux with its random IP-Adapter loaded; "—": UnsupportedModel, the reason printed). Each method runs once
+to warm up, then once timed (`stats.seconds`).
 Random weights: costs only, no quality.
 """
 from __future__ import annotations
@@ -43,12 +44,13 @@ def methods(name: str) -> dict:
     ip_pipe = _load(name, ip_adapter=True) if name == "tiny-flux" else pipe
     return {
         "translate": lambda: ze.translate(pipe, image, "a dog", source_prompt="a cat"),
-        "translate flowedit": lambda: ze.translate(pipe, image, "a dog", source_prompt="a cat", method="flowedit", seed=0),
+        "translate flowedit": lambda: ze.translate(pipe, image, "a dog", source_prompt="a cat", method="flowedit",
+                                                   seed=0),
         "compose": lambda: ze.compose(pipe, image, reference, (32, 32, 96, 96), prompt="a cat", seed=0),
         "edit": lambda: ze.edit(pipe, image, "cat", "dog", caption="a cat"),
         "invert": lambda: ze.invert(pipe, image),
-        "personalize": lambda: ze.personalize(ip_pipe, "a cat and a dog", {"cat": reference, "dog": make_image(2, (64, 64))},
-                                              seed=0),
+        "personalize": lambda: ze.personalize(ip_pipe, "a cat and a dog",
+                                              {"cat": reference, "dog": make_image(2, (64, 64))}, seed=0),
     }
 
 

@@ -50,7 +50,8 @@ def test_tiny_model_layout_tokenizer_and_determinism(pipe, edit_pipe):
     for p in (pipe, edit_pipe):
         prefix = p.prompt_template_encode.split("{}")[0]
         assert len(p.tokenizer(prefix).input_ids) == p.prompt_template_encode_start_idx
-    assert joint_attention_layers(pipe.transformer, "double") == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
+    blocks = ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
+    assert joint_attention_layers(pipe.transformer, "double") == blocks
     assert joint_attention_layers(pipe.transformer, "single") == []
     again = ze.load("tiny-qwen-image")
     assert torch.equal(again.transformer.img_in.weight, pipe.transformer.img_in.weight)
@@ -187,7 +188,8 @@ def test_compose_at_defaults_keeps_the_background(pipe):
 
     common = dict(steps=4, tau_b=1.0, seed=0, output_type="latent")
     for name, prompt in (("a", "a cat"), ("b", "a red dog on the grass")):  # texts of different lengths
-        ze.compose(pipe, make_image(0), ref, (64, 64, 128, 128), prompt=prompt, callback_on_step_end=keep(name), **common)
+        ze.compose(pipe, make_image(0), ref, (64, 64, 128, 128), prompt=prompt, callback_on_step_end=keep(name),
+                   **common)
     a, b = seen["a"][2], seen["b"][2]
     assert torch.equal(a[..., :8, :], b[..., :8, :])  # the latent rows above the region
     assert (a[..., 8:, 8:] - b[..., 8:, 8:]).abs().max() > 1e-4

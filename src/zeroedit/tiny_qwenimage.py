@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
                        QwenImagePipeline, QwenImageTransformer2DModel)
-from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessorPil,
-                          Qwen2VLProcessor)
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
+                          Qwen2VLImageProcessorPil, Qwen2VLProcessor)
 
 from .tiny import TINY_SIZE, _byte_symbols
 

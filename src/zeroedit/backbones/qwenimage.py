@@ -79,8 +79,10 @@ class QwenImageBackbone(FlowBackbone):
         return self.encode_prompt(prompts, images)
 
     def _exceptional(self, batch: int, variant: str, token_id: int, empty: Cond) -> Cond:
-        raise ParameterError(f"inversion_prompt={variant!r}: TF-ICON's exceptional prompt is made for CLIP text encoders "
-                             "and Qwen-Image has none (its text encoder is Qwen2.5-VL); use 'zeros' or 'empty'.")
+        """Families without CLIP have no exceptional prompt (TF-ICON's is made for CLIP)."""
+        raise ParameterError(f"inversion_prompt={variant!r}: TF-ICON's exceptional prompt is made for CLIP text "
+                             "encoders and Qwen-Image has none (its text encoder is Qwen2.5-VL); use 'zeros' or "
+                             "'empty'.")
 
     def cond_shapes(self):
         """Each text has its own length (tokens None); no pooled vector."""
