@@ -48,6 +48,9 @@ from .vae import vae_in
 QWEN_TEXT_LENGTH = 512  # QwenImagePipeline.__call__'s max_sequence_length default
 QWEN_CFG = 4.0  # QwenImagePipeline.__call__'s true_cfg_scale default
 QWEN_NATIVE_AREA = 1024 * 1024  # Edit-Plus's VAE_IMAGE_SIZE: the area the references are resized to
+# Pipelines whose encode_prompt takes a list of images ("Picture k") and whose transformer call takes their latents
+# (QwenImageEditPipeline takes one image in another template: not supported as a reference pipeline).
+REFERENCE_PIPELINES = ("QwenImageEditPlusPipeline",)
 
 
 class QwenImageBackbone(FlowBackbone):
@@ -62,7 +65,7 @@ class QwenImageBackbone(FlowBackbone):
         self.patch = self.transformer.config.patch_size
         self.guidance_embeds, self.has_cfg, self.default_guidance = False, True, QWEN_CFG
         self.vae_scale = 2 ** len(self.vae.temperal_downsample)
-        self.takes_references = getattr(self.pipe, "processor", None) is not None  # Edit-Plus: images in the text too
+        self.takes_references = type(self.pipe).__name__ in REFERENCE_PIPELINES
 
     # ---------------------------------------------------------------- text
     @torch.no_grad()
