@@ -6,9 +6,11 @@
    per channel, whose flow ODE is solved in closed form; each solver inverts 0 → 1 and samples back on a
    uniform σ grid, so the errors are discretisation errors alone: relative error of the inverted latent vs
    the exact x(1), and of the round trip vs x₀ (and the factor Euler / solver).
-2. The same on FLUX's shifted σ grid at 1024² (mu for 4096 image tokens), where the steps crowd near σ = 1.
-3. The tiny random-weight FLUX pipeline: latent round-trip error and calls (random weights are no smooth
-   velocity field: trend and cost only).
+2. The same on FLUX's shifted σ grid at 1024² (mu for 4096 image tokens), where the steps crowd near σ = 1, and on
+   each other family's grid at 1024² (`family_grid`: the backbone's σ of its tiny model, whose scheduler config is
+   the published one; Qwen-Image: exponential shift, mu for 4096 tokens, shift_terminal 0.02).
+3. The tiny random-weight pipelines (FLUX.1 and each later family in this checkout): latent round-trip error and
+   calls (random weights are no smooth velocity field: trend and cost only).
 `run(pipe, steps=(8, 15, 30))` returns the figures as a dict (tiny FLUX by default; any flow pipe on CUDA).
 """
 from __future__ import annotations
@@ -38,12 +40,27 @@ def flux_grid(steps: int) -> list[float]:
     return [float(s) for s in scheduler.sigmas][::-1]
 
 
-def oracle_table(steps=STEPS, grid: str = "uniform") -> dict:
+def family_grid(pipe, steps: int, side: int = 1024) -> list[float]:
+    """A flow pipeline's σ grid at side² px, ascending, as its backbone builds it for sampling."""
+    from zeroedit.backbones import backbone_for
+    backbone = backbone_for(pipe)
+    return backbone.sigmas(steps, (side // backbone.vae_scale,) * 2)[::-1]
+
+
+def tiny_families() -> list[str]:
+    """tiny-flux and the tiny models of the later families whose builder this checkout has."""
+    from importlib.util import find_spec
+    from zeroedit.loading import TINY_FAMILIES
+    return ["tiny-flux"] + [name for name, (module, _) in TINY_FAMILIES.items() if find_spec(module) is not None]
+
+
+def oracle_table(steps=STEPS, grid="uniform") -> dict:
+    """grid: "uniform", "flux" (FLUX.1-dev at 1024²) or a pipeline (its grid at 1024², `family_grid`)."""
     oracle = GaussianFlow(torch.tensor([0.3, 0.7, 1.0, 1.5]))
     x0 = oracle.sample((2, 4, 16, 16))
     table = {}
     for n in steps:
-        sigmas = None if grid == "uniform" else flux_grid(n)
+        sigmas = None if grid == "uniform" else flux_grid(n) if grid == "flux" else family_grid(grid, n)
         table[n] = {name: flow_round_trip(solver, oracle, x0, n, sigmas) for name, solver in FLOW_SOLVERS.items()}
     return table
 
@@ -80,11 +97,16 @@ def _print_oracle(title: str, table: dict):
 def main():
     _print_oracle("Exact Gaussian flow, uniform σ grid", oracle_table())
     _print_oracle("Exact Gaussian flow, FLUX.1-dev σ grid at 1024² (mu for 4096 tokens)", oracle_table(grid="flux"))
-    print("\nTiny random-weight FLUX (latent round trip, relative error; not a smooth field)\n")
-    print("| steps | solver | calls (invert + reconstruct) | round-trip error |")
-    print("|---|---|---|---|")
-    for (n, name), row in run().items():
-        print(f"| {n} | {name} | {row['calls']} | {row['error']:.3f} |")
+    pipes = {name: ze.load(name) for name in tiny_families()}
+    for name, pipe in pipes.items():
+        if name != "tiny-flux":
+            _print_oracle(f"Exact Gaussian flow, {type(pipe).__name__}'s σ grid at 1024²", oracle_table(grid=pipe))
+    for name, pipe in pipes.items():
+        print(f"\nTiny random-weight {name} (latent round trip, relative error; not a smooth field)\n")
+        print("| steps | solver | calls (invert + reconstruct) | round-trip error |")
+        print("|---|---|---|---|")
+        for (n, solver), row in run(pipe).items():
+            print(f"| {n} | {solver} | {row['calls']} | {row['error']:.3f} |")
 
 
 if __name__ == "__main__":

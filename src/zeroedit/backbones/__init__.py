@@ -12,6 +12,7 @@ import os
 import torch
 
 from ..errors import ModelError
+from . import qwenimage  # noqa: F401 — registers its family in FAMILIES
 from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options
 

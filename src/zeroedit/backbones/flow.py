@@ -20,9 +20,11 @@ calls) and `stats.unet_evals` (sample-evaluations), like the UNet's.
 A family adapter subclasses FlowBackbone and overrides what differs (docs/backbones.md): text (`encode_prompt`,
 `encode_negative`, `exceptional_cond`, `cond_shapes`), latents (`encode_image` / `decode`, `patch`,
 `vae_scale`), time (`sigmas`, `model_time`), one call (`_forward`: the function and arguments of one transformer
-forward on spatial latents; `_velocity`: its output as a velocity (B, C, h, w)), guidance (`has_cfg`,
-`guidance_embeds`, `guided`, `default_guidance`); then registers its transformer class in `FAMILIES` (the names of
-its attention layers are control/layers.py's `BLOCKS`, its token layout control/seam.py's `LAYOUTS`).
+forward on spatial latents, with the reference images' latents where the family takes them (`takes_references`);
+`_velocity`: its output as a velocity (B, C, h, w)), guidance (`has_cfg`, `guidance_embeds`, `guided`,
+`default_guidance`), what its methods can use (`text_variants`, `no_personalize`); then registers its transformer
+class in `FAMILIES` (the names of its attention layers are control/layers.py's `BLOCKS`, its token layout
+control/seam.py's `LAYOUTS`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, UnsupportedModel
 from ..result import Stats
 from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_forward,
                    exceptional_clip_states, tokenize)
@@ -102,6 +104,10 @@ class FlowBackbone(LatentCodec):
 
     kind = "flow"
     text_components = ("text_encoder", "tokenizer")
+    takes_references = False  # transformer_call(references=...): FLUX.2, Qwen-Image-Edit-Plus
+    text_variants = TEXT_VARIANTS  # the content-free conditionings exceptional_cond makes on this family
+    no_personalize = ("diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's "
+                      "control yet.")  # why personalize does not run on this family (FLUX.1 takes its IP-Adapter)
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("transformer", "vae", "scheduler") + self.text_components:
@@ -262,7 +268,10 @@ class FlowBackbone(LatentCodec):
         """The σ grid of `steps` sampling steps, descending, σ = 0 appended (steps + 1 values), as the
         pipeline's scheduler builds it: FLUX passes sigmas linspace(1, 1/steps) (pipeline_flux.py), SD3 lets the
         scheduler space the timesteps (pipeline_stable_diffusion_3.py); then the static `shift` or, with
-        `use_dynamic_shifting`, the time shift by mu = calculate_shift(image tokens)."""
+        `use_dynamic_shifting`, the time shift by mu = calculate_shift(image tokens). One step: [1, 0], what every
+        shift gives (a scheduler's `shift_terminal` stretch, e.g. Qwen-Image's, divides 0 by 0 there: NaN in diffusers)."""
+        if steps == 1:
+            return [1.0, 0.0]
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", False):
@@ -293,19 +302,22 @@ class FlowBackbone(LatentCodec):
 
     # ---------------------------------------------------------------- the transformer
     def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None,
-                         attention_kwargs: dict | None = None) -> torch.Tensor:
+                         attention_kwargs: dict | None = None, references=None) -> torch.Tensor:
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
         counted in stats. `guidance`: a distilled guidance embedding's value (FLUX-dev), a number or one per sample
         (ignored by models without the embedding). `attention_kwargs`: the transformer's attention kwargs (e.g.
-        FLUX's {"ip_adapter_image_embeds": [...]}).
-        Returns the velocity (B, C, h, w) in the model's dtype."""
+        FLUX's {"ip_adapter_image_embeds": [...]}). `references`: reference images' latents (a list of
+        (1 or B, C, h_i, w_i)) for families that take them (`takes_references`), their tokens after the image's.
+        Returns the velocity (B, C, h, w) of the image tokens in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
             raise RuntimeError(f"internal: {len(cond)} conditionings for a batch of {batch}")
+        if references is not None and not self.takes_references:
+            raise UnsupportedModel(f"{type(self.pipe).__name__} takes no reference images.")
         sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1).expand(batch)
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
-        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs)
+        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs, references)
         out = None
         if self.compile_options is not None:
             out = compiled_forward(args, self.compile_options, forward)
@@ -323,7 +335,7 @@ class FlowBackbone(LatentCodec):
                                 dtype=torch.float32)
         return scale.reshape(-1).expand(batch)
 
-    def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs):
+    def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs, references=None):
         """(function, arguments) of one transformer forward (SD3: spatial latents and model time σ·1000; FLUX:
         packed tokens, latent image ids, model time σ and the guidance embedding)."""
         batch, _, h, w = latents.shape

@@ -22,7 +22,9 @@ Generation: FluxPipeline's sampling (Euler on its σ grid, the guidance embeddin
 default; no CFG branch, so no negative prompt), one transformer call per step at batch 1 — exactly plain FLUX
 generation's calls. The IP-Adapter scale defaults to 1.0 (diffusers' FLUX IP-Adapter example).
 SD3/SD3.5: diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0, a timestep-conditioned resampler) is not
-mirrored by zeroedit's control yet: UnsupportedModel.
+mirrored by zeroedit's control yet: UnsupportedModel. Pipelines that take reference images natively
+(`backbone.takes_references`: Qwen-Image-Edit-Plus) run methods/mip_refs.py after the checks shared here; other
+flow families: UnsupportedModel naming what is missing (`backbone.no_personalize`).
 """
 from __future__ import annotations
 
@@ -43,14 +45,15 @@ from .mip import WEIGHTINGS, _check_references, _image_size, _phrase_in_prompt
 FLUX_IP_SCALE = 1.0
 
 
-class FluxMultiObjectMerge(Rule):
-    """MIP's merge of per-object image attention on FLUX double-stream blocks (module docstring)."""
+class PhraseRelevance(Rule):
+    """MIP's relevance on MM-DiT joint attention (module docstring): each object's phrase relevance Ã over the image
+    positions, and its mean over the layers and steps it was computed in (`maps`)."""
 
     stream = "joint"
 
-    def __init__(self, layers, phrases: list[tuple[int, int]], groups: list[list[int]], scale: float, weighting: str):
+    def __init__(self, layers, phrases: list[tuple[int, int]]):
         super().__init__(layers)
-        self.phrases, self.groups, self.scale, self.weighting = phrases, groups, scale, weighting
+        self.phrases = phrases
         self.maps_sum, self.maps_count = None, 0
 
     def relevance(self, ctx, q, k) -> torch.Tensor:
@@ -63,23 +66,32 @@ class FluxMultiObjectMerge(Rule):
             scores = (keys @ image_q.transpose(-1, -2)) * ctx.scale  # (B, heads, tokens, N)
             maps.append(scores.float().softmax(dim=-1).mean(dim=(1, 2)))
         maps = torch.stack(maps)
-        return maps / maps.sum(0, keepdim=True).clamp_min(1e-12)
-
-    def _keep(self, ctx, weights):
+        maps = maps / maps.sum(0, keepdim=True).clamp_min(1e-12)
         h, w = ctx.grid
-        maps = weights.mean(1).reshape(len(self.phrases), h, w).float()
-        self.maps_sum = maps if self.maps_sum is None else self.maps_sum + maps
+        mean = maps.mean(1).reshape(len(self.phrases), h, w).float()
+        self.maps_sum = mean if self.maps_sum is None else self.maps_sum + mean
         self.maps_count += 1
+        return maps
+
+    @property
+    def maps(self) -> torch.Tensor | None:
+        """(objects, h, w): the mean relevance map of each object (None when none was computed)."""
+        return None if self.maps_sum is None else self.maps_sum / self.maps_count
+
+
+class FluxMultiObjectMerge(PhraseRelevance):
+    """MIP's merge of per-object image attention on FLUX double-stream blocks (module docstring)."""
+
+    def __init__(self, layers, phrases: list[tuple[int, int]], groups: list[list[int]], scale: float, weighting: str):
+        super().__init__(layers, phrases)
+        self.groups, self.scale, self.weighting = groups, scale, weighting
 
     def qkv(self, ctx, q, k, v):
         if ctx.ip_states is None:
             return q, k, v
         proc, heads = ctx.original, ctx.attn.heads
         states = ctx.ip_states[0]  # (B, images, tokens, dim) from the image projection
-        weights = None
-        if self.weighting == "relevance":
-            weights = self.relevance(ctx, q, k)
-            self._keep(ctx, weights)
+        weights = self.relevance(ctx, q, k) if self.weighting == "relevance" else None
         total = 0
         for index, group in enumerate(self.groups):
             tokens = states[:, group].mean(1)
@@ -105,22 +117,28 @@ def _check_flux_adapter(pipe):
 def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding, mip_weights, steps, guidance_scale,
                      negative_prompt, height, width, seed, output_type, callback, compile, size=None,
                      allow_large=False) -> Result:
-    """`ze.personalize` on a FLUX pipeline (module docstring)."""
+    """`ze.personalize` on a FLUX pipeline (module docstring); on pipelines that take reference images natively
+    (`takes_references`) methods/mip_refs.py after the checks they share."""
     backbone = backbone_for(pipe, None, compile)
-    if backbone.family != "flux":
-        raise UnsupportedModel("personalize runs on UNet pipelines (SD 1.x, 2.x, XL) and FLUX.1; diffusers' SD3 "
-                               "IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's control yet.")
+    if backbone.family != "flux" and not backbone.takes_references:
+        raise UnsupportedModel(f"personalize runs on UNet pipelines (SD 1.x, 2.x, XL), FLUX.1 with an IP-Adapter and "
+                               f"pipelines that take reference images; {backbone.no_personalize}")
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
     if phrase_encoding not in (None, "prompt"):
-        raise ParameterError(f"phrase_encoding={phrase_encoding!r}: on FLUX the relevance comes from the phrase's tokens "
-                             "inside the prompt (None or 'prompt'); a phrase encoded alone has no keys in MM-DiT blocks.")
+        raise ParameterError(f"phrase_encoding={phrase_encoding!r}: on flow transformers the relevance comes from the "
+                             "phrase's tokens inside the prompt (None or 'prompt'); a phrase encoded alone has no keys "
+                             "in MM-DiT blocks.")
     check_output_type(output_type)
     check_callback(callback)
     steps = check_steps(steps, maximum=step_limit(backbone))
     if mip_weights is not None:
-        raise ParameterError("mip_weights: the MIP checkpoints are for SDXL; on FLUX the merge runs without a trained "
-                             "gate (leave mip_weights None).")
+        raise ParameterError("mip_weights: the MIP checkpoints are for SDXL; on flow transformers the merge runs "
+                             "without a trained gate (leave mip_weights None).")
+    if backbone.takes_references:
+        return FLOW_VARIANTS["personalize-references"](pipe, backbone, prompt, objects, scale, weighting, steps,
+                                                       guidance_scale, negative_prompt, height, width, seed,
+                                                       output_type, callback, size, allow_large)
     if negative_prompt is not None:
         raise ParameterError("negative_prompt: FLUX.1 samples with its guidance embedding and no negative branch; "
                              "leave it None.")
@@ -148,9 +166,8 @@ def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding
                                     weighting)
         latents = _generate(pipe, backbone, rule, text, embeds, steps, float(guidance), height, width, gen, callback)
         images = finish(backbone, latents, output_type)
-    maps = None if rule.maps_sum is None else rule.maps_sum / rule.maps_count
     return Result(images=images, stats=stats, latents=latents,
-                  extra={"relevance_maps": maps, "objects": [p for p, _ in objects]})
+                  extra={"relevance_maps": rule.maps, "objects": [p for p, _ in objects]})
 
 
 def _generate(pipe, backbone, rule, text, embeds, steps, guidance, height, width, gen, callback):

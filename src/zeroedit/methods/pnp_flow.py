@@ -28,12 +28,18 @@ Layers (`layers=`), each from its source:
   35, 37), mapped proportionally onto other depths; FLUX only. Stable Flow injects at every step from
   an in-batch reconstruction; here from the inversion (keyed as above).
 - or a list of layer names (control.layers: double_block(i), single_block(i), joint_block(i)): V, all tokens.
+"All tokens" is the text and image tokens where every text has one length (SD3, FLUX.1: padded T5); on families
+whose texts have a length of their own (Qwen-Image: `cond_shapes` tokens None) the source's and the targets' text
+tokens cannot be paired, and V is injected on the image tokens only.
 Features (`feature_steps`, default 0 = off, as in both references): the image tokens that the blocks of these
 layers output (PnP's feature injection carried over to MM-DiT blocks; no published flow default).
 Presets: None = FireFlow's fast editing (solver "fireflow", 8 steps, inject 1 step, layers "single", FLUX
 guidance 2: `run_*.sh` "Fast Editing"); "reference" = RF-Solver-Edit (solver "rf-solver", 25 steps, inject 3,
 layers "last-single", guidance 2: its `run_*.sh`). SD3 has no published setting: the same windows, CFG 7.0
-(StableDiffusion3Pipeline's default) with negative prompt "".
+(StableDiffusion3Pipeline's default) with negative prompt "". Qwen-Image has none either: the same windows and
+solvers, "single" / "last-single" on its double-stream blocks (it has no others), its renormalised true CFG 4.0
+(QwenImagePipeline's default) with negative prompt ""; chosen so that a default translate costs FLUX.1's calls, not
+by quality (only random-weight tiny models were run).
 Calls: inversion (euler N, fireflow N + 1, rf-solver 2N) + the same again for sampling, whatever the number
 of prompts.
 
@@ -83,22 +89,23 @@ def _spread(indices, reference: int, count: int) -> list[int]:
 def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[str, ...], str]:
     """(layer names, what to inject, stream) for a `layers` preset or list (see module docstring)."""
     model = backbone.transformer
+    every = "joint" if backbone.cond_shapes()[0][0] else "image"  # "all tokens" (module docstring)
     if isinstance(layers, (list, tuple)) and layers and all(isinstance(n, str) for n in layers):
         known = {key[: -len(".processor")] for key in model.attn_processors}
         missing = [n for n in layers if n not in known]
         if missing:
             raise ParameterError(f"layers: {missing[:3]} are not attention layers of this transformer; use "
                                  "zeroedit.control.joint_attention_layers(pipe.transformer, 'double'|'single').")
-        return list(layers), ("v",), "joint"
+        return list(layers), ("v",), every
     if not any(isinstance(layers, str) and layers == preset for preset in LAYER_PRESETS):
         raise ParameterError(f"layers must be one of {', '.join(map(repr, LAYER_PRESETS))} or a list of attention "
                              f"layer names; got {layers!r}.")
     blocks = joint_attention_layers(model, "single") or joint_attention_layers(model, "double")
     if layers == "single":
-        return blocks, ("v",), "joint"
+        return blocks, ("v",), every
     if layers == "last-single":
         keep = max(1, round(len(blocks) * 18 / 38))
-        return blocks[-keep:], ("v",), "joint"
+        return blocks[-keep:], ("v",), every
     if backbone.family != "flux":
         raise ParameterError("layers='vital' (Stable Flow) is defined for FLUX.1 only; pass 'single', 'last-single' "
                              "or a list of layer names on this model.")
