@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, UnsupportedModel
 from ..result import Stats
 from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_forward,
                    exceptional_clip_states, tokenize)
@@ -102,6 +102,8 @@ class FlowBackbone(LatentCodec):
 
     kind = "flow"
     text_components = ("text_encoder", "tokenizer")
+    text_variants = TEXT_VARIANTS  # the content-free conditionings this family has (families without CLIP: fewer)
+    takes_references = False  # whether the transformer takes reference images in its call (FLUX.2: `references=`)
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("transformer", "vae", "scheduler") + self.text_components:
@@ -194,8 +196,8 @@ class FlowBackbone(LatentCodec):
         bias removed: every row identical; zeros without T5, as diffusers); "exceptional-clip" — CLIP exceptional,
         T5 of the empty prompt; "empty" — the empty prompt as the pipeline encodes it; "zeros" — all-zero
         embeddings and pooled vector."""
-        if variant not in TEXT_VARIANTS:
-            raise ParameterError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}.")
+        if variant not in self.text_variants:
+            raise ParameterError(f"variant must be one of {self.text_variants} on this model, got {variant!r}.")
         empty = self.encode_prompt([""])
         if variant == "empty":
             return empty.repeat(batch)
@@ -293,19 +295,21 @@ class FlowBackbone(LatentCodec):
 
     # ---------------------------------------------------------------- the transformer
     def transformer_call(self, latents: torch.Tensor, sigma, cond: Cond, guidance: float | None = None,
-                         attention_kwargs: dict | None = None) -> torch.Tensor:
+                         attention_kwargs: dict | None = None, references=None) -> torch.Tensor:
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
         counted in stats. `guidance`: a distilled guidance embedding's value (FLUX-dev), a number or one per sample
         (ignored by models without the embedding). `attention_kwargs`: the transformer's attention kwargs (e.g.
-        FLUX's {"ip_adapter_image_embeds": [...]}).
-        Returns the velocity (B, C, h, w) in the model's dtype."""
+        FLUX's {"ip_adapter_image_embeds": [...]}). `references`: reference-image tokens the family's adapter
+        appends to the sequence (FLUX.2: `encode_references`); families without them refuse it.
+        Returns the velocity (B, C, h, w) of the image tokens in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
             raise RuntimeError(f"internal: {len(cond)} conditionings for a batch of {batch}")
         sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1).expand(batch)
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
-        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs)
+        extra = {} if references is None else {"references": references}
+        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs, **extra)
         out = None
         if self.compile_options is not None:
             out = compiled_forward(args, self.compile_options, forward)
@@ -323,9 +327,12 @@ class FlowBackbone(LatentCodec):
                                 dtype=torch.float32)
         return scale.reshape(-1).expand(batch)
 
-    def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs):
+    def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs, references=None):
         """(function, arguments) of one transformer forward (SD3: spatial latents and model time σ·1000; FLUX:
         packed tokens, latent image ids, model time σ and the guidance embedding)."""
+        if references is not None:
+            raise UnsupportedModel(f"{type(self.pipe).__name__} takes no reference images in its transformer call "
+                                   "(FLUX.2 does).")
         batch, _, h, w = latents.shape
         if self.is_flux:
             hidden = pack(latents.to(self.dtype))

@@ -9,9 +9,10 @@ the rule sits:
    text: `inversion_prompt` (FlowBackbone.exceptional_cond): "exceptional" = TF-ICON's exceptional prompt through
    every encoder (CLIP as on the UNet, its T5 analogue: one repeated token, no EOS, no relative position
    bias), "exceptional-clip" (T5 of ""), "empty" (the pipeline's "" prompt), "zeros" (all-zero token states and
-   pooled vector). Default "zeros": the smallest inversion round-trip error on the toy-flow model with every
-   solver (benchmarks/compose_flow.py, 8 toy images, 20 steps, fireflow: latent RMSE 0.0015 vs 0.0039
-   exceptional, 0.0085 empty); the toy model has no T5, so the T5 analogue is unmeasured there. FLUX-dev's
+   pooled vector); families without CLIP (FLUX.2) have "empty" and "zeros" only (`backbone.text_variants`).
+   Default "zeros": the smallest inversion round-trip error on the toy-flow model with every solver
+   (benchmarks/compose_flow.py, 8 toy images, 20 steps, fireflow: latent RMSE 0.0015 vs 0.0039 exceptional,
+   0.0085 empty); the toy model has no T5, so the T5 analogue is unmeasured there. FLUX-dev's
    guidance embedding is 1 there (as RF-Solver/FireFlow invert).
 3. Noise incorporation in the spatial latent (tficon._starting_latent): background outside R, inverted
    reference in R ∩ S (`same`: the inverted composite), fresh noise in R ∖ S.
@@ -48,7 +49,6 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, backbone_for
-from ..backbones.flow import TEXT_VARIANTS
 from ..control import Controller, Rule, joint_attention_layers
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
@@ -100,7 +100,7 @@ class KeepBackgroundKV(Rule):
 def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
     options = {**DEFAULTS, **{k: v for k, v in flow.items() if v is not None}}
     check_choice(options["solver"], "solver", tuple(FLOW_SOLVERS))
-    check_choice(options["inversion_prompt"], "inversion_prompt", TEXT_VARIANTS)
+    check_choice(options["inversion_prompt"], "inversion_prompt", backbone.text_variants)
     check_choice(options["attention"], "attention", ATTENTIONS)
     default = DOMAINS[domain] if backbone.has_cfg else backbone.default_guidance
     guidance = default if guidance_scale is None else guidance_scale
