@@ -83,14 +83,14 @@ def _byte_vocab(specials) -> dict:
     return vocab
 
 
-def tiny_qwen_tokenizer():
+def tiny_qwen_tokenizer(max_length: int = TEXT_LENGTH):
     """A Qwen2 byte-level BPE tokenizer (no merges) with Qwen's chat markers and a reduced chat template."""
     from transformers import Qwen2TokenizerFast
-    return Qwen2TokenizerFast(vocab=_byte_vocab(QWEN_SPECIALS), merges=[], model_max_length=TEXT_LENGTH,
+    return Qwen2TokenizerFast(vocab=_byte_vocab(QWEN_SPECIALS), merges=[], model_max_length=max_length,
                               chat_template=QWEN_TEMPLATE, additional_special_tokens=list(QWEN_SPECIALS[1:]))
 
 
-def tiny_mistral_tokenizer():
+def tiny_mistral_tokenizer(max_length: int = DEV_TEXT_LENGTH):
     """A byte-level BPE tokenizer (no merges) with Mistral's chat markers and a reduced chat template, in place of
     FLUX.2 [dev]'s PixtralProcessor (which needs torchvision): Flux2Pipeline calls only its `apply_chat_template`,
     which a tokenizer has with the same arguments. model_max_length 256: the system message alone is 180 tokens."""
@@ -101,7 +101,7 @@ def tiny_mistral_tokenizer():
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", additional_special_tokens=list(MISTRAL_SPECIALS[4:]),
-                                   model_max_length=DEV_TEXT_LENGTH, chat_template=MISTRAL_TEMPLATE)
+                                   model_max_length=max_length, chat_template=MISTRAL_TEMPLATE)
 
 
 def _vae(seed: int) -> AutoencoderKLFlux2:
@@ -113,21 +113,24 @@ def _vae(seed: int) -> AutoencoderKLFlux2:
     return vae
 
 
-def _qwen3():
+def _qwen3(width: int = TEXT_WIDTH, head_dim: int = 8):
+    """A Qwen3ForCausalLM of 28 layers (the pipeline reads hidden states 9, 18, 27), 2 heads, `width` wide."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    config = Qwen3Config(vocab_size=256 + len(QWEN_SPECIALS), hidden_size=TEXT_WIDTH, intermediate_size=32,
-                         num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                         max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=256)
+    config = Qwen3Config(vocab_size=256 + len(QWEN_SPECIALS), hidden_size=width, intermediate_size=32,
+                         num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim,
+                         max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=256)
     return Qwen3ForCausalLM(config)
 
 
-def _mistral3():
+def _mistral3(width: int = TEXT_WIDTH, head_dim: int = 8):
+    """A Mistral3ForConditionalGeneration of 31 text layers (the pipeline reads hidden states 10, 20, 30), 2 heads,
+    `width` wide, with a one-layer Pixtral vision tower."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
     vision = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, head_dim=8, patch_size=16, image_size=64)
-    text = dict(model_type="mistral", vocab_size=256 + len(MISTRAL_SPECIALS), hidden_size=TEXT_WIDTH,
-                intermediate_size=32, num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                max_position_embeddings=512)
+    text = dict(model_type="mistral", vocab_size=256 + len(MISTRAL_SPECIALS), hidden_size=width,
+                intermediate_size=32, num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=head_dim, max_position_embeddings=1024)
     config = Mistral3Config(vision_config=vision, text_config=text, spatial_merge_size=2,
                             image_token_index=256 + MISTRAL_SPECIALS.index("[IMG]"))
     return Mistral3ForConditionalGeneration(config)

@@ -107,7 +107,8 @@ class Flux2Backbone(FlowBackbone):
     def _warn_if_truncated(self, prompt: str):
         """The pipelines truncate the templated prompt to max_sequence_length tokens silently; zeroedit warns."""
         length = self.text_length()
-        if len(self._tokenizer()(self.chat_text(prompt), add_special_tokens=False).input_ids) > length:
+        ids = self._tokenizer()(self.chat_text(prompt), add_special_tokens=False, truncation=True, max_length=length + 1)
+        if len(ids.input_ids) > length:
             logger.warning("prompt truncated to the text encoder's %d tokens (with the chat template); the end of %r "
                            "is dropped.", length, prompt)
 

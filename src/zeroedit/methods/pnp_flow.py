@@ -33,7 +33,10 @@ layers output (PnP's feature injection carried over to MM-DiT blocks; no publish
 Presets: None = FireFlow's fast editing (solver "fireflow", 8 steps, inject 1 step, layers "single", FLUX
 guidance 2: `run_*.sh` "Fast Editing"); "reference" = RF-Solver-Edit (solver "rf-solver", 25 steps, inject 3,
 layers "last-single", guidance 2: its `run_*.sh`). SD3 has no published setting: the same windows, CFG 7.0
-(StableDiffusion3Pipeline's default) with negative prompt "".
+(StableDiffusion3Pipeline's default) with negative prompt "". FLUX.2 has no published setting either: FLUX.1's
+windows and layer presets by block kind (its single-stream blocks are FLUX.1's kind; "vital" stays FLUX.1's) and
+the pipelines' default guidance 4.0 ([dev]: the embedding; [klein] base: true CFG, negative ""), chosen by analogy
+and not measured (only random weights were available).
 Calls: inversion (euler N, fireflow N + 1, rf-solver 2N) + the same again for sampling, whatever the number
 of prompts.
 
