@@ -1,6 +1,7 @@
 """Seconds, sequential transformer calls and peak memory of flow invert + translate on a FLUX-sized model.
 
     python benchmarks/flow_gpu.py            # on a CUDA device: FLUX.1-dev-sized random weights, bf16, 1024²
+    python benchmarks/flow_gpu.py --model flux2-klein-4b   # FLUX.2 [klein] 4B-sized (also flux2-klein-9b, flux2-dev)
     python benchmarks/flow_gpu.py --tiny     # anywhere: the tiny FLUX pipeline at 128² (checks the script)
 
 The FLUX.1-dev transformer config (19 double + 38 single blocks, 24 heads × 128 = 3072 wide, T5 width 4096,
@@ -10,6 +11,11 @@ channels, 128/256/512/512, ×8). The text encoders keep FLUX's output widths (CL
 tokens) but only one layer each: the real T5-XXL encode (~4.7 B parameters) runs once per prompt and is not
 what editing methods differ in. Figures to compare with: FireFlow 24.5 s (8 steps) and RF-Solver 78.8 s
 (25 steps) per edit on an RTX 3090 (FireFlow paper, Table 1).
+FLUX.2 (`--model flux2-…`, `build_flux2_sized`): the published transformer config (zeroedit.tiny_flux2
+`flux2_transformer_config`: [klein] 4B 5 + 20 blocks × 3072, 9B 8 + 24 × 4096, both true CFG; [dev] 8 + 48 ×
+6144 with the guidance embedding), AutoencoderKLFlux2's own (= the real) config, and text encoders of the real
+output width (Qwen3 2560 / 4096, Mistral-3 5120) with 28 / 31 thin layers (2 heads × 128, MLP 32 wide; the pipelines
+read hidden states 9, 18, 27 / 10, 20, 30) and 512 text tokens, as the pipelines.
 `run(pipe, size, cases)` returns {case: {seconds, calls, evals, peak_memory_gib}}.
 """
 from __future__ import annotations
@@ -69,6 +75,36 @@ def build_flux_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
     return pipe
 
 
+def build_flux2_sized(variant: str = "klein-4b", device: str = "cuda", dtype=torch.bfloat16, **overrides):
+    """A Flux2KleinPipeline ("klein-4b", "klein-9b") or Flux2Pipeline ("dev") with FLUX.2-sized random
+    transformer and VAE, built on `device` (see module docstring); `overrides` change the transformer config."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
+                           Flux2Transformer2DModel)
+    from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER
+    from zeroedit.tiny_flux2 import _mistral3, _qwen3, flux2_transformer_config, tiny_mistral_tokenizer, tiny_qwen_tokenizer
+    config = {**flux2_transformer_config(real=True, variant=variant), **overrides}
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            transformer = Flux2Transformer2DModel(**config)
+            vae = AutoencoderKLFlux2()
+            width = config["joint_attention_dim"] // 3
+            text_encoder = _mistral3(width, 128) if variant == "dev" else _qwen3(width, 128)
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
+    if variant == "dev":
+        pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
+                             tokenizer=tiny_mistral_tokenizer(512), transformer=transformer)
+    else:
+        pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
+                                  tokenizer=tiny_qwen_tokenizer(512), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _image(size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     return (np.stack([np.sin(6 * xx), np.cos(5 * yy), np.sin(4 * (xx + yy))], -1) * 127 + 128).astype(np.uint8)
@@ -95,16 +131,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny FLUX at 128² on any device (checks the script)")
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--model", default="flux1-dev", choices=("flux1-dev", "flux2-klein-4b", "flux2-klein-9b", "flux2-dev"))
     args = parser.parse_args()
+    flux2 = args.model.startswith("flux2")
     if args.tiny:
-        pipe, size = ze.load("tiny-flux"), args.size or 128
+        pipe, size = ze.load("tiny-flux2" if flux2 else "tiny-flux"), args.size or 128
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny")
-        pipe, size = build_flux_sized(), args.size or 1024
+        pipe = build_flux2_sized(args.model[len("flux2-"):]) if flux2 else build_flux_sized()
+        size = args.size or 1024
         params = sum(p.numel() for p in pipe.transformer.parameters())
         print(f"transformer: {params / 1e9:.2f} B parameters, {torch.cuda.get_device_name()}")
-    print(f"\n| case ({size}²) | seconds | sequential calls | sample-evaluations | peak memory GiB |")
+    print(f"\n| {args.model}: case ({size}²) | seconds | sequential calls | sample-evaluations | peak memory GiB |")
     print("|---|---|---|---|---|")
     for name, row in run(pipe, size).items():
         print(f"| {name} | {row['seconds']} | {row['calls']} | {row['evals']} | {row['peak_memory_gib']} |")

@@ -290,7 +290,7 @@ def test_personalize_relevance_weights_each_reference(edit_pipe):
     assert default.stats.unet_calls == 30 and default.images[0].size == (128, 128)
     calls, handles = _model_calls(edit_pipe)
     try:
-        for kwargs in (dict(scale=0.5), dict(mip_weights="x.bin"), dict(phrase_encoding="alone"), dict(height=100),
+        for kwargs in (dict(scale=0.0), dict(mip_weights="x.bin"), dict(phrase_encoding="alone"), dict(height=100),
                        dict(negative_prompt=3)):
             with pytest.raises(ParameterError):
                 ze.personalize(edit_pipe, "a cat", {"cat": cat}, **kwargs)

@@ -2,7 +2,7 @@
 
 - `unet.Backbone`: SD 1.x / 2.x / SDXL (UNet, ε or v prediction, DDPM schedule).
 - `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow), and the base of the other
-  flow families' adapters, registered by transformer class in `flow.FAMILIES`.
+  flow families' adapters, registered by transformer class in `flow.FAMILIES` (`flux2.Flux2Backbone`: FLUX.2).
 `backbone_for(pipe, stats, compile)` picks the adapter from the pipeline's denoiser.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import torch
 
 from ..errors import ModelError
+from . import flux2  # noqa: F401 — registers the FLUX.2 adapter in FAMILIES
 from . import qwenimage  # noqa: F401 — registers its family in FAMILIES
 from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options

@@ -104,8 +104,8 @@ class FlowBackbone(LatentCodec):
 
     kind = "flow"
     text_components = ("text_encoder", "tokenizer")
-    takes_references = False  # transformer_call(references=...): FLUX.2, Qwen-Image-Edit-Plus
-    text_variants = TEXT_VARIANTS  # the content-free conditionings exceptional_cond makes on this family
+    takes_references = False  # transformer_call(references=...): FLUX.2, Qwen-Image-Edit-Plus (mip_refs.py)
+    text_variants = TEXT_VARIANTS  # the content-free conditionings this family has (families without CLIP: fewer)
     no_personalize = ("diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's "
                       "control yet.")  # why personalize does not run on this family (FLUX.1 takes its IP-Adapter)
 
@@ -200,8 +200,8 @@ class FlowBackbone(LatentCodec):
         bias removed: every row identical; zeros without T5, as diffusers); "exceptional-clip" — CLIP exceptional,
         T5 of the empty prompt; "empty" — the empty prompt as the pipeline encodes it; "zeros" — all-zero
         embeddings and pooled vector."""
-        if variant not in TEXT_VARIANTS:
-            raise ParameterError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}.")
+        if variant not in self.text_variants:
+            raise ParameterError(f"variant must be one of {self.text_variants} on this model, got {variant!r}.")
         empty = self.encode_prompt([""])
         if variant == "empty":
             return empty.repeat(batch)
@@ -306,8 +306,9 @@ class FlowBackbone(LatentCodec):
         """One transformer forward on spatial latents (B, C, h, w) at noise level σ (scalar or per sample);
         counted in stats. `guidance`: a distilled guidance embedding's value (FLUX-dev), a number or one per sample
         (ignored by models without the embedding). `attention_kwargs`: the transformer's attention kwargs (e.g.
-        FLUX's {"ip_adapter_image_embeds": [...]}). `references`: reference images' latents (a list of
-        (1 or B, C, h_i, w_i)) for families that take them (`takes_references`), their tokens after the image's.
+        FLUX's {"ip_adapter_image_embeds": [...]}). `references`: reference images as the family's adapter prepares
+        them (`reference_inputs`), their tokens after the image's; families without them (`takes_references`
+        False) refuse it.
         Returns the velocity (B, C, h, w) of the image tokens in the model's dtype."""
         batch, _, h, w = latents.shape
         if len(cond) != batch:
@@ -317,7 +318,8 @@ class FlowBackbone(LatentCodec):
         sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1).expand(batch)
         self.stats.unet_calls += 1
         self.stats.unet_evals += batch
-        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs, references)
+        extra = {} if references is None else {"references": references}
+        forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs, **extra)
         out = None
         if self.compile_options is not None:
             out = compiled_forward(args, self.compile_options, forward)
@@ -338,6 +340,9 @@ class FlowBackbone(LatentCodec):
     def _forward(self, latents, sigma, cond: Cond, guidance, attention_kwargs, references=None):
         """(function, arguments) of one transformer forward (SD3: spatial latents and model time σ·1000; FLUX:
         packed tokens, latent image ids, model time σ and the guidance embedding)."""
+        if references is not None:
+            raise UnsupportedModel(f"{type(self.pipe).__name__} takes no reference images in its transformer call "
+                                   "(FLUX.2 does).")
         batch, _, h, w = latents.shape
         if self.is_flux:
             hidden = pack(latents.to(self.dtype))

@@ -101,6 +101,12 @@ class QwenImageBackbone(FlowBackbone):
         length = int(cond.token_mask()[0].sum())
         return length - len(tokenizer(suffix).input_ids) - len(tokenizer(prompt).input_ids)
 
+    def token_offsets(self, prompt: str, cond: Cond) -> list[tuple[int, int]]:
+        """Character span in `prompt` of each token of its encoding `cond` ((0, 0) for the template's and the
+        images' tokens), for finding a phrase's tokens."""
+        own = self.pipe.tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
+        return [(0, 0)] * self.prompt_start(cond, prompt) + [tuple(offset) for offset in own]
+
     # ---------------------------------------------------------------- latents
     def _channel_stats(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.vae.config
@@ -145,6 +151,10 @@ class QwenImageBackbone(FlowBackbone):
             width, height = edit_plus.calculate_dimensions(edit_plus.VAE_IMAGE_SIZE * scale, ratio)
             latents.append(self.encode_image(self.pipe.image_processor.preprocess(image, height, width)))
         return shown, latents
+
+    def reference_counts(self, references: list[torch.Tensor]) -> list[int]:
+        """Tokens of each reference image (2×2 patches of its latent)."""
+        return [h * w for h, w in (self.token_grid(latent.shape[-2:]) for latent in references)]
 
     # ---------------------------------------------------------------- the transformer
     def model_time(self, sigma: torch.Tensor) -> torch.Tensor:

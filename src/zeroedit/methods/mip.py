@@ -183,10 +183,9 @@ def _phrase_in_prompt(tokenizer, prompt: str, phrase: str, limit: int | None = N
     except (NotImplementedError, TypeError, ValueError, KeyError):
         offsets = None
     if offsets is not None:
-        for start, end in _occurrences(prompt, phrase):
-            tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-            if tokens:
-                return tokens[0], tokens[-1] - tokens[0] + 1
+        span = _phrase_span(offsets, prompt, phrase)
+        if span is not None:
+            return span
     else:
         ids = tokenizer(prompt, truncation=True, max_length=limit).input_ids
         words = tokenizer(phrase, add_special_tokens=False).input_ids
@@ -195,6 +194,16 @@ def _phrase_in_prompt(tokenizer, prompt: str, phrase: str, limit: int | None = N
                 return start, len(words)
     raise ParameterError(f"the phrase {phrase!r} is not among the prompt's first {limit} tokens (or the tokenizer "
                          "splits it differently inside the prompt); use phrase_encoding='alone' or a shorter prompt.")
+
+
+def _phrase_span(offsets, prompt: str, phrase: str) -> tuple[int, int] | None:
+    """(first token, token count) of the tokens whose character offsets in the prompt ((start, end) per token;
+    (0, 0) for tokens outside it) overlap the phrase's first occurrence; None when no token does."""
+    for start, end in _occurrences(prompt, phrase):
+        tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        if tokens:
+            return tokens[0], tokens[-1] - tokens[0] + 1
+    return None
 
 
 def _check_references(prompt: str, references) -> list[tuple[str, list]]:
@@ -337,8 +346,8 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         if regions is not None or layout is not None:
             raise ParameterError("regions= and layout= run on UNet pipelines only for now; leave them None on FLUX.")
         return FLOW_VARIANTS["personalize"](pipe, prompt, references, scale, weighting, phrase_encoding, mip_weights, steps,
-                                guidance_scale, negative_prompt, height, width, seed, output_type, callback_on_step_end,
-                                compile, size, allow_large)
+                                           guidance_scale, negative_prompt, height, width, seed, output_type,
+                                           callback_on_step_end, compile, size, allow_large)
     phrase_encoding = "alone" if phrase_encoding is None else phrase_encoding
     compile_options(compile)
     check_choice(weighting, "weighting", WEIGHTINGS)

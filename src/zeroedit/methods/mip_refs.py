@@ -1,31 +1,35 @@
-"""personalize (MIP-Adapter's relevance weighting) on flow pipelines that take reference images natively
-(`backbone.takes_references`: Qwen-Image-Edit-Plus); methods/mip_flow.py checks the shared arguments and
-dispatches here.
+"""personalize (MIP-Adapter's relevance weighting) on flow pipelines whose transformer takes reference images
+natively (`backbone.takes_references`: FLUX.2 [dev] / [klein], Qwen-Image-Edit-Plus); methods/mip_flow.py checks
+the shared arguments and dispatches here.
 
-Such a pipeline appends each reference image's packed latents after the image tokens (Qwen-Image-Edit-Plus also
-shows the images to its Qwen2.5-VL text encoder, "Picture k: <image>" before the prompt), and every image position
-attends to every reference. MIP's merge weights object i's image attention at image position p by its relevance:
-ip = Σ_i Ã_i ⊙ Attn_i (methods/mip.py, mip_flow.py). With native references that image attention is the joint
-attention's image→reference block, so the same weighting is one logits rule (`ReferenceRelevance`) in every
-block: for image queries p, the logits on reference i's keys get + log Ã_i(p) — the exponentials of reference i's
-scores × Ã_i(p) before the joint softmax renormalises — so each reference acts where its object's phrase is
-relevant and fades where another object's is.
-- Ã_i: as on FLUX.1 (mip_flow.PhraseRelevance): the image→text logits of object i's phrase tokens in the prompt's
-  encoding (the prompt's place in the sequence from `backbone.prompt_start`), softmax over image positions, mean
-  over heads and tokens, normalised across objects; from the conditional branch's queries and keys of that block,
-  applied to both CFG branches (the unconditional text holds no phrase). One object: Ã ≡ 1 and the rule changes
-  nothing.
-- `weighting="uniform"`: no rule — the pipeline's own multi-reference generation (the baseline).
-- Several images of one object: each is a reference of its own (its own "Picture k"), all weighted by that
-  object's Ã.
+Such a pipeline appends each reference image's packed latents after the image tokens ([text, image, ref 1, ref 2,
+…]; Qwen-Image-Edit-Plus also shows the images to its Qwen2.5-VL text encoder, "Picture k: <image>" before the
+prompt) and lets every token attend to every reference: each reference can act anywhere in the image, so two
+objects' references mix (MIP-Adapter's "object confusion"). MIP's merge weights object i's image attention at image
+position p by its relevance, ip = Σ_i Ã_i ⊙ Attn_i (methods/mip.py, mip_flow.py). With native references that image
+attention is the joint attention's image→reference block, which shares the block's one softmax; so the weighting is
+one logits rule (`ReferenceRelevance`) in every block: the logit of image query p on each token of object i's
+references gets + log(s·Ã_i(p)) — that reference's unnormalised attention weight × s·Ã_i(p) before the softmax
+renormalises — the one place that scales each reference's contribution position by position without changing how
+text and image tokens attend to each other. Text and reference queries are unchanged.
+- Ã_i: as on FLUX.1 (mip_flow.PhraseRelevance): the image→text logits of object i's phrase tokens inside the
+  prompt's own encoding (the chat template's and the images' tokens around it: `backbone.token_offsets`), softmax
+  over image positions, mean over heads and tokens, normalised across objects; from the conditional branch's
+  queries and keys of that block, applied to every branch of the call (the unconditional text holds no phrase).
+  One object: Ã ≡ 1.
+- s = `scale` (default 1.0: the pipeline's own strength of the references).
+- `weighting="uniform"` with scale 1: no rule at all — exactly the pipeline's own multi-reference generation.
+- Several images of one object: each is a reference of its own, all weighted by that object's Ã.
 - Cost: the rule reads the attention matrix in every block, so those layers leave their attention kernel for an
-  explicit softmax over (image + reference + text tokens)² per head.
-Generation: the pipeline's sampling (Euler on its σ grid, mu from the image tokens), its guidance (Qwen-Image: true
-CFG, `guidance_scale` default 4.0, renormalised; negative prompt "" by default, also shown the images), every
-branch in one transformer call per step. Reference images are prepared by the backbone (`reference_inputs`).
-The adapter scale and MIP's trained gate do not exist here: `scale` and `mip_weights` are refused.
+  explicit softmax over (text + image + reference tokens)² per head.
+Generation: the pipeline's sampling (Euler on its σ grid), its guidance (FLUX.2 [dev]: the embedding; [klein] base
+and Qwen-Image: true CFG with the negative prompt "" (Qwen: also shown the images), in ONE call per step; [klein]
+distilled: none): plain generation's calls (30 at the default steps). MIP's trained gate does not exist here
+(`mip_weights` refused by mip_flow).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -35,82 +39,91 @@ from ..errors import ParameterError
 from ..inversion import euler
 from ..result import Result, Stats, Timer
 from .common import FLOW_VARIANTS, check_number, finish, generator, randn, step_end
-from .mip import _image_size, _phrase_in_prompt
+from .mip import _image_size, _phrase_span
 from .mip_flow import PhraseRelevance
+
+REFERENCE_SCALE = 1.0
 
 
 class ReferenceRelevance(PhraseRelevance):
-    """+ log Ã_i(p) on the logits of image query p on object i's reference keys (module docstring)."""
+    """+ log(s·Ã_i(p)) on the logits of image query p on the tokens of object i's references (module docstring).
+    owners: the object of each reference image; counts: each reference image's tokens."""
 
     needs_logits = True
 
-    def __init__(self, layers, phrases: list[tuple[int, int]], owned: list[list[slice]]):
+    def __init__(self, layers, phrases: list[tuple[int, int]], owners: list[int], counts: list[int], scale: float,
+                 weighting: str):
         super().__init__(layers, phrases)
-        self.owned = owned  # per object: its references' token ranges inside the reference tokens
-        self.weights = None
+        self.owners, self.counts, self.weighting = owners, counts, weighting
+        self.log_scale, self.bias = math.log(scale), None
 
     def qkv(self, ctx, q, k, v):
-        rows = ctx.branch("cond")
-        self.weights = self.relevance(ctx, q[rows], k[rows])  # (objects, 1, N)
+        """Per object, the bias log(s·Ã_i) over the image positions (objects, 1, N), from the conditional branch."""
+        bias = torch.full((len(self.phrases), 1, ctx.split.image.stop - ctx.split.image.start), self.log_scale,
+                          device=q.device)
+        if self.weighting == "relevance":
+            rows = ctx.branch("cond") if ctx.controller.has_branch("cond") else slice(0, 1)
+            bias = bias + self.relevance(ctx, q[rows][:1], k[rows][:1]).clamp_min(1e-12).log()
+        self.bias = bias
         return q, k, v
 
     def logits(self, ctx, logits):
-        image, start = ctx.split.image, ctx.split.references.start
-        logits = logits.clone()
-        for weights, ranges in zip(self.weights, self.owned):
-            bias = weights.clamp_min(1e-12).log()[:, None, :, None].to(logits.dtype)  # (1, 1, N, 1)
-            for part in ranges:
-                logits[:, :, image, start + part.start:start + part.stop] += bias
+        start = ctx.split.references.start
+        for owner, count in zip(self.owners, self.counts):
+            logits[:, :, ctx.split.image, start:start + count] += self.bias[owner][:, None, :, None].to(logits.dtype)
+            start += count
         return logits
 
 
 def personalize_references(pipe, backbone, prompt, objects, scale, weighting, steps, guidance_scale, negative_prompt,
                            height, width, seed, output_type, callback, size=None, allow_large=False) -> Result:
     """`ze.personalize` on a pipeline that takes reference images (module docstring), after mip_flow's checks."""
-    if scale is not None:
-        raise ParameterError(f"scale: {type(pipe).__name__} takes reference images natively; there is no adapter "
-                             "scale (leave it None).")
+    scale = check_number(REFERENCE_SCALE if scale is None else scale, "scale")
+    if scale <= 0:
+        raise ParameterError(f"scale multiplies the references' attention weights and must be > 0, got {scale!r}.")
     guidance = check_number(backbone.default_guidance if guidance_scale is None else guidance_scale, "guidance_scale")
-    negative = "" if negative_prompt is None else negative_prompt
-    if not isinstance(negative, str) or (negative_prompt is not None and not backbone.has_cfg):
-        raise ParameterError(f"negative_prompt must be a string on pipelines with CFG and None on the others, got "
+    if negative_prompt is not None and not (isinstance(negative_prompt, str) and backbone.has_cfg):
+        raise ParameterError(f"negative_prompt must be a string on pipelines with classifier-free guidance and None on "
+                             f"the others ({type(pipe).__name__} {'has' if backbone.has_cfg else 'has no'} CFG), got "
                              f"{negative_prompt!r}.")
+    negative = "" if negative_prompt is None else negative_prompt
     width, height = _image_size(backbone, size, width, height, allow_large, backbone.size_multiple)
-    spans = [_phrase_in_prompt(pipe.tokenizer, prompt, phrase) for phrase, _ in objects]
+    images = [image for _, group in objects for image in group]
+    owners = [index for index, (_, group) in enumerate(objects) for _ in group]
     gen = generator(seed)
     stats = Stats(params=dict(prompt=prompt, objects=[p for p, _ in objects], images=[len(i) for _, i in objects],
-                              weighting=weighting, phrase_encoding="prompt", mip_weights=None, steps=steps,
-                              guidance_scale=float(guidance), negative_prompt=negative if backbone.has_cfg else None,
-                              height=height, width=width, size=[width, height], seed=seed))
+                              scale=float(scale), weighting=weighting, phrase_encoding="prompt", mip_weights=None,
+                              steps=steps, guidance_scale=float(guidance),
+                              negative_prompt=negative if backbone.has_cfg else None, height=height, width=width,
+                              size=[width, height], seed=seed))
     backbone.stats = stats
+    shown, references = backbone.reference_inputs(images)  # checks every image before the first VAE call
     with Timer(stats, backbone.device), torch.no_grad():
-        shown, references = backbone.reference_inputs([image for _, images in objects for image in images])
         text = backbone.encode_prompt(prompt, images=shown)
-        start = backbone.prompt_start(text, prompt)
+        spans = _spans(backbone, prompt, objects, text)
         cond = Cond.cat([backbone.encode_negative(negative, images=shown), text]) if backbone.has_cfg else text
-        owned, total = _owned(backbone, objects, references)
-        rule = None if weighting == "uniform" else ReferenceRelevance(
-            joint_attention_layers(pipe.transformer, "double") or joint_attention_layers(pipe.transformer, "single"),
-            [(start + first, count) for first, count in spans], owned)
-        latents = _generate(pipe, backbone, rule, cond, references, total, steps, float(guidance), height, width, gen,
-                            callback)
-        images = finish(backbone, latents, output_type)
-    return Result(images=images, stats=stats, latents=latents,
+        counts = backbone.reference_counts(references)
+        model = backbone.transformer
+        rule = None
+        if weighting == "relevance" or scale != 1.0:
+            layers = joint_attention_layers(model, "double") + joint_attention_layers(model, "single")
+            rule = ReferenceRelevance(layers, spans, owners, counts, scale, weighting)
+        latents = _generate(pipe, backbone, rule, cond, references, sum(counts), steps, float(guidance), height, width,
+                            gen, callback)
+        pictures = finish(backbone, latents, output_type)
+    return Result(images=pictures, stats=stats, latents=latents,
                   extra={"relevance_maps": None if rule is None else rule.maps, "objects": [p for p, _ in objects]})
 
 
-def _owned(backbone, objects, references) -> tuple[list[list[slice]], int]:
-    """Per object, the token ranges of its references inside the reference tokens (in the order the images were
-    given); and the reference tokens in all."""
-    owned, offset, latents = [], 0, iter(references)
-    for _, images in objects:
-        ranges = []
-        for _ in images:
-            h, w = backbone.token_grid(next(latents).shape[-2:])
-            ranges.append(slice(offset, offset + h * w))
-            offset += h * w
-        owned.append(ranges)
-    return owned, offset
+def _spans(backbone, prompt: str, objects, text: Cond) -> list[tuple[int, int]]:
+    """(first token, tokens) of each object's phrase in the encoded sequence."""
+    offsets = backbone.token_offsets(prompt, text)
+    spans = [_phrase_span(offsets, prompt, phrase) for phrase, _ in objects]
+    for (phrase, _), span in zip(objects, spans):
+        if span is None:
+            raise ParameterError(f"the phrase {phrase!r} is not among the prompt's tokens the text encoder keeps; use a "
+                                 "shorter prompt.")
+    return spans
 
 
 def _generate(pipe, backbone, rule, cond, references, reference_tokens, steps, guidance, height, width, gen, callback):
@@ -127,7 +140,7 @@ def _generate(pipe, backbone, rule, cond, references, reference_tokens, steps, g
 
     def velocity(z, sigma, i, stage):
         controller.set_call(i, sigma, branches, grid, reference_tokens=reference_tokens)
-        out = backbone.transformer_call(torch.cat([z] * len(branches)), sigma, cond, guidance, references=references)
+        out = backbone.transformer_call(z.expand(len(cond), -1, -1, -1), sigma, cond, guidance, references=references)
         return backbone.guided(out, guidance)
 
     with controller.installed(pipe.transformer), pipe.progress_bar(total=steps) as bar:

@@ -38,8 +38,10 @@ guidance 2: `run_*.sh` "Fast Editing"); "reference" = RF-Solver-Edit (solver "rf
 layers "last-single", guidance 2: its `run_*.sh`). SD3 has no published setting: the same windows, CFG 7.0
 (StableDiffusion3Pipeline's default) with negative prompt "". Qwen-Image has none either: the same windows and
 solvers, "single" / "last-single" on its double-stream blocks (it has no others), its renormalised true CFG 4.0
-(QwenImagePipeline's default) with negative prompt ""; chosen so that a default translate costs FLUX.1's calls, not
-by quality (only random-weight tiny models were run).
+(QwenImagePipeline's default) with negative prompt "". FLUX.2 neither: FLUX.1's windows and layer presets by block
+kind ("vital" stays FLUX.1's) and the pipelines' default guidance 4.0 ([dev]: the embedding; [klein] base: true CFG,
+negative ""). Both chosen by analogy, so that a default translate costs FLUX.1's calls, not by quality (only
+random-weight tiny models were run).
 Calls: inversion (euler N, fireflow N + 1, rf-solver 2N) + the same again for sampling, whatever the number
 of prompts.
 

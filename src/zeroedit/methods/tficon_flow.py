@@ -9,11 +9,11 @@ the rule sits:
    text: `inversion_prompt` (FlowBackbone.exceptional_cond): "exceptional" = TF-ICON's exceptional prompt through
    every encoder (CLIP as on the UNet, its T5 analogue: one repeated token, no EOS, no relative position
    bias), "exceptional-clip" (T5 of ""), "empty" (the pipeline's "" prompt), "zeros" (all-zero token states and
-   pooled vector). Default "zeros": the smallest inversion round-trip error on the toy-flow model with every
-   solver (benchmarks/compose_flow.py, 8 toy images, 20 steps, fireflow: latent RMSE 0.0015 vs 0.0039
+   pooled vector); families without CLIP (FLUX.2, Qwen-Image) make only "zeros" and "empty"
+   (`backbone.text_variants`). Default "zeros": the smallest inversion round-trip error on the toy-flow model with
+   every solver (benchmarks/compose_flow.py, 8 toy images, 20 steps, fireflow: latent RMSE 0.0015 vs 0.0039
    exceptional, 0.0085 empty); the toy model has no T5, so the T5 analogue is unmeasured there. FLUX-dev's
-   guidance embedding is 1 there (as RF-Solver/FireFlow invert). Families without CLIP (Qwen-Image) make only
-   "zeros" and "empty" (`backbone.text_variants`).
+   guidance embedding is 1 there (as RF-Solver/FireFlow invert).
 3. Noise incorporation in the spatial latent (tficon._starting_latent): background outside R, inverted
    reference in R ∩ S (`same`: the inverted composite), fresh noise in R ∖ S.
 4. Sampling (the same solver, σ 1 → 0): SD3 with CFG [uncond "", cond prompt], FLUX-dev with its guidance
