@@ -3,6 +3,7 @@ transformers, attention layers by block index and kind (double/joint, single), p
 from __future__ import annotations
 
 from ..errors import ParameterError
+from .core import attn_processors
 
 
 def attention_layers(unet, kind: str = "attn1", parts=("down", "mid", "up")) -> list[str]:
@@ -45,7 +46,7 @@ def joint_attention_layers(model, kind: str = "double", blocks=None) -> list[str
 
 
 def _blocks(model, prefix: str, module: str, blocks, kind: str) -> list[str]:
-    names = [key[: -len(".processor")] for key in model.attn_processors]
+    names = [key[: -len(".processor")] for key in attn_processors(model)]
     found = [n for n in names if prefix and n.startswith(prefix + ".") and n.endswith("." + module)
              and n.count(".") == 2]
     if blocks is None:
