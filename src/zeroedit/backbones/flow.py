@@ -102,6 +102,9 @@ class FlowBackbone(LatentCodec):
 
     kind = "flow"
     text_components = ("text_encoder", "tokenizer")
+    text_variants = TEXT_VARIANTS  # the content-free conditionings exceptional_cond gives on this family
+    image_block_outputs = True  # the blocks return the image tokens apart (what feature rules see and replace)
+    unsupported: dict = {}  # method -> why it does not run on this family (UnsupportedModel's message)
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("transformer", "vae", "scheduler") + self.text_components:
@@ -125,6 +128,10 @@ class FlowBackbone(LatentCodec):
             raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
                              "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
         self.family = "flux" if self.is_flux else "sd3"
+        if not self.is_flux:
+            self.unsupported = {"personalize": "personalize runs on UNet pipelines (SD 1.x, 2.x, XL) and FLUX.1; "
+                                "diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by "
+                                "zeroedit's control yet."}
         self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
         self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
         self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
@@ -194,8 +201,8 @@ class FlowBackbone(LatentCodec):
         bias removed: every row identical; zeros without T5, as diffusers); "exceptional-clip" — CLIP exceptional,
         T5 of the empty prompt; "empty" — the empty prompt as the pipeline encodes it; "zeros" — all-zero
         embeddings and pooled vector."""
-        if variant not in TEXT_VARIANTS:
-            raise ParameterError(f"variant must be one of {TEXT_VARIANTS}, got {variant!r}.")
+        if variant not in self.text_variants:
+            raise ParameterError(f"variant must be one of {self.text_variants}, got {variant!r}.")
         empty = self.encode_prompt([""])
         if variant == "empty":
             return empty.repeat(batch)

@@ -108,8 +108,8 @@ def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding
     """`ze.personalize` on a FLUX pipeline (module docstring)."""
     backbone = backbone_for(pipe, None, compile)
     if backbone.family != "flux":
-        raise UnsupportedModel("personalize runs on UNet pipelines (SD 1.x, 2.x, XL) and FLUX.1; diffusers' SD3 "
-                               "IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's control yet.")
+        raise UnsupportedModel(backbone.unsupported.get("personalize") or "personalize runs on UNet pipelines (SD 1.x, "
+                               f"2.x, XL) and FLUX.1, not on {backbone.family}.")
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
     if phrase_encoding not in (None, "prompt"):

@@ -48,7 +48,6 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, backbone_for
-from ..backbones.flow import TEXT_VARIANTS
 from ..control import Controller, Rule, joint_attention_layers
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
@@ -100,7 +99,7 @@ class KeepBackgroundKV(Rule):
 def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
     options = {**DEFAULTS, **{k: v for k, v in flow.items() if v is not None}}
     check_choice(options["solver"], "solver", tuple(FLOW_SOLVERS))
-    check_choice(options["inversion_prompt"], "inversion_prompt", TEXT_VARIANTS)
+    check_choice(options["inversion_prompt"], "inversion_prompt", backbone.text_variants)
     check_choice(options["attention"], "attention", ATTENTIONS)
     default = DOMAINS[domain] if backbone.has_cfg else backbone.default_guidance
     guidance = default if guidance_scale is None else guidance_scale
