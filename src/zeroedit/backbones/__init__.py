@@ -3,6 +3,7 @@
 - `unet.Backbone`: SD 1.x / 2.x / SDXL (UNet, ε or v prediction, DDPM schedule).
 - `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow), and the base of the other
   flow families' adapters, registered by transformer class in `flow.FAMILIES`.
+- `zimage.ZImageBackbone`: Z-Image (single-stream DiT, Qwen3 text, true CFG).
 `backbone_for(pipe, stats, compile)` picks the adapter from the pipeline's denoiser.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from ..errors import ModelError
 from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options
+from .zimage import ZImageBackbone
 
 __all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "compile_options"]
 
@@ -39,7 +41,8 @@ def check_pipe(pipe):
     return denoiser
 
 
-FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone)
+FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone,
+                ZImageTransformer2DModel=ZImageBackbone)
 
 
 def is_flow(pipe) -> bool:
