@@ -3,7 +3,8 @@
 - `unet.Backbone`: SD 1.x / 2.x / SDXL (UNet, ε or v prediction, DDPM schedule).
 - `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow), and the base of the other
   flow families' adapters, registered by transformer class in `flow.FAMILIES`.
-- `zimage.ZImageBackbone`: Z-Image (single-stream DiT, Qwen3 text, true CFG).
+- `zimage.ZImageBackbone`: Z-Image (single-stream DiT, Qwen3 text, true CFG); `chroma.ChromaBackbone`: Chroma
+  (FLUX.1's layout, T5 with its mask, true CFG). FluxKontextPipeline runs as FLUX.1 (same transformer).
 `backbone_for(pipe, stats, compile)` picks the adapter from the pipeline's denoiser.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import torch
 
 from ..errors import ModelError
+from .chroma import ChromaBackbone
 from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options
 from .zimage import ZImageBackbone
@@ -42,7 +44,7 @@ def check_pipe(pipe):
 
 
 FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone,
-                ZImageTransformer2DModel=ZImageBackbone)
+                ChromaTransformer2DModel=ChromaBackbone, ZImageTransformer2DModel=ZImageBackbone)
 
 
 def is_flow(pipe) -> bool:

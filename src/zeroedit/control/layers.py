@@ -24,6 +24,7 @@ def decoder_self_attention_layers(unet) -> list[str]:
 BLOCKS = {
     "SD3Transformer2DModel": {"double": ("transformer_blocks", "attn")},
     "FluxTransformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
+    "ChromaTransformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
     "Flux2Transformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
     "QwenImageTransformer2DModel": {"double": ("transformer_blocks", "attn")},
     "ZImageTransformer2DModel": {"single": ("layers", "attention")},
