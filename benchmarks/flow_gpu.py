@@ -2,6 +2,7 @@
 
     python benchmarks/flow_gpu.py            # on a CUDA device: FLUX.1-dev-sized random weights, bf16, 1024²
     python benchmarks/flow_gpu.py --tiny     # anywhere: the tiny FLUX pipeline at 128² (checks the script)
+    python benchmarks/flow_gpu.py --family z-image [--tiny]   # Z-Image-sized (6 B) random weights / tiny-z-image
 
 The FLUX.1-dev transformer config (19 double + 38 single blocks, 24 heads × 128 = 3072 wide, T5 width 4096,
 pooled 768, guidance embedding, ~11.9 B parameters) is built with random weights directly on the device in
@@ -10,6 +11,10 @@ channels, 128/256/512/512, ×8). The text encoders keep FLUX's output widths (CL
 tokens) but only one layer each: the real T5-XXL encode (~4.7 B parameters) runs once per prompt and is not
 what editing methods differ in. Figures to compare with: FireFlow 24.5 s (8 steps) and RF-Solver 78.8 s
 (25 steps) per edit on an RTX 3090 (FireFlow paper, Table 1).
+Z-Image (`--family z-image`): the 6 B transformer of zeroedit.tiny_zimage.zimage_transformer_config(real=True)
+(30 + 2 + 2 single-stream layers, 3840 wide), FLUX's VAE config, a 2-layer Qwen3 text encoder of Qwen3-4B's width
+(2560) with the tiny byte-level tokenizer, Z-Image-Turbo's scheduler; CFG (two branches per call) at
+ZImagePipeline's guidance 5.
 `run(pipe, size, cases)` returns {case: {seconds, calls, evals, peak_memory_gib}}.
 """
 from __future__ import annotations
@@ -69,6 +74,37 @@ def build_flux_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
     return pipe
 
 
+def build_zimage_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
+    """A ZImagePipeline with the Z-Image-sized random transformer (see module docstring), built on `device`;
+    `overrides` change the transformer config (e.g. n_layers=1, dim=64 to check the builder on a CPU)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+    from zeroedit.tiny_zimage import ZIMAGE_TURBO_SCHEDULER, tiny_qwen_tokenizer, zimage_transformer_config
+    config = {**zimage_transformer_config(real=True), **overrides}
+    tokenizer = tiny_qwen_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            transformer = ZImageTransformer2DModel(**config)
+            vae = AutoencoderKL(**FLUX_VAE)
+            width = config["cap_feat_dim"]
+            text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
+                                                  num_hidden_layers=2, num_attention_heads=width // 128,
+                                                  num_key_value_heads=max(1, width // 256), head_dim=128,
+                                                  pad_token_id=len(tokenizer) - 3))
+    finally:
+        torch.set_default_dtype(previous)
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_TURBO_SCHEDULER), vae=vae,
+                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+BUILDERS = {"flux": (build_flux_sized, "tiny-flux"), "z-image": (build_zimage_sized, "tiny-z-image")}
+
+
 def _image(size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     return (np.stack([np.sin(6 * xx), np.cos(5 * yy), np.sin(4 * (xx + yy))], -1) * 127 + 128).astype(np.uint8)
@@ -95,13 +131,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny FLUX at 128² on any device (checks the script)")
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--family", choices=sorted(BUILDERS), default="flux", help="the model family's sizes")
     args = parser.parse_args()
+    build, tiny = BUILDERS[args.family]
     if args.tiny:
-        pipe, size = ze.load("tiny-flux"), args.size or 128
+        pipe, size = ze.load(tiny), args.size or 128
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny")
-        pipe, size = build_flux_sized(), args.size or 1024
+        pipe, size = build(), args.size or 1024
         params = sum(p.numel() for p in pipe.transformer.parameters())
         print(f"transformer: {params / 1e9:.2f} B parameters, {torch.cuda.get_device_name()}")
     print(f"\n| case ({size}²) | seconds | sequential calls | sample-evaluations | peak memory GiB |")
