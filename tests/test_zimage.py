@@ -256,6 +256,12 @@ def test_personalize_is_unsupported(pipe):
         ze.personalize(pipe, "a cat", {"cat": make_image(1, (64, 64))})
 
 
+def test_the_omni_pipeline_is_refused(pipe):
+    from diffusers import ZImageOmniPipeline
+    omni = ZImageOmniPipeline(**pipe.components, siglip=None, siglip_processor=None)
+    _refused_before_model_work(omni, UnsupportedModel, lambda: ze.translate(omni, make_image(0), "a dog"))
+
+
 @pytest.mark.parametrize("call", [
     lambda pipe: ze.compose(pipe, make_image(0), *_object()[:1], (40, 40, 88, 88), reference_mask=_object()[1],
                             inversion_prompt="exceptional"),

@@ -20,14 +20,15 @@ What it overrides of `FlowBackbone` (flow.py), each as diffusers' pipelines/z_im
   of 32, shorter samples padded at the end and masked), the blocks control/layers.py's single-stream
   `layers.i.attention`. The blocks return the whole [image, text] sequence, so feature rules (translate's
   `feature_steps`) are refused (`image_block_outputs = False`).
-- personalize: ZImagePipeline takes no reference image (UnsupportedModel).
+- personalize: ZImagePipeline takes no reference image (UnsupportedModel). ZImageOmniPipeline (reference images
+  as SigLIP tokens, the [text, image, SigLIP] omni layout) is refused as a whole (UnsupportedModel).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ParameterError
+from ..errors import ParameterError, UnsupportedModel
 from .flow import FlowBackbone
 from .unet import Cond, warn_truncated
 
@@ -63,6 +64,10 @@ class ZImageBackbone(FlowBackbone):
                                   "runs on SD 1.x/2.x/XL and FLUX.1 (with an IP-Adapter)."}
 
     def _setup(self):
+        if type(self.pipe).__name__ == "ZImageOmniPipeline":
+            raise UnsupportedModel("ZImageOmniPipeline runs its transformer in omni mode ([text, image, SigLIP] "
+                                   "sequences, per-token noise masks, nested caption lists); zeroedit runs Z-Image "
+                                   "through ZImagePipeline (text-to-image mode) only.")
         self.family = "z-image"
         self.patch = 2  # ZImagePipeline's (the transformer's default patch_size)
         self.guidance_embeds = False
