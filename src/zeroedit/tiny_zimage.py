@@ -14,8 +14,8 @@ Built in-process, deterministically from a seed, never touching the network; the
   enable_thinking is false); model_max_length 512 (ZImagePipeline's max_sequence_length).
 - VAE: tiny_flow's ×8 AutoencoderKL with 16 latent channels and FLUX.1's scaling/shift factors (Z-Image uses
   FLUX.1's VAE).
-- scheduler: FlowMatchEulerDiscreteScheduler(shift=3.0), static shift, as Z-Image-Turbo's scheduler config (from
-  memory of the published file; not re-checked offline).
+- scheduler: FlowMatchEulerDiscreteScheduler(shift=3.0), static shift, as Z-Image-Turbo's scheduler config (shift
+  3.0 as public re-implementations state it; not re-checked against the hub offline).
 Default image size: 128 px (16×16 latent, 8×8 = 64 image tokens, padded to 64).
 """
 from __future__ import annotations
@@ -56,14 +56,15 @@ def _qwen3(vocab_size: int) -> Qwen3Model:
 
 
 def zimage_transformer_config(real: bool = False) -> dict:
-    """ZImageTransformer2DModel arguments: the tiny model's, or (real=True) Z-Image's 6 B transformer — the class's
-    defaults in diffusers 0.42, which are the published Tongyi-MAI/Z-Image-Turbo transformer/config.json values
-    (dim 3840, 30 layers + 2 + 2 refiners, 30 heads × 128, Qwen3-4B's 2560-wide captions; as far as known here,
-    not re-checked offline)."""
+    """ZImageTransformer2DModel arguments: the tiny model's, or (real=True) Z-Image's 6.15 B transformer, the
+    Tongyi-MAI/Z-Image-Turbo transformer/config.json values as copies of that file in public repositories give them
+    (dim 3840, 30 layers + 2 + 2 refiners, 30 heads × 128, Qwen3-4B's 2560-wide captions, RoPE axes (32, 48, 48)
+    of lengths (1536, 512, 512); diffusers' class defaults differ only in the first length, 1024). Not re-checked
+    against the hub offline."""
     if real:
         return dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
                     n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560,
-                    rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1024, 512, 512])
+                    rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
     return dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2, n_refiner_layers=2,
                 n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=TEXT_WIDTH, rope_theta=256.0,
                 t_scale=1000.0, axes_dims=[2, 2, 4], axes_lens=[1024, 512, 512])
