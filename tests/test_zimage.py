@@ -48,10 +48,24 @@ def _refused_before_model_work(pipe, error, call):
 
 
 # ------------------------------------------------------------------ backbone
+@pytest.fixture(params=["static", "dynamic"])
+def shifted(request, pipe):
+    """The pipeline with its own static shift, or with dynamic shifting (mu from the image tokens)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER
+    saved = pipe.scheduler
+    if request.param == "dynamic":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
+    yield pipe
+    pipe.scheduler = saved
+
+
 @pytest.mark.parametrize("guidance", [4.0, 0.0])
-def test_backbone_samples_exactly_as_the_diffusers_pipeline(pipe, guidance):
-    """Qwen3 text under the chat template, σ grid, model time 1 − σ, the negated output and Z-Image's CFG
-    (pos + g·(pos − neg), [negative, prompt] in one call) agree with ZImagePipeline on a non-square latent."""
+def test_backbone_samples_exactly_as_the_diffusers_pipeline(shifted, guidance):
+    """Qwen3 text under the chat template, σ grid (static shift or mu), model time 1 − σ, the negated output and
+    Z-Image's CFG (pos + g·(pos − neg), [negative, prompt] in one call) agree with ZImagePipeline on a non-square
+    latent."""
+    pipe = shifted
     backbone, x = ZImageBackbone(pipe), _latents(1)
     cond = Cond.cat([backbone.encode_negative(""), backbone.encode_prompt("a red cat")])
 

@@ -276,11 +276,16 @@ class FlowBackbone(LatentCodec):
             h, w = self.token_grid(latent_hw)
             kwargs["mu"] = self._mu(h * w, steps, scheduler.config)
         if self.linear_sigmas:
-            kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
+            kwargs["sigmas"] = self.default_sigmas(steps)
             scheduler.set_timesteps(device="cpu", **kwargs)
         else:
             scheduler.set_timesteps(steps, device="cpu", **kwargs)
         return [float(s) for s in scheduler.sigmas]
+
+    def default_sigmas(self, steps: int):
+        """The σ the pipeline hands its scheduler before the shift: linspace(1, 1/steps), as FluxPipeline computes it
+        (numpy; families whose pipeline computes it otherwise override this, to the last bit)."""
+        return np.linspace(1.0, 1.0 / steps, steps)
 
     @property
     def linear_sigmas(self) -> bool:

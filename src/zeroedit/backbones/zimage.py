@@ -9,7 +9,7 @@ What it overrides of `FlowBackbone` (flow.py), each as diffusers' pipelines/z_im
   No CLIP: TF-ICON's exceptional prompt is refused ("empty" and "zeros" work).
 - latents: AutoencoderKL with shift and scaling factors (vae.LatentCodec), ×8, 16 channels; the transformer takes
   a list of (C, 1, h, w) latents and patchifies them 2×2 itself (sides multiples of 16 px).
-- time: σ grid linspace(1, 1/steps) through the scheduler, mu = calculate_shift(image tokens) with dynamic
+- time: σ grid linspace(1, 1/steps) (the pipeline's get_default_z_image_sigmas) through the scheduler, mu = calculate_shift(image tokens) with dynamic
   shifting, the static shift otherwise (flow.FlowBackbone.sigmas); model time t = (1000 − 1000σ)/1000 = 1 − σ;
   velocity = −output.
 - guidance: true CFG over [negative, prompt] in one call, pred = pos + g·(pos − neg) — ZImagePipeline's formula
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 
 from ..errors import ParameterError, UnsupportedModel
 from .flow import FlowBackbone
@@ -103,6 +104,10 @@ class ZImageBackbone(FlowBackbone):
                              f"text encoder: use one of {self.text_variants}.")
 
     # ---------------------------------------------------------------- time and the transformer
+    def default_sigmas(self, steps: int):
+        """ZImagePipeline's own linspace(1, 1/steps) (torch, float32: one ulp off numpy's on some steps)."""
+        return get_default_z_image_sigmas(steps)
+
     def model_time(self, sigma: torch.Tensor) -> torch.Tensor:
         """σ -> the transformer's t: (1000 − timestep)/1000 with the scheduler's timestep 1000σ (= 1 − σ)."""
         timestep = sigma * self.num_train_timesteps
