@@ -3,6 +3,7 @@
     python benchmarks/flow_gpu.py            # on a CUDA device: FLUX.1-dev-sized random weights, bf16, 1024²
     python benchmarks/flow_gpu.py --model flux2-klein-4b   # FLUX.2 [klein] 4B-sized (also flux2-klein-9b, flux2-dev)
     python benchmarks/flow_gpu.py --tiny     # anywhere: the tiny FLUX pipeline at 128² (checks the script)
+    python benchmarks/flow_gpu.py --model z-image [--tiny]   # Z-Image-sized (6 B) random weights / tiny-z-image
 
 The FLUX.1-dev transformer config (19 double + 38 single blocks, 24 heads × 128 = 3072 wide, T5 width 4096,
 pooled 768, guidance embedding, ~11.9 B parameters) is built with random weights directly on the device in
@@ -16,6 +17,10 @@ FLUX.2 (`--model flux2-…`, `build_flux2_sized`): the published transformer con
 6144 with the guidance embedding), AutoencoderKLFlux2's own (= the real) config, and text encoders of the real
 output width (Qwen3 2560 / 4096, Mistral-3 5120) with 28 / 31 thin layers (2 heads × 128, MLP 32 wide; the pipelines
 read hidden states 9, 18, 27 / 10, 20, 30) and 512 text tokens, as the pipelines.
+Z-Image (`--model z-image`): the 6 B transformer of zeroedit.tiny_zimage.zimage_transformer_config(real=True)
+(30 + 2 + 2 single-stream layers, 3840 wide), FLUX's VAE config, a 2-layer Qwen3 text encoder of Qwen3-4B's width
+(2560) with the tiny byte-level tokenizer, Z-Image-Turbo's scheduler; CFG (two branches per call) at
+ZImagePipeline's guidance 5.
 `run(pipe, size, cases)` returns {case: {seconds, calls, evals, peak_memory_gib}}.
 """
 from __future__ import annotations
@@ -47,6 +52,17 @@ CASES = {  # name -> (kind, kwargs)
 }
 
 
+def _sized(build, dtype):
+    """Run `build()` with `dtype` as torch's default dtype and a fixed seed (random weights of the real sizes)."""
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        return build()
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_flux_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
     """A FluxPipeline with FLUX.1-dev-sized random transformer and VAE (see module docstring), built on `device`;
     `overrides` change the transformer config (e.g. num_layers=1 to check the builder on a CPU)."""
@@ -54,20 +70,15 @@ def build_flux_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
     from zeroedit.tiny import tiny_tokenizer
     from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER, tiny_t5_tokenizer
-    previous = torch.get_default_dtype()
-    torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(dtype)
+    def build():
         with torch.device(device):
-            transformer = FluxTransformer2DModel(**{**FLUX_DEV, **overrides})
-            vae = AutoencoderKL(**FLUX_VAE)
             clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
                                                 num_attention_heads=12, vocab_size=1000, max_position_embeddings=77,
                                                 bos_token_id=512, eos_token_id=513, pad_token_id=513))
             t5 = T5EncoderModel(T5Config(vocab_size=256, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=1,
                                          feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
-    finally:
-        torch.set_default_dtype(previous)
+            return FluxTransformer2DModel(**{**FLUX_DEV, **overrides}), AutoencoderKL(**FLUX_VAE), clip, t5
+    transformer, vae, clip, t5 = _sized(build, dtype)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER), vae=vae, text_encoder=clip,
                         tokenizer=tiny_tokenizer(), text_encoder_2=t5, tokenizer_2=tiny_t5_tokenizer(512),
                         transformer=transformer)
@@ -83,17 +94,13 @@ def build_flux2_sized(variant: str = "klein-4b", device: str = "cuda", dtype=tor
     from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER
     from zeroedit.tiny_flux2 import _mistral3, _qwen3, flux2_transformer_config, tiny_mistral_tokenizer, tiny_qwen_tokenizer
     config = {**flux2_transformer_config(real=True, variant=variant), **overrides}
-    previous = torch.get_default_dtype()
-    torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(dtype)
+
+    def build():
         with torch.device(device):
-            transformer = Flux2Transformer2DModel(**config)
-            vae = AutoencoderKLFlux2()
             width = config["joint_attention_dim"] // 3
-            text_encoder = _mistral3(width, 128) if variant == "dev" else _qwen3(width, 128)
-    finally:
-        torch.set_default_dtype(previous)
+            return (Flux2Transformer2DModel(**config), AutoencoderKLFlux2(),
+                    _mistral3(width, 128) if variant == "dev" else _qwen3(width, 128))
+    transformer, vae, text_encoder = _sized(build, dtype)
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
     if variant == "dev":
         pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
@@ -103,6 +110,38 @@ def build_flux2_sized(variant: str = "klein-4b", device: str = "cuda", dtype=tor
                                   tokenizer=tiny_qwen_tokenizer(512), transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_zimage_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
+    """A ZImagePipeline with the Z-Image-sized random transformer (see module docstring), built on `device`;
+    `overrides` change the transformer config (e.g. n_layers=1, dim=64 to check the builder on a CPU)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+    from zeroedit.tiny_zimage import ZIMAGE_TURBO_SCHEDULER, tiny_qwen_tokenizer, zimage_transformer_config
+    config = {**zimage_transformer_config(real=True), **overrides}
+    tokenizer = tiny_qwen_tokenizer()
+
+    def build():
+        with torch.device(device):
+            width = config["cap_feat_dim"]
+            text = Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
+                               num_hidden_layers=2, num_attention_heads=width // 128,
+                               num_key_value_heads=max(1, width // 256), head_dim=128, pad_token_id=len(tokenizer) - 3)
+            return ZImageTransformer2DModel(**config), AutoencoderKL(**FLUX_VAE), Qwen3Model(text)
+    transformer, vae, text_encoder = _sized(build, dtype)
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_TURBO_SCHEDULER), vae=vae,
+                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+BUILDERS = {  # --model -> (build the sized pipeline on the GPU, the tiny model for --tiny)
+    "flux1-dev": (build_flux_sized, "tiny-flux"),
+    "flux2-klein-4b": (lambda: build_flux2_sized("klein-4b"), "tiny-flux2"),
+    "flux2-klein-9b": (lambda: build_flux2_sized("klein-9b"), "tiny-flux2"),
+    "flux2-dev": (lambda: build_flux2_sized("dev"), "tiny-flux2"),
+    "z-image": (build_zimage_sized, "tiny-z-image"),
+}
 
 
 def _image(size: int) -> np.ndarray:
@@ -131,16 +170,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny FLUX at 128² on any device (checks the script)")
     parser.add_argument("--size", type=int, default=None)
-    parser.add_argument("--model", default="flux1-dev", choices=("flux1-dev", "flux2-klein-4b", "flux2-klein-9b", "flux2-dev"))
+    parser.add_argument("--model", default="flux1-dev", choices=tuple(BUILDERS), help="the model whose sizes to build")
     args = parser.parse_args()
-    flux2 = args.model.startswith("flux2")
+    build, tiny = BUILDERS[args.model]
     if args.tiny:
-        pipe, size = ze.load("tiny-flux2" if flux2 else "tiny-flux"), args.size or 128
+        pipe, size = ze.load(tiny), args.size or 128
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny")
-        pipe = build_flux2_sized(args.model[len("flux2-"):]) if flux2 else build_flux_sized()
-        size = args.size or 1024
+        pipe, size = build(), args.size or 1024
         params = sum(p.numel() for p in pipe.transformer.parameters())
         print(f"transformer: {params / 1e9:.2f} B parameters, {torch.cuda.get_device_name()}")
     print(f"\n| {args.model}: case ({size}²) | seconds | sequential calls | sample-evaluations | peak memory GiB |")

@@ -6,7 +6,7 @@
 # personalize.py: relevance vs uniform merge at 1024² on SDXL-sized weights; speed.py --compile: eager vs
 # torch.compile per call and per method; batch_jobs.py: 16 translate jobs at 512² batched vs one at a time;
 # flow_gpu.py: flow invert + translate on FLUX.1-dev-sized random weights, bf16, 1024² (issue 16), and on
-# FLUX.2 [klein] 4B-sized ones beside it (issue 25).
+# FLUX.2 [klein] 4B-sized and Z-Image-sized ones beside it (issue 25).
 set -uo pipefail
 out="${1:-gpu-out}"
 mkdir -p "$out"
@@ -18,3 +18,4 @@ python3 benchmarks/speed.py --device cuda --compile --compile-mode reduce-overhe
 python3 benchmarks/batch_jobs.py --model sd21 --device cuda --size 512 --jobs 16 --max-batch 16 --steps 50 2>&1 | tee "$out/batch_jobs.log"
 python3 benchmarks/flow_gpu.py 2>&1 | grep -v "FutureWarning\|deprecate" | tee "$out/flow_gpu.log"
 python3 benchmarks/flow_gpu.py --model flux2-klein-4b 2>&1 | grep -v "FutureWarning\|deprecate" | tee "$out/flow_gpu_flux2_klein4b.log"
+python3 benchmarks/flow_gpu.py --model z-image 2>&1 | grep -v "FutureWarning\|deprecate" | tee "$out/flow_gpu_zimage.log"

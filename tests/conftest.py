@@ -65,7 +65,8 @@ def image():
 def processors_snapshot(pipe):
     """Identity of every attention processor and the count of forward hooks of the denoiser (UNet, or the
     SD3/FLUX transformer): what 'restored' compares."""
+    from zeroedit.control import attn_processors
     model = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-    procs = {name: id(proc) for name, proc in model.attn_processors.items()}
+    procs = {name: id(proc) for name, proc in attn_processors(model).items()}
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     return procs, hooks

@@ -2,7 +2,10 @@
 
 - `unet.Backbone`: SD 1.x / 2.x / SDXL (UNet, ε or v prediction, DDPM schedule).
 - `flow.FlowBackbone`: SD3 / SD3.5 and FLUX.1 (MM-DiT transformers, rectified flow), and the base of the other
-  flow families' adapters, registered by transformer class in `flow.FAMILIES` (`flux2.Flux2Backbone`: FLUX.2).
+  flow families' adapters, registered by transformer class in `flow.FAMILIES`: `flux2.Flux2Backbone` (FLUX.2),
+  `qwenimage.QwenImageBackbone` (Qwen-Image, Qwen-Image-Edit-Plus), `zimage.ZImageBackbone` (Z-Image),
+  `chroma.ChromaBackbone` (Chroma: FLUX.1's layout, T5 with its mask, true CFG). FluxKontextPipeline runs as
+  FLUX.1 (same transformer).
 `backbone_for(pipe, stats, compile)` picks the adapter from the pipeline's denoiser.
 """
 from __future__ import annotations
@@ -14,8 +17,10 @@ import torch
 from ..errors import ModelError
 from . import flux2  # noqa: F401 — registers the FLUX.2 adapter in FAMILIES
 from . import qwenimage  # noqa: F401 — registers its family in FAMILIES
+from .chroma import ChromaBackbone
 from .flow import FAMILIES, FlowBackbone
 from .unet import Backbone, Cond, compile_options
+from .zimage import ZImageBackbone
 
 __all__ = ["Backbone", "FlowBackbone", "Cond", "backbone_for", "check_pipe", "is_flow", "compile_options"]
 
@@ -41,7 +46,8 @@ def check_pipe(pipe):
     return denoiser
 
 
-FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone)
+FAMILIES.update(SD3Transformer2DModel=FlowBackbone, FluxTransformer2DModel=FlowBackbone,
+                ChromaTransformer2DModel=ChromaBackbone, ZImageTransformer2DModel=ZImageBackbone)
 
 
 def is_flow(pipe) -> bool:

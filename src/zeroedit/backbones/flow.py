@@ -106,8 +106,8 @@ class FlowBackbone(LatentCodec):
     text_components = ("text_encoder", "tokenizer")
     takes_references = False  # transformer_call(references=...): FLUX.2, Qwen-Image-Edit-Plus (mip_refs.py)
     text_variants = TEXT_VARIANTS  # the content-free conditionings this family has (families without CLIP: fewer)
-    no_personalize = ("diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by zeroedit's "
-                      "control yet.")  # why personalize does not run on this family (FLUX.1 takes its IP-Adapter)
+    image_block_outputs = True  # the blocks return the image tokens apart (what feature rules see and replace)
+    unsupported: dict = {}  # method -> why it does not run on this family (UnsupportedModel's message)
 
     def __init__(self, pipe, stats: Stats | None = None, compile=False):
         for name in ("transformer", "vae", "scheduler") + self.text_components:
@@ -131,6 +131,10 @@ class FlowBackbone(LatentCodec):
             raise ModelError(f"{type(self.transformer).__name__} is not supported: the flow backbone runs "
                              "SD3Transformer2DModel (SD3/SD3.5) and FluxTransformer2DModel (FLUX.1).")
         self.family = "flux" if self.is_flux else "sd3"
+        if not self.is_flux:
+            self.unsupported = {"personalize": "personalize runs on UNet pipelines (SD 1.x, 2.x, XL) and FLUX.1; "
+                                "diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0) is not supported by "
+                                "zeroedit's control yet."}
         self.patch = 2 if self.is_flux else self.transformer.config.patch_size  # FLUX: 2×2 packing
         self.guidance_embeds = self.is_flux and bool(self.transformer.config.guidance_embeds)
         self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
@@ -278,11 +282,16 @@ class FlowBackbone(LatentCodec):
             h, w = self.token_grid(latent_hw)
             kwargs["mu"] = self._mu(h * w, steps, scheduler.config)
         if self.linear_sigmas:
-            kwargs["sigmas"] = np.linspace(1.0, 1.0 / steps, steps)
+            kwargs["sigmas"] = self.default_sigmas(steps)
             scheduler.set_timesteps(device="cpu", **kwargs)
         else:
             scheduler.set_timesteps(steps, device="cpu", **kwargs)
         return [float(s) for s in scheduler.sigmas]
+
+    def default_sigmas(self, steps: int):
+        """The σ the pipeline hands its scheduler before the shift: linspace(1, 1/steps), as FluxPipeline computes it
+        (numpy; families whose pipeline computes it otherwise override this, to the last bit)."""
+        return np.linspace(1.0, 1.0 / steps, steps)
 
     @property
     def linear_sigmas(self) -> bool:

@@ -62,6 +62,7 @@ class Flux2Backbone(FlowBackbone):
 
     text_variants = ("empty", "zeros")
     takes_references = True
+    image_block_outputs = False  # single-stream blocks return [text, image, references] as one sequence
 
     def _setup(self):
         config = self.pipe.config

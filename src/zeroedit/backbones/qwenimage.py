@@ -57,8 +57,9 @@ class QwenImageBackbone(FlowBackbone):
     """Wraps a diffusers QwenImagePipeline or QwenImageEditPlusPipeline; see module docstring."""
 
     text_variants = ("empty", "zeros")  # no CLIP: no exceptional prompt (_exceptional)
-    no_personalize = ("QwenImagePipeline has no input for reference images: load a Qwen-Image-Edit-Plus model as "
-                      "QwenImageEditPlusPipeline (e.g. Qwen/Qwen-Image-Edit-2509), which takes several.")
+    unsupported = {"personalize": "QwenImagePipeline has no input for reference images: load a Qwen-Image-Edit-Plus "
+                                  "model as QwenImageEditPlusPipeline (e.g. Qwen/Qwen-Image-Edit-2509), which takes "
+                                  "several."}
 
     def _setup(self):
         self.family, self.is_flux = "qwen-image", False

@@ -45,14 +45,20 @@ EXCEPTIONAL_TOKEN_ID = 7788  # the reference's arbitrary token (taken modulo a s
 logger = logging.getLogger(__name__)
 
 
-def tokenize(tokenizer, prompts: list[str], length: int, device) -> torch.Tensor:
-    """Token ids padded to `length` (the encoder's); a prompt longer than that is truncated, with a warning
-    (CLIP on every family, T5 on SD3/FLUX)."""
-    for prompt, ids in zip(prompts, tokenizer(prompts, truncation=True, max_length=length + 1).input_ids):
+def warn_truncated(tokenizer, texts: list[str], length: int, prompts: list[str] | None = None) -> None:
+    """A logging warning for each text longer than `length` tokens, which the encoder's tokenizer will truncate
+    (`prompts`: what the user wrote, when `texts` are those prompts under a template)."""
+    for text, prompt, ids in zip(texts, prompts or texts, tokenizer(texts, truncation=True, max_length=length + 1).input_ids):
         if len(ids) > length:
             kept = tokenizer.decode(ids[:length], skip_special_tokens=True)
             logger.warning("prompt truncated to the text encoder's %d tokens; kept %r, dropped the rest of %r.",
                            length, kept, prompt)
+
+
+def tokenize(tokenizer, prompts: list[str], length: int, device) -> torch.Tensor:
+    """Token ids padded to `length` (the encoder's); a prompt longer than that is truncated, with a warning
+    (CLIP on every family, T5 on SD3/FLUX)."""
+    warn_truncated(tokenizer, prompts, length)
     return tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
 

@@ -5,7 +5,8 @@ replace features), installs it for the duration of a call with `with controller.
 and before every UNet call tells it which step it is and how the batch is laid out
 (`controller.set_call(step, timestep, [("source", 1), ("uncond", 1), ("cond", 1)], latent_hw)`).
 
-Installation points are diffusers' own: `unet.set_attn_processor` for attention layers and
+Installation points are diffusers' own: `unet.set_attn_processor` (each layer's `set_processor` on models
+without it) for attention layers and
 `register_forward_hook` for modules. Only layers that some rule names get a `ControlledAttnProcessor`;
 every other layer keeps the processor it had (SDPA). Everything is restored on exit, also on error.
 
@@ -183,7 +184,7 @@ class Controller:
         its joint-attention layers get `ControlledJointAttnProcessor`); always restore on exit. Inside a job of
         a `zeroedit.jobs.JobSession` on this UNet, attach to the session instead (it runs this controller's
         rules on the job's own batch slice of the combined call)."""
-        saved = unet.attn_processors
+        saved = attn_processors(unet)
         attn_layers = {name for r in self.rules if r.target == "attention" for name in r.layers}
         feature_layers = {name for r in self.rules if r.target == "feature" for name in r.layers}
         known = {key[: -len(".processor")] for key in saved}
@@ -207,7 +208,7 @@ class Controller:
             processors = {key: (_controlled(self, key[: -len(".processor")], proc, unet)
                                 if key[: -len(".processor")] in attn_layers else proc) for key, proc in saved.items()}
             if attn_layers:
-                unet.set_attn_processor(processors)
+                set_attn_processors(unet, processors)
             for name in sorted(feature_layers):
                 hooks.append(modules[name].register_forward_hook(_FeatureHook(self, name)))
             yield self
@@ -215,7 +216,27 @@ class Controller:
             for hook in hooks:
                 hook.remove()
             if attn_layers:
-                unet.set_attn_processor(saved)
+                set_attn_processors(unet, saved)
+
+
+def attn_processors(model) -> dict:
+    """{"<layer>.processor": processor} of every attention layer, in forward order: diffusers' `attn_processors`
+    (AttentionMixin), or the same collected from the modules for models without that mixin (Z-Image)."""
+    if hasattr(model, "attn_processors"):
+        return model.attn_processors
+    return {f"{name}.processor": module.get_processor() for name, module in model.named_modules()
+            if hasattr(module, "get_processor")}
+
+
+def set_attn_processors(model, processors: dict) -> None:
+    """Set every attention layer's processor from `processors` (as `attn_processors` returns them): diffusers'
+    `set_attn_processor`, or each module's own `set_processor` for models without it."""
+    if hasattr(model, "set_attn_processor"):
+        model.set_attn_processor(processors)
+        return
+    modules = dict(model.named_modules())
+    for key, processor in processors.items():
+        modules[key[: -len(".processor")]].set_processor(processor)
 
 
 # Controlled processors of other attention families: [(accepts(name, original, model), make(controller, name,

@@ -3,6 +3,7 @@ transformers, attention layers by block index and kind (double/joint, single), p
 from __future__ import annotations
 
 from ..errors import ParameterError
+from .core import attn_processors
 
 
 def attention_layers(unet, kind: str = "attn1", parts=("down", "mid", "up")) -> list[str]:
@@ -23,6 +24,7 @@ def decoder_self_attention_layers(unet) -> list[str]:
 BLOCKS = {
     "SD3Transformer2DModel": {"double": ("transformer_blocks", "attn")},
     "FluxTransformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
+    "ChromaTransformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
     "Flux2Transformer2DModel": {"double": ("transformer_blocks", "attn"), "single": ("single_transformer_blocks", "attn")},
     "QwenImageTransformer2DModel": {"double": ("transformer_blocks", "attn")},
     "ZImageTransformer2DModel": {"single": ("layers", "attention")},
@@ -45,7 +47,7 @@ def joint_attention_layers(model, kind: str = "double", blocks=None) -> list[str
 
 
 def _blocks(model, prefix: str, module: str, blocks, kind: str) -> list[str]:
-    names = [key[: -len(".processor")] for key in model.attn_processors]
+    names = [key[: -len(".processor")] for key in attn_processors(model)]
     found = [n for n in names if prefix and n.startswith(prefix + ".") and n.endswith("." + module)
              and n.count(".") == 2]
     if blocks is None:

@@ -69,6 +69,7 @@ class ImageFirst:
 # Token layouts by transformer class name; a new family whose processors use the dispatcher adds one line here.
 LAYOUTS: dict[str, Any] = {
     "FluxTransformer2DModel": TextFirst(),
+    "ChromaTransformer2DModel": TextFirst(),  # FLUX.1's blocks and processors (FluxAttnProcessor)
     "Flux2Transformer2DModel": TextFirst(),
     "QwenImageTransformer2DModel": TextFirst(),
     "ZImageTransformer2DModel": ImageFirst(),

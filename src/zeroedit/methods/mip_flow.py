@@ -24,7 +24,7 @@ generation's calls. The IP-Adapter scale defaults to 1.0 (diffusers' FLUX IP-Ada
 SD3/SD3.5: diffusers' SD3 IP-Adapter (SD3IPAdapterJointAttnProcessor2_0, a timestep-conditioned resampler) is not
 mirrored by zeroedit's control yet: UnsupportedModel. Pipelines that take reference images natively
 (`backbone.takes_references`: Qwen-Image-Edit-Plus) run methods/mip_refs.py after the checks shared here; other
-flow families: UnsupportedModel naming what is missing (`backbone.no_personalize`).
+flow families: UnsupportedModel naming what is missing (`backbone.unsupported`).
 """
 from __future__ import annotations
 
@@ -121,8 +121,9 @@ def personalize_flow(pipe, prompt, references, scale, weighting, phrase_encoding
     (`takes_references`) methods/mip_refs.py after the checks they share."""
     backbone = backbone_for(pipe, None, compile)
     if backbone.family != "flux" and not backbone.takes_references:
-        raise UnsupportedModel(f"personalize runs on UNet pipelines (SD 1.x, 2.x, XL), FLUX.1 with an IP-Adapter and "
-                               f"pipelines that take reference images; {backbone.no_personalize}")
+        raise UnsupportedModel(backbone.unsupported.get("personalize") or "personalize runs on UNet pipelines (SD 1.x, "
+                               f"2.x, XL), FLUX.1 with an IP-Adapter and pipelines that take reference images, not on "
+                               f"{backbone.family}.")
     objects = _check_references(prompt, references)
     check_choice(weighting, "weighting", WEIGHTINGS)
     if phrase_encoding not in (None, "prompt"):

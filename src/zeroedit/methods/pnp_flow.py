@@ -28,9 +28,12 @@ Layers (`layers=`), each from its source:
   35, 37), mapped proportionally onto other depths; FLUX only. Stable Flow injects at every step from
   an in-batch reconstruction; here from the inversion (keyed as above).
 - or a list of layer names (control.layers: double_block(i), single_block(i), joint_block(i)): V, all tokens.
-"All tokens" is the text and image tokens where every text has one length (SD3, FLUX.1: padded T5); on families
-whose texts have a length of their own (Qwen-Image: `cond_shapes` tokens None) the source's and the targets' text
-tokens cannot be paired, and V is injected on the image tokens only.
+"All tokens" is the text and image tokens where every text has one length (SD3, FLUX.1, FLUX.2: padded); on families
+whose texts have a length of their own (Qwen-Image, Z-Image: `cond_shapes` tokens None) the source's and the
+targets' text tokens cannot be paired, and V is injected on the image tokens only (`_every_token`).
+- Z-Image (no published setting): "single" and "last-single" name its main single-stream layers `layers.i` (its
+  refiner layers see the image or the text alone). Chosen by analogy with FLUX's single-stream blocks; the tiny
+  model's random weights measure no quality.
 Features (`feature_steps`, default 0 = off, as in both references): the image tokens that the blocks of these
 layers output (PnP's feature injection carried over to MM-DiT blocks; no published flow default).
 Presets: None = FireFlow's fast editing (solver "fireflow", 8 steps, inject 1 step, layers "single", FLUX
@@ -61,7 +64,7 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, FlowBackbone, backbone_for
-from ..control import Controller, Inject, Record, joint_attention_layers
+from ..control import Controller, Inject, Record, attn_processors, joint_attention_layers
 from ..backbones.flow import FLUX_GUIDANCE, SD3_GUIDANCE
 from ..errors import ParameterError, shorten
 from ..images import to_tensor
@@ -88,26 +91,32 @@ def _spread(indices, reference: int, count: int) -> list[int]:
     return sorted({round(i * (count - 1) / (reference - 1)) for i in indices})
 
 
+def _every_token(backbone: FlowBackbone) -> str:
+    """The stream of the injections of every token's V (FireFlow, RF-Solver-Edit): "joint" where every text has the
+    same number of tokens; "image" where texts have lengths of their own (Z-Image), whose source-text values do not
+    fit a target text of another length."""
+    return "joint" if backbone.cond_shapes()[0][0] else "image"
+
+
 def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[str, ...], str]:
     """(layer names, what to inject, stream) for a `layers` preset or list (see module docstring)."""
     model = backbone.transformer
-    every = "joint" if backbone.cond_shapes()[0][0] else "image"  # "all tokens" (module docstring)
     if isinstance(layers, (list, tuple)) and layers and all(isinstance(n, str) for n in layers):
-        known = {key[: -len(".processor")] for key in model.attn_processors}
+        known = {key[: -len(".processor")] for key in attn_processors(model)}
         missing = [n for n in layers if n not in known]
         if missing:
             raise ParameterError(f"layers: {missing[:3]} are not attention layers of this transformer; use "
                                  "zeroedit.control.joint_attention_layers(pipe.transformer, 'double'|'single').")
-        return list(layers), ("v",), every
+        return list(layers), ("v",), _every_token(backbone)
     if not any(isinstance(layers, str) and layers == preset for preset in LAYER_PRESETS):
         raise ParameterError(f"layers must be one of {', '.join(map(repr, LAYER_PRESETS))} or a list of attention "
                              f"layer names; got {layers!r}.")
     blocks = joint_attention_layers(model, "single") or joint_attention_layers(model, "double")
     if layers == "single":
-        return blocks, ("v",), every
+        return blocks, ("v",), _every_token(backbone)
     if layers == "last-single":
         keep = max(1, round(len(blocks) * 18 / 38))
-        return blocks[-keep:], ("v",), every
+        return blocks[-keep:], ("v",), _every_token(backbone)
     if backbone.family != "flux":
         raise ParameterError("layers='vital' (Stable Flow) is defined for FLUX.1 only; pass 'single', 'last-single' "
                              "or a list of layer names on this model.")
@@ -174,6 +183,9 @@ def _inject_params(backbone, preset, steps, inversion_steps, feature_steps, atte
     names, what, stream = injection_layers(backbone, chosen["layers"] if layers is None else layers)
     k = min(chosen["window"], steps) if attention_steps is None else check_window(attention_steps, steps, "attention_steps")
     k_feature = 0 if feature_steps is None else check_window(feature_steps, steps, "feature_steps")
+    if k_feature and not backbone.image_block_outputs:
+        raise ParameterError(f"feature_steps: the blocks of {backbone.family} return the image and text tokens as one "
+                             "sequence, so there are no block image features to inject; leave feature_steps None.")
     return dict(method="inject", steps=steps, solver=solver, layers=names, inject=list(what), stream=stream,
                 attention_steps=k, feature_steps=k_feature,
                 guidance_scale=_guidance(guidance_scale, chosen["guidance"] if backbone.family == "flux"
@@ -241,7 +253,7 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
     keys, feature_keys = ({(j, stage) for j in range(params[window]) for stage in ("start", "mid")}
                           for window in ("attention_steps", "feature_steps"))
     layers, what, stream = params["layers"], tuple(params["inject"]), params["stream"]
-    blocks = [name[: -len(".attn")] for name in layers]  # feature rules: the image tokens these blocks output
+    blocks = [name.rsplit(".", 1)[0] for name in layers]  # feature rules: the image tokens these blocks output
     source_cond, source_guidance = backbone.encode_prompt(source_prompt), params["source_guidance_scale"]
     store, inputs = {}, {}
     recorder = Controller()
