@@ -14,7 +14,8 @@ is hidden here (each as diffusers' own pipeline does it, files named in the docs
 - the σ grid: the scheduler's own (static `shift` for SD3, resolution-dependent `mu` from the image-token
   count for FLUX-dev and dynamic-shift SD3.5 configs), with σ = 0 appended.
 Every transformer call goes through `transformer_call` and is counted in `stats.unet_calls` (sequential
-calls) and `stats.unet_evals` (sample-evaluations), like the UNet's.
+calls) and `stats.unet_evals` (sample-evaluations), like the UNet's. `compile=` compiles the repeated blocks
+(diffusers' regional compilation) for each call only, leaving the transformer as given (unet.py `compiled_blocks`).
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..errors import ModelError, ParameterError
 from ..result import Stats
-from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_forward,
+from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_blocks,
                    exceptional_clip_states, tokenize)
+from ..devices import check_no_cache, compute_dtype, execution_device, forward_context
 from .vae import LatentCodec
 
 SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
@@ -75,7 +77,7 @@ def calculate_shift(seq_len: int, config) -> float:
 
 
 def _transformer_forward(transformer, hidden, text, pooled, timestep, img_ids, txt_ids, guidance, attention_kwargs=None):
-    """The transformer forward every call runs (eagerly, or traced by torch.compile)."""
+    """The transformer forward every call runs (under compile=, its repeated blocks through compiled_blocks)."""
     kwargs = dict(hidden_states=hidden, encoder_hidden_states=text, pooled_projections=pooled, timestep=timestep,
                   return_dict=False)
     if attention_kwargs:  # a copy: FLUX pops ip_adapter_image_embeds out of it
@@ -111,14 +113,8 @@ class FlowBackbone(LatentCodec):
         self.stats.params.setdefault("compile", compile)
         if self.compile_options is not None and not _dynamo_supported():
             self.compile_options = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        check_no_cache(self.transformer)
+        self.device, self.dtype = execution_device(pipe), compute_dtype(self.transformer)  # see zeroedit/devices.py
 
     # ---------------------------------------------------------------- text
     def _ids(self, tokenizer, prompts: list[str], length: int) -> torch.Tensor:
@@ -185,14 +181,16 @@ class FlowBackbone(LatentCodec):
         t5_encoder = pipe.text_encoder_2 if self.is_flux else getattr(pipe, "text_encoder_3", None)
         t5 = self._exceptional_t5(t5_encoder, token_id) if variant == "exceptional" and t5_encoder is not None else None
         if self.is_flux:
-            _, final = exceptional_clip_states(pipe.text_encoder, length, token_id, self.device)
+            with forward_context(pipe.text_encoder):  # its submodules are called directly, not its forward
+                _, final = exceptional_clip_states(pipe.text_encoder, length, token_id, self.device)
             embeds = empty.embeds if t5 is None else t5
             return Cond(embeds.to(self.dtype), final[:, 0].to(self.dtype)).repeat(batch)
         hidden, pooled = [], []
         for encoder in (pipe.text_encoder, pipe.text_encoder_2):
-            states, final = exceptional_clip_states(encoder, length, token_id, self.device)
+            with forward_context(encoder):
+                states, final = exceptional_clip_states(encoder, length, token_id, self.device)
+                pooled.append(encoder.text_projection(final[:, 0]))
             hidden.append(states[-2])
-            pooled.append(encoder.text_projection(final[:, 0]))
         clip = torch.cat(hidden, dim=-1)
         t5 = empty.embeds[:, length:] if t5 is None else t5  # the T5 rows of the empty prompt (zeros without T5)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
@@ -204,12 +202,13 @@ class FlowBackbone(LatentCodec):
         bias (T5 has no absolute positions; a zero bias removes its only positional signal)."""
         stack = encoder.encoder
         ids = torch.full((1, self.t5_length()), token_id % encoder.config.vocab_size, device=self.device)
-        states = stack.embed_tokens(ids)
-        heads, length = encoder.config.num_heads, ids.shape[1]
-        bias = torch.zeros(1, heads, length, length, device=self.device, dtype=states.dtype)
-        for block in stack.block:
-            states = block(states, None, bias)[0]
-        return stack.final_layer_norm(states)
+        with forward_context(encoder):  # its submodules are called directly, not its forward
+            states = stack.embed_tokens(ids)
+            heads, length = encoder.config.num_heads, ids.shape[1]
+            bias = torch.zeros(1, heads, length, length, device=self.device, dtype=states.dtype)
+            for block in stack.block:
+                states = block(states, None, bias)[0]
+            return stack.final_layer_norm(states)
 
     def encode_negative(self, prompts: str | list[str]) -> Cond:
         """Negative prompts: encoded like any prompt (the SD3 pipeline does not zero the empty prompt)."""
@@ -282,12 +281,10 @@ class FlowBackbone(LatentCodec):
         else:
             args = (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled, self.model_time(sigma),
                     None, None, None, attention_kwargs)
-        out = None
-        if self.compile_options is not None:
-            out = compiled_forward(args, self.compile_options, _transformer_forward)
-            if out is None:
-                self.compile_options = None
-        if out is None:
+        if self.compile_options is not None:  # regional compilation: the repeated blocks compiled, the rest eager
+            with compiled_blocks(self.transformer, self.compile_options):
+                out = _transformer_forward(*args)
+        else:
             out = _transformer_forward(*args)
         return unpack(out, h, w) if self.is_flux else out
 
