@@ -4,8 +4,8 @@ from . import joint  # noqa: F401 — registers SD3's and FLUX's controlled proc
 from .core import AttnContext, Controller, ControlledAttnProcessor, FeatureContext, Rule, ip_adapter_term
 from .layers import (attention_layers, decoder_self_attention_layers, double_block, joint_attention_layers, joint_block,
                      single_block)
-from .rules import Inject, Record, from_branch, from_store
+from .rules import Inject, Record, Store, check_store, from_branch, from_store
 
-__all__ = ["AttnContext", "Controller", "ControlledAttnProcessor", "FeatureContext", "Rule", "Inject", "Record",
+__all__ = ["AttnContext", "Controller", "ControlledAttnProcessor", "FeatureContext", "Rule", "Inject", "Record", "Store", "check_store",
            "from_branch", "from_store", "ip_adapter_term", "attention_layers", "decoder_self_attention_layers",
            "joint_attention_layers", "double_block", "joint_block", "single_block"]
