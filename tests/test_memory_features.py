@@ -50,17 +50,19 @@ INJECT = dict(feature_steps=1.0, attention_steps=1.0)  # translate records and i
 
 
 # ----------------------------------------------------------------------------------------- methods
-def _compose(pipe):
-    return ze.compose(pipe, A, B, region=(30, 30, 90, 90), steps=5, tau_a=1.0, seed=0, output_type="latent").latents
+def _compose(pipe, **kwargs):
+    """TF-ICON with its q/k (or FLUX's background K/V) recorded and injected at every step."""
+    return ze.compose(pipe, A, B, region=(30, 30, 90, 90), steps=5, tau_a=1.0, seed=0, output_type="latent",
+                      **kwargs).latents
 
 
-def _translate(pipe):
-    return ze.translate(pipe, A, "a dog", steps=3, **INJECT, output_type="latent").latents
+def _translate(pipe, **kwargs):
+    return ze.translate(pipe, A, "a dog", steps=3, **INJECT, output_type="latent", **kwargs).latents
 
 
-def _edit(pipe):
+def _edit(pipe, **kwargs):
     """pix2pix-zero: its guidance takes a backward pass through the denoiser at every step."""
-    out = ze.edit(pipe, A, steps=2, reg_steps=1, seed=0, output_type="latent")
+    out = ze.edit(pipe, A, steps=2, reg_steps=1, seed=0, output_type="latent", **kwargs)
     assert out.stats.unet_backward == 2
     return out.latents
 
@@ -71,7 +73,8 @@ def _personalize(pipe):
 
 def _invert(pipe):
     inversion = ze.invert(pipe, A, steps=2)
-    return torch.cat([inversion.latents.flatten(), ze.reconstruct(pipe, inversion, output_type="latent").latents.flatten()])
+    back = ze.reconstruct(pipe, inversion, output_type="latent").latents
+    return torch.cat([inversion.latents.flatten(), back.flatten()])
 
 
 METHODS = {"compose": _compose, "translate": _translate, "edit": _edit, "personalize": _personalize, "invert": _invert}
@@ -242,16 +245,10 @@ def test_on_a_gpu(family, setting):
         resident = run(_load(family, method).to(gpu))
         pipe = _load(family, method)
         enable(pipe)
+        _warm(pipe)
         before = devices.state(pipe)
-        if setting == "store_cpu" and method in ("compose", "translate", "edit"):
-            out = {"compose": lambda p: ze.compose(p, A, B, region=(30, 30, 90, 90), steps=5, tau_a=1.0, seed=0, store="cpu",
-                                                   output_type="latent").latents,
-                   "translate": lambda p: ze.translate(p, A, "a dog", steps=3, **INJECT, store="cpu",
-                                                       output_type="latent").latents,
-                   "edit": lambda p: ze.edit(p, A, steps=2, reg_steps=1, seed=0, store="cpu",
-                                             output_type="latent").latents}[method](pipe)
-        else:
-            out = run(pipe)
+        stored = setting == "store_cpu" and method in ("compose", "translate", "edit")
+        out = run(pipe, store="cpu") if stored else run(pipe)
         assert devices.state(pipe) == before, (setting, method)
         torch.testing.assert_close(out.float(), resident.float(), atol=1e-3, rtol=1e-3)
 

@@ -117,7 +117,8 @@ def recasts(module) -> bool:
 
 def layerwise_hooks(module) -> list:
     """The layerwise-casting hooks of `module` and its submodules."""
-    return [hook for sub in module.modules() for name, hook in _registry_hooks(sub).items() if name == LAYERWISE_CASTING]
+    hooks = (_registry_hooks(sub).get(LAYERWISE_CASTING) for sub in module.modules())
+    return [hook for hook in hooks if hook is not None]
 
 
 def stored_values(module, name: str = "weight") -> torch.Tensor:

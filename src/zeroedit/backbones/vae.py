@@ -37,7 +37,8 @@ class LatentCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images (B, 3, H, W) in [-1, 1]."""
         with vae_in(self.vae, self._vae_dtype()) as dtype:
-            return self.vae.decode(latents.to(self.device, dtype) / self.vae.config.scaling_factor + self._shift()).sample.float()
+            latents = latents.to(self.device, dtype) / self.vae.config.scaling_factor + self._shift()
+            return self.vae.decode(latents).sample.float()
 
 
 class vae_in:

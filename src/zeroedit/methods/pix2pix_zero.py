@@ -271,9 +271,11 @@ def _regularized_inversion(backbone, cond, x0, grid, reg_steps, lambda_ac, lambd
     return ddim_invert(backbone, model_fn, x0, grid, convention=convention)[-1]
 
 
-def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance_scale, callback, store: Store):
+def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance_scale, callback,
+          store: Store | None = None):
     """Denoise with cross-attention guidance; two UNet calls per step (see module docstring). The gradient call's
-    saved activations are placed by `store` (stats.store_bytes["guidance"])."""
+    saved activations are placed by `store` (None: on the execution device; stats.store_bytes["guidance"])."""
+    store = Store(None, backbone.device) if store is None else store
     rule = CrossAttentionGuidance(attention_layers(pipe.unet, "attn2"))
     controller = Controller()
     controller.add(rule)

@@ -169,9 +169,10 @@ def _regularized_inversion(backbone, cond, x0, ascending, reg_steps, lambda_ac, 
 
 
 def _edit(pipe, backbone, x_top, cond, edited, sigmas, layers, xa_guidance, guidance_scale, embedding, checkpointing,
-          callback, store: Store):
+          callback, store: Store | None = None):
     """Euler sampling with cross-attention guidance; two calls per step (module docstring). The gradient call's
-    saved activations are placed by `store` (stats.store_bytes["guidance"])."""
+    saved activations are placed by `store` (None: on the execution device; stats.store_bytes["guidance"])."""
+    store = Store(None, backbone.device) if store is None else store
     guide = ImageToTextGuidance(layers)
     stop = StopAfter(layers[-1][: -len(".attn")])
     controller = Controller()
