@@ -1,6 +1,6 @@
 """edit (pix2pix-zero) benchmark: UNet forward evaluations and backward passes, sequential calls, wall time,
-peak memory at defaults, and the bytes of cross-attention probabilities the reference branch keeps, measured on
-the given pipe and computed for SD-1.5-sized layers at 512² (ours vs the reference implementations).
+peak memory at defaults, the bytes the guidance gradient keeps per step (measured on the given pipe), and the bytes
+of cross-attention probabilities computed for SD-1.5-sized layers at 512² (ours vs the reference implementations).
 
     PYTHONPATH=src python benchmarks/edit.py                   # tiny random-weight model on CPU
     from benchmarks.edit import run; run(pipe, size=512)       # any SD 1.x/2.x pipeline (the lead's GPU run)
@@ -36,14 +36,15 @@ def _image(size: int) -> Image.Image:
 
 def run(pipe, size: int = 128, steps: int = 50, seed: int = 0, **kw) -> dict:
     """One edit at defaults (cat → dog, fallback caption); returns evals (forward/backward), calls, seconds,
-    peak memory and the measured per-step bytes of stored reference cross-attention maps."""
+    peak memory and the measured per-step bytes autograd keeps for the guidance gradient (stats.store_bytes
+    "guidance": every saved activation of the gradient call, the reference maps among them)."""
     direction = ze.directions.build(pipe, "cat", "dog")  # built (and cached) outside the timed edit
     out = ze.edit(pipe, _image(size), "cat", "dog", direction=direction, steps=steps, seed=seed,
                   output_type="latent", **kw)
     s = out.stats
     return dict(size=size, steps=steps, unet_forward_evals=s.unet_evals, unet_calls=s.unet_calls,
                 unet_backward=s.unet_backward, seconds=round(s.seconds, 2), peak_memory_bytes=s.peak_memory_bytes,
-                xa_maps_bytes_per_step=s.extra.get("xa_maps_bytes_per_step"),
+                guidance_bytes_per_step=s.store_bytes.get("guidance"),
                 diffusers_pix2pix_zero=dict(unet_calls=200, unet_backward=50), sd15_512=sd15_xa_bytes(steps))
 
 

@@ -216,7 +216,8 @@ def main(argv=None) -> int:
             row = dict(case=name, model=("tiny" if args.device == "cpu" else kind) + " " + size_note,
                        unet_calls=s.unet_calls, unet_evals=s.unet_evals, unet_backward=s.unet_backward,
                        seconds=round(s.seconds, 2), peak_gib=round(s.peak_memory_bytes / 2**30, 2),
-                       extra={k: v for k, v in s.extra.items() if isinstance(v, (int, float, str))})
+                       extra={**{k: v for k, v in s.extra.items() if isinstance(v, (int, float, str))},
+                              **{f"{k}_bytes": v for k, v in s.store_bytes.items()}})
         except Exception as error:  # noqa: BLE001 — report and go on with the other methods
             row = dict(case=name, model=kind, error=f"{type(error).__name__}: {error}"[:300])
         print(json.dumps(row), flush=True)

@@ -261,7 +261,7 @@ def test_memory_equals_recompute(pipe, solver):
     kwargs = dict(steps=3, attention_steps=1.0, solver=solver, output_type="latent")
     memory = ze.translate(pipe, make_image(2), ["a dog", "a cat"], **kwargs)
     recompute = ze.translate(pipe, make_image(2), ["a dog", "a cat"], source_cache="recompute", **kwargs)
-    assert memory.stats.extra["cache_bytes"] > 0 and recompute.stats.extra["cache_bytes"] == 0
+    assert memory.stats.store_bytes["attention"] > 0 and recompute.stats.store_bytes == {"features": 0, "attention": 0}
     assert memory.stats.unet_calls == recompute.stats.unet_calls
     assert torch.allclose(memory.images, recompute.images, atol=1e-4)
 
@@ -370,7 +370,7 @@ def test_feature_injection_of_block_image_tokens(tiny_flux_pipe):
     memory = ze.translate(tiny_flux_pipe, make_image(4), "a dog", feature_steps=1.0, **kwargs)
     recompute = ze.translate(tiny_flux_pipe, make_image(4), "a dog", feature_steps=1.0, source_cache="recompute",
                              **kwargs)
-    assert memory.stats.params["feature_steps"] == 3 and memory.stats.extra["cache_bytes"] > 0
+    assert memory.stats.params["feature_steps"] == 3 and memory.stats.store_bytes["features"] > 0
     assert (memory.images - plain.images).abs().max() > 1e-3
     assert torch.allclose(memory.images, recompute.images, atol=1e-4)
 

@@ -47,7 +47,7 @@ def test_budget_at_defaults(tiny_pipe):
     assert out.stats.unet_calls == 150 and out.stats.unet_backward == 50  # diffusers' Pix2PixZero: 200 + 50
     assert out.stats.unet_evals == 50 + 50 * (3 + 2)
     assert out.caption == "a photo of a cat" and out.stats.extra["caption_source"] == "fallback"
-    assert out.inverted.shape == (1, 4, 16, 16) and out.stats.extra["xa_maps_bytes_per_step"] > 0
+    assert out.inverted.shape == (1, 4, 16, 16) and out.stats.store_bytes["guidance"] > 0
 
 
 def test_zero_direction_follows_the_reference_branch(tiny_pipe):

@@ -22,7 +22,7 @@ def test_budget_at_defaults(runs):
     _, memory, recompute = runs
     assert memory.stats.unet_evals == 151 and memory.stats.unet_calls == 100  # 50 + 1 + 2·50
     assert recompute.stats.unet_evals == 200 and recompute.stats.unet_calls == 100  # 50 + 3·50: source in-batch every step
-    assert memory.stats.extra["cache_bytes"] > 0 and recompute.stats.extra["cache_bytes"] == 0
+    assert min(memory.stats.store_bytes.values()) > 0 and recompute.stats.store_bytes == {"features": 0, "attention": 0}
 
 
 def test_memory_and_recompute_give_the_same_image(runs):

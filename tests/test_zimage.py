@@ -201,7 +201,7 @@ def test_translate_injection_acts_and_memory_equals_recompute(pipe):
     memory = ze.translate(pipe, make_image(2), ["a dog", "a cat"], **kwargs)
     recompute = ze.translate(pipe, make_image(2), ["a dog", "a cat"], source_cache="recompute", **kwargs)
     plain = ze.translate(pipe, make_image(2), ["a dog", "a cat"], steps=3, attention_steps=0, output_type="latent")
-    assert memory.stats.extra["cache_bytes"] > 0 and torch.allclose(memory.images, recompute.images, atol=1e-4)
+    assert memory.stats.store_bytes["attention"] > 0 and torch.allclose(memory.images, recompute.images, atol=1e-4)
     assert (memory.images - plain.images).abs().max() > 1e-3
 
 

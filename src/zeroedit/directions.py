@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from . import jobs
 from .backbones import Cond, backbone_for, check_pipe, is_flow
+from .devices import stored_values
 from .errors import CheckpointError, ParameterError
 
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}",
@@ -123,7 +124,7 @@ def text_encoder_fingerprint(pipe) -> str:
     the one encoder's, as before): which text encoder(s) a direction belongs to."""
     digest = None
     for encoder in _text_encoders(pipe):
-        weights = encoder.get_input_embeddings().weight
+        weights = stored_values(encoder.get_input_embeddings())  # also under sequential CPU offload
         if digest is None:
             digest = hashlib.sha1(str(tuple(weights.shape)).encode())
         else:

@@ -70,3 +70,8 @@ class CheckpointError(ZeroEditError):
 class UnsupportedModel(ModelError):
     """The method does not run on this kind of model (e.g. a UNet-only method on an SD3/FLUX pipeline); the
     message says which methods do."""
+
+
+class UnsupportedFeature(ModelError):
+    """The pipeline uses a diffusers feature the method cannot run under (e.g. a cache that skips blocks); the
+    message names it and how to switch it off."""

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from .devices import compute_dtype, execution_device
 from .errors import ModelError, ParameterError
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ def add_toy_ip_adapter(pipe, folder: str = TOY_MODEL):
     if not os.path.isdir(encoder_dir):
         raise ModelError(f"the toy model in {folder!r} has no image encoder / IP-Adapter; train one with "
                          "scripts/train_toy_ip.py.")
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, dtype=pipe.unet.dtype, use_safetensors=True)
-    pipe.register_modules(image_encoder=encoder.to(pipe.unet.device).eval(),
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, dtype=compute_dtype(pipe.unet),
+                                                            use_safetensors=True)
+    pipe.register_modules(image_encoder=encoder.to(execution_device(pipe)).eval(),
                           feature_extractor=CLIPImageProcessor.from_pretrained(os.path.join(folder, "feature_extractor")))
     pipe.load_ip_adapter(folder, subfolder="ip_adapter", weight_name=TOY_IP_WEIGHTS, image_encoder_folder=None)
     return pipe

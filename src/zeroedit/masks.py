@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .devices import execution_device
 from .errors import MaskError, ModelError, ParameterError, shorten
 from .images import load_image, load_mask
 
@@ -97,10 +98,11 @@ def _name(value, kind: str) -> str:
 
 
 def placement(device=None, dtype=None, like=None) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype) of the mask models: explicit arguments, else the pipeline `like`'s execution device and
-    dtype (float32 on CPU), else CUDA if available and float32."""
+    """(device, dtype) of the mask models: explicit arguments, else the pipeline `like`'s execution device (where
+    its work runs under offloading, zeroedit/devices.py) and dtype (float32 on CPU), else CUDA if available and
+    float32."""
     if like is not None:
-        device = device or getattr(like, "_execution_device", None) or like.device
+        device = device or execution_device(like)
         dtype = dtype or like.dtype
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -18,6 +18,13 @@ class Stats:
     unet_calls: sequential UNet forward calls (what sets latency on a GPU);
     unet_backward: backward passes through the UNet;
     seconds: wall time; peak_memory_bytes: CUDA max allocated on a GPU, else peak RSS of the process;
+    store_bytes: the size of each store that grows with the image size, by name (the bytes held, wherever
+    `store=` put them; 0 when nothing was kept):
+      "features" (translate: recorded block/resnet outputs), "attention" (translate: recorded q/k on the UNet, the
+      injected values (and keys) on SD3/FLUX), "qk" (compose: the background's and references' recorded q/k, UNet or
+      flow attention="composite"), "background_kv" (compose on SD3/FLUX, attention="kv": the background's recorded
+      K/V), "guidance" (edit: the activations autograd keeps for one step's gradient call, parameters excluded,
+      each storage once);
     params: every resolved parameter of the call; extra: method-specific figures.
     """
 
@@ -26,6 +33,7 @@ class Stats:
     unet_backward: int = 0
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    store_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from .devices import compute_dtype, execution_device
+
 IMAGE_SIZE = 32
 EMBED_DIM = 32  # projection_dim (image_embeds)
 HIDDEN_SIZE = 32  # the vision transformer's width (hidden_states)
@@ -75,7 +77,7 @@ def ip_adapter_state_dict(unet, seed: int = 0, plus: bool = False) -> dict:
 def add_tiny_ip_adapter(pipe, seed: int = 0, plus: bool = False):
     """Register a tiny image encoder and feature extractor, and load a random IP-Adapter (Plus when `plus`)
     with diffusers' own `load_ip_adapter`."""
-    pipe.register_modules(image_encoder=tiny_image_encoder(seed).to(pipe.unet.device, pipe.unet.dtype),
+    pipe.register_modules(image_encoder=tiny_image_encoder(seed).to(execution_device(pipe), compute_dtype(pipe.unet)),
                           feature_extractor=CLIPImageProcessor(size=IMAGE_SIZE, crop_size=IMAGE_SIZE))
     pipe.load_ip_adapter(ip_adapter_state_dict(pipe.unet, seed, plus), subfolder=None, weight_name=None,
                          image_encoder_folder=None)
@@ -100,7 +102,7 @@ def add_tiny_flux_ip_adapter(pipe, seed: int = 0):
     """Register a tiny image encoder and feature extractor on a FluxPipeline and load a random FLUX IP-Adapter with
     diffusers' own `load_ip_adapter` (FluxIPAdapterAttnProcessor on every double-stream block)."""
     transformer = pipe.transformer
-    pipe.register_modules(image_encoder=tiny_image_encoder(seed).to(transformer.device, transformer.dtype),
+    pipe.register_modules(image_encoder=tiny_image_encoder(seed).to(execution_device(pipe), compute_dtype(transformer)),
                           feature_extractor=CLIPImageProcessor(size=IMAGE_SIZE, crop_size=IMAGE_SIZE))
     pipe.load_ip_adapter(flux_ip_adapter_state_dict(transformer, seed), weight_name=None)
     return pipe

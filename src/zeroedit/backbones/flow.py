@@ -15,14 +15,15 @@ is hidden here (each as diffusers' own pipeline does it, files named in the docs
 - the σ grid: the scheduler's own (static `shift` for SD3, resolution-dependent `mu` from the image-token
   count for FLUX-dev and dynamic-shift SD3.5 configs), with σ = 0 appended.
 Every transformer call goes through `transformer_call` and is counted in `stats.unet_calls` (sequential
-calls) and `stats.unet_evals` (sample-evaluations), like the UNet's.
+calls) and `stats.unet_evals` (sample-evaluations), like the UNet's. `compile=` compiles the repeated blocks
+(diffusers' regional compilation) for each call only, leaving the transformer as given (unet.py `compiled_blocks`).
 
 A family adapter subclasses FlowBackbone and overrides what differs (docs/backbones.md): text (`encode_prompt`,
 `encode_negative`, `exceptional_cond`, `cond_shapes`), latents (`encode_image` / `decode`, `patch`,
 `vae_scale`), time (`sigmas`, `model_time`), one call (`_forward`: the function and arguments of one transformer
 forward on spatial latents, with the reference images' latents where the family takes them (`takes_references`);
 `_velocity`: its output as a velocity (B, C, h, w)), guidance (`has_cfg`, `guidance_embeds`, `guided`,
-`default_guidance`), what its methods can use (`text_variants`, `no_personalize`); then registers its transformer
+`default_guidance`), what its methods can use (`text_variants`, `unsupported`, `image_block_outputs`); then registers its transformer
 class in `FAMILIES` (the names of its attention layers are control/layers.py's `BLOCKS`, its token layout
 control/seam.py's `LAYOUTS`).
 """
@@ -34,8 +35,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..errors import ModelError, ParameterError, UnsupportedModel
 from ..result import Stats
-from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_forward,
+from .unet import (EXCEPTIONAL_TOKEN_ID, Cond, _dynamo_supported, compile_options, compiled_blocks,
                    exceptional_clip_states, tokenize)
+from ..devices import check_no_cache, compute_dtype, execution_device, forward_context
 from .vae import LatentCodec
 
 SD3_T5_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
@@ -89,7 +91,7 @@ def calculate_shift(seq_len: int, config) -> float:
 
 
 def _transformer_forward(transformer, hidden, text, pooled, timestep, img_ids, txt_ids, guidance, attention_kwargs=None):
-    """The transformer forward every call runs (eagerly, or traced by torch.compile)."""
+    """The transformer forward every call runs (under compile=, its repeated blocks through compiled_blocks)."""
     kwargs = dict(hidden_states=hidden, encoder_hidden_states=text, pooled_projections=pooled, timestep=timestep,
                   return_dict=False)
     if attention_kwargs:  # a copy: FLUX pops ip_adapter_image_embeds out of it
@@ -122,6 +124,8 @@ class FlowBackbone(LatentCodec):
         self.stats.params.setdefault("compile", compile)
         if self.compile_options is not None and not _dynamo_supported():
             self.compile_options = None
+        check_no_cache(self.transformer)
+        self.device, self.dtype = execution_device(pipe), compute_dtype(self.transformer)  # see zeroedit/devices.py
         self._setup()
 
     def _setup(self):
@@ -140,14 +144,6 @@ class FlowBackbone(LatentCodec):
         self.has_cfg = not self.is_flux  # SD3: classifier-free guidance; FLUX: distilled (dev) or none (schnell)
         self.default_guidance = FLUX_GUIDANCE if self.is_flux else SD3_GUIDANCE
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     # ---------------------------------------------------------------- text
     def _ids(self, tokenizer, prompts: list[str], length: int) -> torch.Tensor:
@@ -221,14 +217,16 @@ class FlowBackbone(LatentCodec):
         t5_encoder = pipe.text_encoder_2 if self.is_flux else getattr(pipe, "text_encoder_3", None)
         t5 = self._exceptional_t5(t5_encoder, token_id) if variant == "exceptional" and t5_encoder is not None else None
         if self.is_flux:
-            _, final = exceptional_clip_states(pipe.text_encoder, length, token_id, self.device)
+            with forward_context(pipe.text_encoder):  # its submodules are called directly, not its forward
+                _, final = exceptional_clip_states(pipe.text_encoder, length, token_id, self.device)
             embeds = empty.embeds if t5 is None else t5
             return Cond(embeds.to(self.dtype), final[:, 0].to(self.dtype)).repeat(batch)
         hidden, pooled = [], []
         for encoder in (pipe.text_encoder, pipe.text_encoder_2):
-            states, final = exceptional_clip_states(encoder, length, token_id, self.device)
+            with forward_context(encoder):
+                states, final = exceptional_clip_states(encoder, length, token_id, self.device)
+                pooled.append(encoder.text_projection(final[:, 0]))
             hidden.append(states[-2])
-            pooled.append(encoder.text_projection(final[:, 0]))
         clip = torch.cat(hidden, dim=-1)
         t5 = empty.embeds[:, length:] if t5 is None else t5  # the T5 rows of the empty prompt (zeros without T5)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
@@ -240,12 +238,13 @@ class FlowBackbone(LatentCodec):
         bias (T5 has no absolute positions; a zero bias removes its only positional signal)."""
         stack = encoder.encoder
         ids = torch.full((1, self.t5_length()), token_id % encoder.config.vocab_size, device=self.device)
-        states = stack.embed_tokens(ids)
-        heads, length = encoder.config.num_heads, ids.shape[1]
-        bias = torch.zeros(1, heads, length, length, device=self.device, dtype=states.dtype)
-        for block in stack.block:
-            states = block(states, None, bias)[0]
-        return stack.final_layer_norm(states)
+        with forward_context(encoder):  # its submodules are called directly, not its forward
+            states = stack.embed_tokens(ids)
+            heads, length = encoder.config.num_heads, ids.shape[1]
+            bias = torch.zeros(1, heads, length, length, device=self.device, dtype=states.dtype)
+            for block in stack.block:
+                states = block(states, None, bias)[0]
+            return stack.final_layer_norm(states)
 
     def encode_negative(self, prompts: str | list[str]) -> Cond:
         """Negative prompts: encoded like any prompt (the SD3 pipeline does not zero the empty prompt)."""
@@ -329,12 +328,10 @@ class FlowBackbone(LatentCodec):
         self.stats.unet_evals += batch
         extra = {} if references is None else {"references": references}
         forward, args = self._forward(latents, sigma, cond, guidance, attention_kwargs, **extra)
-        out = None
-        if self.compile_options is not None:
-            out = compiled_forward(args, self.compile_options, forward)
-            if out is None:
-                self.compile_options = None
-        if out is None:
+        if self.compile_options is not None:  # regional compilation: the repeated blocks compiled, the rest eager
+            with compiled_blocks(self.transformer, self.compile_options):
+                out = forward(*args)
+        else:
             out = forward(*args)
         return self._velocity(out, h, w)
 

@@ -25,7 +25,9 @@ Compiled path (`Backbone(pipe, stats, compile=True | {torch.compile kwargs})`, e
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import warnings
 import weakref
@@ -38,6 +40,7 @@ from .. import sessions
 from ..errors import ModelError, ParameterError, UnsupportedModel, shorten
 from ..loading import is_sdxl
 from ..result import Stats
+from ..devices import check_no_cache, compute_dtype, execution_device, forward_context
 from .vae import LatentCodec
 
 FLOW_METHODS = ("translate", "compose", "edit", "invert", "reconstruct", "personalize (FLUX.1)")  # run on flow pipelines
@@ -134,6 +137,8 @@ class Backbone(LatentCodec):
         self.stats.params.setdefault("compile", compile)
         if self.compile_options is not None and not _dynamo_supported():
             self.compile_options = None
+        check_no_cache(self.unet)
+        self.device, self.dtype = execution_device(pipe), compute_dtype(self.unet)  # see zeroedit/devices.py
 
     @property
     def native_size(self) -> int:
@@ -145,14 +150,6 @@ class Backbone(LatentCodec):
     def size_multiple(self) -> int:
         """Image sides are multiples of this: VAE factor × 2^(UNet levels − 1) (64 on SD 1.x/2.x, 32 on SDXL)."""
         return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
 
     # ---------------------------------------------------------------- text
     def _tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -192,18 +189,21 @@ class Backbone(LatentCodec):
         hidden, pooled = [], None
         encoders = [self.pipe.text_encoder] + ([self.pipe.text_encoder_2] if self.is_xl else [])
         for encoder in encoders:
-            states, final = exceptional_clip_states(encoder, self.pipe.tokenizer.model_max_length, token_id, self.device)
+            with forward_context(encoder):  # its submodules are called directly, not its forward
+                states, final = exceptional_clip_states(encoder, self.pipe.tokenizer.model_max_length, token_id,
+                                                        self.device)
+                if self.is_xl and encoder is self.pipe.text_encoder_2:
+                    pooled = encoder.text_projection(final[:, 0])
             hidden.append(states[-2] if self.is_xl else final)
-            if self.is_xl and encoder is self.pipe.text_encoder_2:
-                pooled = encoder.text_projection(final[:, 0])
         embeds = torch.cat(hidden, dim=-1).to(self.dtype).expand(batch, -1, -1)
         return Cond(embeds, None if pooled is None else pooled.to(self.dtype).expand(batch, -1))
 
     # ---------------------------------------------------------------- VAE (encode_image/decode: LatentCodec)
     def _vae_dtype(self):
         """diffusers upcasts an fp16 VAE only in SDXL pipelines (`force_upcast`); SD 1.x/2.x VAEs run in fp16."""
-        upcast = self.is_xl and self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
-        return torch.float32 if upcast else self.vae.dtype
+        dtype = compute_dtype(self.vae)
+        upcast = self.is_xl and dtype == torch.float16 and self.vae.config.get("force_upcast", False)
+        return torch.float32 if upcast else dtype
 
     # ---------------------------------------------------------------- UNet
     def unet_call(self, latents: torch.Tensor, t, cond: Cond, added: dict | None = None) -> torch.Tensor:
@@ -323,6 +323,59 @@ def compiled_forward(args, options: dict, forward=None) -> torch.Tensor | None:
     except torch._dynamo.exc.BackendCompilerFailed as error:
         _compile_failed(unet, options, error, forward)
         return None
+
+
+def _block_forward(block, *args, **kwargs):
+    """One repeated block's call (its hooks and forward), the function regional compilation traces."""
+    return block._call_impl(*args, **kwargs)
+
+
+def repeated_blocks(model) -> list[torch.nn.Module]:
+    """The model's repeated blocks: the classes its `_repeated_blocks` names (FLUX: double- and single-stream
+    blocks), else those of its `transformer_blocks` (SD3's joint blocks)."""
+    names = set(getattr(model, "_repeated_blocks", None) or [type(b).__name__ for b in model.transformer_blocks])
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+@contextlib.contextmanager
+def compiled_blocks(model, options: dict):
+    """Regional compilation (diffusers' `compile_repeated_blocks`) for the duration of one call, without changing the
+    model: each repeated block's call runs through ONE compiled function (`_block_forward`, cached weakly per model
+    and options; blocks of a class share its graphs), installed as the block's `_compiled_call_impl` on entry and
+    removed on exit. Everything between blocks runs eagerly; controlled attention layers are graph breaks
+    (control/core.py `eager_under_compile`). A backend that cannot build warns once and the blocks run eagerly."""
+    compiled = compiled_unet(model, options, _block_forward)
+    blocks = repeated_blocks(model) if compiled is not None else []
+    for block in blocks:
+        block._compiled_call_impl = functools.partial(_compiled_block, model, block, compiled, options)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
+
+
+def _compiled_block(model, block, compiled, options: dict, *args, **kwargs):
+    """A block's call through the compiled function; eager (warned once) when the backend fails to build."""
+    if _COMPILED.get(model, {}).get(_cache_key(options, _block_forward)) is None:  # failed earlier in this call
+        return _block_forward(block, *args, **kwargs)
+    if options.get("mode") == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # every block replays one graph: outputs are cloned below
+    try:
+        with torch._dynamo.config.patch(_dynamo_config()):
+            out = compiled(block, *_contiguous(args), **_contiguous(kwargs))
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        _compile_failed(model, options, error, _block_forward)
+        return _block_forward(block, *args, **kwargs)
+    return _cloned(out) if options.get("mode") == "reduce-overhead" else out
+
+
+def _cloned(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cloned(v) for v in value)
+    return value
 
 
 def _options_key(options: dict) -> str:

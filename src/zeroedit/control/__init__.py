@@ -7,8 +7,9 @@ from .core import (AttnContext, Controller, ControlledAttnProcessor, FeatureCont
                    ip_adapter_term)
 from .layers import (attention_layers, decoder_self_attention_layers, double_block, joint_attention_layers, joint_block,
                      single_block)
-from .rules import Inject, Record, from_branch, from_store
+from .rules import Inject, Record, Store, check_store, from_branch, from_store
 
-__all__ = ["AttnContext", "Controller", "ControlledAttnProcessor", "FeatureContext", "Rule", "Inject", "Record",
-           "from_branch", "from_store", "ip_adapter_term", "attn_processors", "attention_layers", "decoder_self_attention_layers",
+__all__ = ["AttnContext", "Controller", "ControlledAttnProcessor", "FeatureContext", "Rule", "Inject", "Record", "Store",
+           "check_store", "from_branch", "from_store", "ip_adapter_term", "attn_processors", "attention_layers",
+           "decoder_self_attention_layers",
            "joint_attention_layers", "double_block", "joint_block", "single_block"]

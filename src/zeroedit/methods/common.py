@@ -16,6 +16,7 @@ from PIL import Image
 
 from .. import jobs
 from ..backbones import check_pipe
+from ..devices import offload_models
 from ..errors import ParameterError, shorten
 from ..images import fit, load_image, to_pil, to_unit_tensor, working_size
 
@@ -118,11 +119,15 @@ FLOW_VARIANTS: dict = {}
 def serialised(method):
     """Decorator of every method taking `pipe` first: refuse what is not a pipeline (ModelError), then hold the
     pipeline's UNet lock for the whole call (`zeroedit.jobs.exclusive`: calls from several threads on one
-    pipeline run one after the other; inside a JobSession job the session holds it)."""
+    pipeline run one after the other; inside a JobSession job the session holds it); afterwards, under model CPU
+    offload, every model is back on the CPU (zeroedit/devices.py `offload_models`)."""
     @functools.wraps(method)
     def call(pipe, *args, **kwargs):
         with jobs.exclusive(check_pipe(pipe)):
-            return method(pipe, *args, **kwargs)
+            try:
+                return method(pipe, *args, **kwargs)
+            finally:
+                offload_models(pipe)  # under model CPU offload: every model back on the CPU, as before the call
     return call
 
 

@@ -45,7 +45,8 @@ from PIL import Image
 from ..backbones import Backbone, Cond, compile_options, is_flow
 from ..control import Controller, Rule, attention_layers
 from ..control.core import _heads
-from ..errors import CheckpointError, MaskError, ModelError, ParameterError
+from ..devices import denoiser, layerwise_hooks
+from ..errors import CheckpointError, MaskError, ModelError, ParameterError, UnsupportedFeature
 from ..images import MAX_WORKING_SIDE, load_image
 from ..masks import box, is_phrase, resolve_mask
 from ..result import Result, Stats, Timer
@@ -265,6 +266,21 @@ def _check_adapter(pipe):
         raise ModelError("personalize works with exactly one loaded IP-Adapter; unload the others.")
 
 
+def _check_projection_cast(pipe):
+    """Refuse an IP-Adapter image projection under layerwise casting (UnsupportedFeature, before model work):
+    diffusers' ImageProjection casts its input to its weight's storage dtype (float8) and the call fails there."""
+    model = denoiser(pipe)
+    projection = getattr(model, "encoder_hid_proj", None)
+    if isinstance(projection, torch.nn.Module) and layerwise_hooks(projection):
+        name = "unet" if model is getattr(pipe, "unet", None) else "transformer"
+        raise UnsupportedFeature(
+            f"pipe.{name}.encoder_hid_proj (the IP-Adapter's image projection) is under layerwise casting, and "
+            "diffusers casts its input to the float8 storage dtype, which fails. Enable layerwise casting without it: "
+            f"pipe.{name}.enable_layerwise_casting(storage_dtype=..., compute_dtype=..., skip_modules_pattern="
+            "diffusers.hooks.layerwise_casting.DEFAULT_SKIP_MODULES_PATTERN + ('encoder_hid_proj',)) on a freshly "
+            "loaded model.")
+
+
 def load_mip_weights(path, layers: list[str]) -> tuple[dict, dict]:
     """The MIP checkpoint's gates and adapter weights per attn2 layer (in attn_processors order: key ids
     1, 3, 5, …). Safetensors, or a pickle through torch.load(weights_only=True). Every layer must have its
@@ -342,6 +358,7 @@ def personalize(pipe, prompt: str, references: dict, scale: float | None = None,
         size: the image size instead of height/width: a side in px (square) or (width, height).
         allow_large: allow an image above 2048 px on the long side.
     """
+    _check_projection_cast(pipe)
     if is_flow(pipe):
         if regions is not None or layout is not None:
             raise ParameterError("regions= and layout= run on UNet pipelines only for now; leave them None on FLUX.")

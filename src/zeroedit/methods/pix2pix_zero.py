@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .. import directions as edit_directions
 from ..backbones import Backbone, Cond, compile_options, is_flow
-from ..control import Controller, Rule, attention_layers
+from ..control import Controller, Rule, Store, attention_layers, check_store
 from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import ddim_invert, ddim_timesteps, inverse_steps
@@ -136,14 +136,13 @@ class CrossAttentionGuidance(Rule):
 
     def __init__(self, layers):
         super().__init__(layers, steps=lambda controller: self.enabled)
-        self.enabled, self.loss, self.stored_bytes = False, None, 0
+        self.enabled, self.loss = False, None
 
     def probs(self, ctx, probs):
         reference = probs[ctx.branch("ref")].detach()
         edit = probs[ctx.branch("edit")]
         term = (edit - reference).float().pow(2).sum((-1, -2)).mean()
         self.loss = term if self.loss is None else self.loss + term
-        self.stored_bytes += reference.numel() * reference.element_size()
         return probs
 
 
@@ -162,7 +161,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
          reg_steps: int = 5, lambda_ac: float = 20.0, lambda_kl: float = 20.0, seed: int | None = None,
          preset: str | None = None, output_type: str = "pil", callback_on_step_end=None, captioner=None,
          compile=False, size=None, allow_large: bool = False, guidance_blocks: int | None = None,
-         checkpointing: bool = False, guidance_embedding: float | None = None) -> Result:
+         checkpointing: bool = False, guidance_embedding: float | None = None, store: str | None = None) -> Result:
     """Edit `image` from `source` towards `target` (or along a given `direction`: a tensor (1, 77, d) or the
     path of a saved one, checked against this pipeline's text encoder) keeping its structure.
     `caption=None` uses `captioner` (e.g. ze.captioners.blip(...)) when given, else
@@ -193,12 +192,14 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         guidance_blocks: SD3/FLUX only: guide the first k double-stream/joint blocks (None: all of them).
         checkpointing: SD3/FLUX only: gradient checkpointing of the transformer in the guidance call.
         guidance_embedding: FLUX-dev only: its distilled guidance value during inversion and editing (None: 1.0).
+        store: where the activations of each step's guidance gradient wait for its backward pass: None keeps them on the device the model runs on, and "cpu" keeps them in pinned CPU memory and copies them back during the backward pass (less GPU memory, the same image); their size is in stats.store_bytes.
     """
     check_choice(preset, "preset", PRESETS)
     check_output_type(output_type)
     seed = check_seed(seed)
     check_callback(callback_on_step_end)
     check_callback(captioner, "captioner")
+    check_store(store)
     reg_steps = check_steps(reg_steps, "reg_steps", minimum=0)
     guidance_scale, lambda_ac, lambda_kl = (check_number(value, name, minimum=0) for name, value in (
         ("guidance_scale", guidance_scale), ("lambda_ac", lambda_ac), ("lambda_kl", lambda_kl)))
@@ -214,7 +215,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         flow = dict(guidance_blocks=guidance_blocks, checkpointing=checkpointing, guidance_embedding=guidance_embedding)
         return FLOW_VARIANTS["edit"](pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale,
                                      reg_steps, lambda_ac, lambda_kl, seed, preset, output_type, callback_on_step_end,
-                                     captioner, compile, flow, size, allow_large)
+                                     captioner, compile, flow, size, allow_large, store)
     if guidance_blocks is not None or checkpointing or guidance_embedding is not None:
         raise ParameterError("guidance_blocks, checkpointing and guidance_embedding apply to SD3/FLUX pipelines only.")
     compile_options(compile)
@@ -237,7 +238,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
     stats.params.update(source=source, target=target, caption=caption, steps=steps, xa_guidance=xa_guidance,
                         guidance_scale=guidance_scale, reg_steps=reg_steps, lambda_ac=lambda_ac, lambda_kl=lambda_kl,
                         seed=seed, preset=preset, size=list(picture.size), input_size=list(original.size),
-                        inversion_convention=CONVENTIONS[preset], compile=compile)
+                        inversion_convention=CONVENTIONS[preset], compile=compile, store=store)
     stats.extra["caption_source"] = caption_source
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture), generator=gen, sample=preset == "reference")
@@ -246,7 +247,7 @@ def edit(pipe, image, source: str = "cat", target: str = "dog", direction: torch
         top = _regularized_inversion(backbone, cond, x0, grid, reg_steps, lambda_ac, lambda_kl, gen, CONVENTIONS[preset])
         edited = Cond(cond.embeds + direction.to(cond.embeds.device, cond.embeds.dtype))
         latents = _edit(pipe, backbone, top, cond, edited, list(reversed(grid)), xa_guidance, guidance_scale,
-                        callback_on_step_end)
+                        callback_on_step_end, Store(store, backbone.device))
         images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents, extra={"caption": caption, "inverted": top})
 
@@ -270,8 +271,11 @@ def _regularized_inversion(backbone, cond, x0, grid, reg_steps, lambda_ac, lambd
     return ddim_invert(backbone, model_fn, x0, grid, convention=convention)[-1]
 
 
-def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance_scale, callback):
-    """Denoise with cross-attention guidance; two UNet calls per step (see module docstring)."""
+def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance_scale, callback,
+          store: Store | None = None):
+    """Denoise with cross-attention guidance; two UNet calls per step (see module docstring). The gradient call's
+    saved activations are placed by `store` (None: on the execution device; stats.store_bytes["guidance"])."""
+    store = Store(None, backbone.device) if store is None else store
     rule = CrossAttentionGuidance(attention_layers(pipe.unet, "attn2"))
     controller = Controller()
     controller.add(rule)
@@ -282,12 +286,13 @@ def _edit(pipe, backbone, x_top, cond, edited, descending, xa_guidance, guidance
         for i, t in enumerate(descending):
             t_to = descending[i + 1] if i + 1 < len(descending) else None
             pair = x_edit.repeat(2, 1, 1, 1).requires_grad_(True)
-            rule.enabled, rule.loss, rule.stored_bytes = True, None, 0
+            rule.enabled, rule.loss = True, None
             controller.set_call(i, t, [("ref", 1), ("edit", 2)], x_edit.shape[-2:])
             with torch.enable_grad():
-                out = backbone.unet_call(torch.cat([x_ref, pair]), t, guided_cond)
+                with store.saved_tensors():
+                    out = backbone.unet_call(torch.cat([x_ref, pair]), t, guided_cond)
                 grad, = backbone.unet_grad(rule.loss, pair)
-            backbone.stats.extra["xa_maps_bytes_per_step"] = rule.stored_bytes
+            backbone.stats.store_bytes["guidance"] = store.saved_bytes
             rule.enabled, rule.loss = False, None
             x_ref = ddim_step(backbone, out[:1].detach(), x_ref, t, t_to)  # negative = caption: unguided
             pair = (pair - xa_guidance * grad).detach()

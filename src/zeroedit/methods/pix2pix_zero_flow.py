@@ -38,7 +38,7 @@ import torch
 
 from .. import directions as edit_directions
 from ..backbones import Cond, backbone_for
-from ..control import Controller, Rule, joint_attention_layers
+from ..control import Controller, Rule, Store, joint_attention_layers
 from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import euler
@@ -138,7 +138,7 @@ def _blocks(backbone, guidance_blocks) -> list[str]:
 
 def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidance, guidance_scale, reg_steps, lambda_ac,
               lambda_kl, seed, preset, output_type, callback, captioner, compile, flow: dict, size=None,
-              allow_large=False) -> Result:
+              allow_large=False, store=None) -> Result:
     """`ze.edit` on an SD3/FLUX pipeline (module docstring), after ze.edit's shared checks (preset, output type,
     seed, callbacks, reg_steps, guidance_scale, lambdas, texts, a direction path loaded). `flow`: guidance_blocks,
     checkpointing, guidance_embedding."""
@@ -160,7 +160,7 @@ def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidanc
                               guidance_scale=float(guidance_scale), reg_steps=reg_steps, lambda_ac=float(lambda_ac),
                               lambda_kl=float(lambda_kl), seed=seed, preset=preset, size=list(picture.size),
                               input_size=list(original.size), compile=compile, guidance_blocks=len(layers), checkpointing=checkpointing,
-                              guidance_embedding=float(embedding), solver="euler"))
+                              guidance_embedding=float(embedding), solver="euler", store=store))
     stats.extra["caption_source"] = caption_source
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
@@ -171,7 +171,7 @@ def edit_flow(pipe, image, source, target, direction, caption, steps, xa_guidanc
                                      float(embedding), gen)
         edited = _shifted(cond, delta)
         latents = _edit(pipe, backbone, top, cond, edited, sigmas, layers, float(xa_guidance), float(guidance_scale),
-                        float(embedding), checkpointing, callback)
+                        float(embedding), checkpointing, callback, Store(store, backbone.device))
         images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents, extra={"caption": caption, "inverted": top})
 
@@ -189,8 +189,10 @@ def _regularized_inversion(backbone, cond, x0, ascending, reg_steps, lambda_ac, 
 
 
 def _edit(pipe, backbone, x_top, cond, edited, sigmas, layers, xa_guidance, guidance_scale, embedding, checkpointing,
-          callback):
-    """Euler sampling with cross-attention guidance; two calls per step (module docstring)."""
+          callback, store: Store | None = None):
+    """Euler sampling with cross-attention guidance; two calls per step (module docstring). The gradient call's
+    saved activations are placed by `store` (None: on the execution device; stats.store_bytes["guidance"])."""
+    store = Store(None, backbone.device) if store is None else store
     guide = ImageToTextGuidance(layers)
     stop = StopAfter(layers[-1].rsplit(".", 1)[0])  # the block of the last guided layer
     controller = Controller()
@@ -203,16 +205,17 @@ def _edit(pipe, backbone, x_top, cond, edited, sigmas, layers, xa_guidance, guid
         for i in range(len(sigmas) - 1):
             sigma, h = sigmas[i], sigmas[i + 1] - sigmas[i]
             pair = x_edit.repeat(2, 1, 1, 1).requires_grad_(True)
-            guide.enabled, guide.loss, guide.stored_bytes = True, None, 0
+            guide.enabled, guide.loss = True, None
             controller.set_call(i, sigma, [("ref", 1), ("edit", 2)], grid)
             with torch.enable_grad(), gradient_checkpointing(backbone.transformer, checkpointing):
                 stop.armed = True
-                try:
-                    backbone.transformer_call(torch.cat([x_ref, pair]), sigma, all_cond, embedding)
-                except _Stop:
-                    pass
+                with store.saved_tensors():
+                    try:
+                        backbone.transformer_call(torch.cat([x_ref, pair]), sigma, all_cond, embedding)
+                    except _Stop:
+                        pass
                 grad, = backbone.unet_grad(guide.loss, pair)
-            backbone.stats.extra["xa_maps_bytes_per_step"] = guide.stored_bytes
+            backbone.stats.store_bytes["guidance"] = store.saved_bytes
             guide.enabled, guide.loss, stop.armed = False, None, False
             pair = (pair - xa_guidance * grad).detach()
             controller.set_call(i, sigma, [("ref", 1), ("pair", 2)], grid)

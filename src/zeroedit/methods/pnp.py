@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone, Cond, compile_options, is_flow
-from ..control import Controller, Inject, Record, decoder_self_attention_layers
+from ..control import Controller, Inject, Record, Store, check_store, decoder_self_attention_layers
 from ..errors import MaskError, ParameterError
 from ..images import to_tensor
 from ..inversion import ddim_invert, ddim_timesteps
@@ -127,7 +127,7 @@ def _resolve(backbone, preset, steps, inversion_steps, feature_steps, attention_
 def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str | None = None, steps: int | None = None,
               inversion_steps: int | None = None, feature_steps=None, attention_steps=None,
               guidance_scale: float | None = None, seed: int | None = None, preset: str | None = None,
-              source_cache: str = "memory", mask=None,
+              source_cache: str = "memory", mask=None, store: str | None = None,
               output_type: str = "pil", callback_on_step_end=None, compile=False,
               method: str | None = None, solver: str | None = None, layers=None, strength: float | None = None,
               source_guidance_scale: float | None = None, size=None,
@@ -157,6 +157,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         mask: where to translate (white = change); outside it the source is kept: a mask image, a box
             x0,y0,x1,y1 in the image's pixels, "auto" (the salient object) or a phrase naming an object
             (zeroedit.masks); None: everywhere.
+        store: where the recorded source features and attention wait for their injection: None keeps them on the device the model runs on, and "cpu" keeps them in pinned CPU memory and copies each step's back when it is needed (less GPU memory, the same image); their size is in stats.store_bytes.
         output_type: "pil" (default), "np", "pt" or "latent", as diffusers.
         callback_on_step_end: diffusers' callback(pipe, step, timestep, {"latents": ...}); may return new latents.
         compile: run the UNet under torch.compile (True, or a dict of torch.compile arguments); see the README.
@@ -172,6 +173,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     if not isinstance(source_prompt, str):
         raise ParameterError(f"source_prompt must be a string, got {source_prompt!r}.")
     check_choice(source_cache, "source_cache", CACHES)
+    check_store(store)
     check_output_type(output_type)
     seed = check_seed(seed)
     check_callback(callback_on_step_end)
@@ -181,7 +183,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
         return FLOW_VARIANTS["translate"](pipe, image, prompts, source_prompt, negative_prompt, steps, inversion_steps,
                               feature_steps, attention_steps, guidance_scale, seed, preset, source_cache, output_type,
                               callback_on_step_end, compile, method, solver, layers, strength, source_guidance_scale,
-                              size, allow_large)
+                              size, allow_large, store)
     flow_only = dict(solver=solver, layers=layers, strength=strength, source_guidance_scale=source_guidance_scale)
     for name, value in flow_only.items():
         if value is not None:
@@ -206,7 +208,7 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
                         inversion_steps=inversion_steps, feature_steps=k_feature, attention_steps=k_attention,
                         guidance_scale=float(guidance_scale), seed=seed, preset=preset, source_cache=source_cache,
                         inversion_convention=convention, size=list(picture.size), input_size=list(original.size),
-                        compile=compile, masked=edited is not None)
+                        compile=compile, masked=edited is not None, store=store)
     feature_layer, attention_layers = injection_layers(pipe.unet)
     grid = ddim_timesteps(backbone, steps)
     descending = list(reversed(grid))
@@ -214,13 +216,13 @@ def translate(pipe, image, prompt, source_prompt: str = "", negative_prompt: str
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture)).float()  # DDIM arithmetic in float32
         source_cond = backbone.encode_prompt(source_prompt)
-        store = {}
+        recorded = Store(store, backbone.device)
         trajectory = _invert(backbone, x0, source_cond, inversion_steps, grid, feature_layer, attention_layers,
-                             feature_ts, attention_ts, store if source_cache == "memory" else None, convention)
-        stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
+                             feature_ts, attention_ts, recorded if source_cache == "memory" else None, convention)
+        stats.store_bytes.update(features=recorded.nbytes(("feature",)), attention=recorded.nbytes(("q", "k")))
         keep = None if edited is None else (_latent_mask(edited, x0.shape[-2:]).to(x0.device), x0)
         latents = _sample(pipe, backbone, trajectory, source_cond, prompts, negative_prompt, float(guidance_scale),
-                          descending, feature_layer, attention_layers, feature_ts, attention_ts, store,
+                          descending, feature_layer, attention_layers, feature_ts, attention_ts, recorded,
                           callback_on_step_end, always_source=source_cache == "recompute", keep=keep)
         images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents)

@@ -64,8 +64,8 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, FlowBackbone, backbone_for
-from ..control import Controller, Inject, Record, attn_processors, joint_attention_layers
 from ..backbones.flow import FLUX_GUIDANCE, SD3_GUIDANCE
+from ..control import Controller, Inject, Record, Store, attn_processors, joint_attention_layers
 from ..errors import ParameterError, shorten
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
@@ -128,7 +128,7 @@ def injection_layers(backbone: FlowBackbone, layers) -> tuple[list[str], tuple[s
 
 def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt, steps, inversion_steps, feature_steps,
                    attention_steps, guidance_scale, seed, preset, source_cache, output_type, callback, compile, method,
-                   solver, layers, strength, source_guidance_scale, size=None, allow_large=False) -> Result:
+                   solver, layers, strength, source_guidance_scale, size=None, allow_large=False, store=None) -> Result:
     """`ze.translate` on an SD3/FLUX pipeline (the common arguments are checked by methods/pnp.py)."""
     check_choice(method, "method", METHODS)
     backbone = backbone_for(pipe, None, compile)
@@ -156,12 +156,15 @@ def translate_flow(pipe, picture_input, prompts, source_prompt, negative_prompt,
     original, picture = load_input(picture_input, backbone, size, allow_large)
     stats = Stats(params=dict(params, prompt=prompts, source_prompt=source_prompt, negative_prompt=negative, seed=seed,
                               preset=preset, source_cache=source_cache, size=list(picture.size),
-                              input_size=list(original.size), compile=compile))
+                              input_size=list(original.size), compile=compile, store=store))
     backbone.stats = stats
     with Timer(stats, backbone.device), torch.no_grad():
         x0 = backbone.encode_image(to_tensor(picture)).float()
         run = _flowedit if method == "flowedit" else _inject
-        latents = run(pipe, backbone, x0, prompts, source_prompt, negative, stats.params, noise, source_cache, callback)
+        recorded = Store(store, backbone.device)
+        latents = run(pipe, backbone, x0, prompts, source_prompt, negative, stats.params, noise, source_cache, callback,
+                      recorded)
+        stats.store_bytes.update(features=recorded.nbytes(("feature",)), attention=recorded.nbytes(("q", "k", "v")))
         images = finish(backbone, latents, output_type, original.size)
     return Result(images=images, stats=stats, latents=latents)
 
@@ -245,7 +248,7 @@ def _recorded(store: dict):
     return source
 
 
-def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise, source_cache, callback):
+def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise, source_cache, callback, store):
     """Inversion with recording, then sampling with injection (module docstring, method None)."""
     steps, solve = params["steps"], FLOW_SOLVERS[params["solver"]]
     sigmas = backbone.sigmas(steps, x0.shape[-2:])
@@ -255,7 +258,7 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
     layers, what, stream = params["layers"], tuple(params["inject"]), params["stream"]
     blocks = [name.rsplit(".", 1)[0] for name in layers]  # feature rules: the image tokens these blocks output
     source_cond, source_guidance = backbone.encode_prompt(source_prompt), params["source_guidance_scale"]
-    store, inputs = {}, {}
+    inputs = {}
     recorder = Controller()
     if source_cache == "memory":
         recorder.add(Record(layers, what, steps=lambda c: c.step in keys, store=store, stream=stream))
@@ -270,7 +273,6 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
 
     with recorder.installed(backbone.transformer):
         top = solve(invert_fn, x0, sigmas[::-1])[-1]
-    backbone.stats.extra["cache_bytes"] = sum(t.numel() * t.element_size() for t in store.values())
 
     branches, cond = _targets(backbone, prompts, negative)
     count, guidance = len(prompts), params["guidance_scale"]
@@ -299,8 +301,10 @@ def _inject(pipe, backbone, x0, prompts, source_prompt, negative, params, noise,
         return solve(sample_fn, x, sigmas, on_step)[-1]
 
 
-def _flowedit(pipe, backbone, x0, prompts, source_prompt, negative, params, noise_source, source_cache, callback):
-    """FlowEdit (module docstring): source and all targets in one call per step."""
+def _flowedit(pipe, backbone, x0, prompts, source_prompt, negative, params, noise_source, source_cache, callback,
+              store):
+    """FlowEdit (module docstring): source and all targets in one call per step; it records nothing (`store` stays
+    empty)."""
     steps, n_max = params["steps"], params["n_max"]
     sigmas = backbone.sigmas(steps, x0.shape[-2:])
     count = len(prompts)

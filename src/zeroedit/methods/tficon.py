@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..backbones import Backbone, Cond, compile_options, is_flow
-from ..control import Controller, Record, Rule, attention_layers
+from ..control import Controller, Record, Rule, Store, attention_layers, check_store
 from ..errors import MaskError, ParameterError
 from ..images import load_image, load_mask, to_tensor
 from ..masks import is_phrase, resolve_region, segment
@@ -250,7 +250,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
             seed: int | None = None, preset: str | None = None, output_type: str = "pil",
             callback_on_step_end=None, compile=False, size=None, allow_large: bool = False,
             paste_background: bool | None = None, solver: str | None = None, inversion_prompt: str | None = None,
-            attention: str | None = None) -> Result:
+            attention: str | None = None, store: str | None = None) -> Result:
     """Put the object of `reference` (segmented by `reference_mask`) into `background` at `region` (a mask
     image or a box (x0, y0, x1, y1) in pixels), in the background's visual domain. Lists of references,
     masks and regions compose several objects in one call. See the module docstring.
@@ -279,11 +279,13 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         solver: SD3/FLUX only: the rectified-flow solver of inversion and sampling (None: "fireflow").
         inversion_prompt: SD3/FLUX only: the content-free text of the inversion (None: "zeros").
         attention: SD3/FLUX only: "kv" (KV-Edit's background keys/values, None) or "composite" (TF-ICON's rule).
+        store: where the background's and references' recorded attention waits for the sampling steps that use it: None keeps it on the device the model runs on, and "cpu" keeps it in pinned CPU memory and copies each step's back when it is needed (less GPU memory, the same image); its size is in stats.store_bytes.
     """
     check_choice(domain, "domain", tuple(DOMAINS))
     check_choice(preset, "preset", PRESETS)
     check_output_type(output_type)
     check_callback(callback_on_step_end)
+    check_store(store)
     if order not in (1, 2):
         raise ParameterError(f"order must be 1 or 2, got {order!r}.")
     tau_a, tau_b = check_fraction(tau_a, "tau_a"), check_fraction(tau_b, "tau_b")
@@ -299,7 +301,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
             raise ParameterError("order is the UNet's DPM-Solver++ order; on SD3/FLUX choose solver= instead.")
         return FLOW_VARIANTS["compose"](pipe, background, reference, region, reference_mask, prompt, domain, steps,
                                         tau_a, tau_b, guidance_scale, seed, preset, output_type, callback_on_step_end,
-                                        compile, flow, size, allow_large, paste_background)
+                                        compile, flow, size, allow_large, paste_background, store)
     if any(value is not None for value in flow.values()):
         raise ParameterError("solver, inversion_prompt and attention apply to SD3/FLUX pipelines only; leave them None.")
     compile_options(compile)
@@ -314,7 +316,7 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
     stats.params.update(prompt=prompt, domain=domain, steps=steps, order=order, tau_a=tau_a, tau_b=tau_b,
                         guidance_scale=guidance, seed=seed, preset=preset, size=list(picture.size),
                         input_size=list(original.size), paste_background=paste_background, objects=len(refs),
-                        injection_calls=k_a, preservation_updates=k_b, compile=compile)
+                        injection_calls=k_a, preservation_updates=k_b, compile=compile, store=store)
     placed = [place_reference(ref, seg, box, picture.size) for ref, seg, box in zip(refs, segs, boxes)]
     stats.extra["regions"] = [list(rect) for _, _, rect in placed]
     masks = [latent_masks(rect, seg, picture.size, backbone.vae_scale) for _, seg, rect in placed]
@@ -327,10 +329,11 @@ def compose(pipe, background, reference, region, reference_mask=None, prompt: st
         schedule = VPSchedule(backbone.alphas_cumprod)
         times = schedule.times(steps)
         injection_times = {round(t, 10) for t in times[:k_a]}
-        store: dict = {}
-        trajectory = _invert(backbone, schedule, x0, times[::-1], order, layers, injection_times, store, len(refs))
+        recorded = Store(store, backbone.device)
+        trajectory = _invert(backbone, schedule, x0, times[::-1], order, layers, injection_times, recorded, len(refs))
+        stats.store_bytes["qk"] = recorded.nbytes()
         x = _starting_latent(trajectory[round(times[0], 10)], masks, domain, gen, backbone)
-        rule = CompositeSelfAttention(layers, lambda c: round(c.timestep, 10) in injection_times, store, masks)
+        rule = CompositeSelfAttention(layers, lambda c: round(c.timestep, 10) in injection_times, recorded, masks)
         latents = _sample(pipe, backbone, schedule, x, trajectory, times, order, rule, masks, prompt, guidance,
                           k_b, len(refs), callback_on_step_end)
         paste = (original, paste_mask([rect for _, _, rect in placed], picture.size, original.size,

@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Cond, backbone_for
-from ..control import Controller, Rule, joint_attention_layers
+from ..control import Controller, Rule, Store, joint_attention_layers
 from ..images import to_tensor
 from ..inversion import FLOW_SOLVERS
 from ..result import Result, Stats, Timer
@@ -110,7 +110,7 @@ def _options(backbone, guidance_scale, domain, steps, flow: dict) -> dict:
 
 def compose_flow(pipe, background, reference, region, reference_mask, prompt, domain, steps, tau_a, tau_b,
                  guidance_scale, seed, preset, output_type, callback, compile, flow: dict, size=None,
-                 allow_large=False, paste_background=None) -> Result:
+                 allow_large=False, paste_background=None, store=None) -> Result:
     """`ze.compose` on an SD3/FLUX pipeline (module docstring), after ze.compose's shared checks (domain, preset,
     output type, callback, windows, prompt, paste_background, seed). `flow`: solver, inversion_prompt, attention;
     sizes, boxes and the pasted full-resolution background as on the UNet (methods/tficon.py)."""
@@ -124,7 +124,7 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
     stats = Stats(params=dict(prompt=prompt, domain=domain, tau_a=tau_a, tau_b=tau_b, seed=seed,
                               preset=preset, size=list(picture.size), input_size=list(original.size),
                               paste_background=paste_background, objects=len(refs), injection_steps=k_a,
-                              preservation_updates=k_b, compile=compile, **options))
+                              preservation_updates=k_b, compile=compile, store=store, **options))
     backbone.stats = stats
     placed = [place_reference(ref, seg, box, picture.size) for ref, seg, box in zip(refs, segs, boxes)]
     stats.extra["regions"] = [list(rect) for _, _, rect in placed]
@@ -136,19 +136,20 @@ def compose_flow(pipe, background, reference, region, reference_mask, prompt, do
         layers = _layers(backbone)
         key = _Keys(sigmas)
         needed = _injection_keys(sigmas, k_a, key)
-        store: dict = {}
+        recorded = Store(store, backbone.device)
         riding = len(refs) if options["attention"] == "composite" else 0  # references the rule reads (kv: none)
-        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, store, riding, key)
+        trajectory = _invert(backbone, x0, sigmas, options, layers, needed, recorded, riding, key)
+        stats.store_bytes["qk" if options["attention"] == "composite" else "background_kv"] = recorded.nbytes()
         x = _starting_latent(trajectory[key(1.0)], masks, domain, gen, backbone)
         outside = torch.ones_like(masks[0][0])
         for region_mask, _ in masks:
             outside = outside * (1 - region_mask)
         active = lambda c: c.step < k_a  # noqa: E731 — the injection window, by sampling step
         if options["attention"] == "composite":
-            rule = CompositeSelfAttention(layers, active, store, masks)
+            rule = CompositeSelfAttention(layers, active, recorded, masks)
             rule.stream = "image"
         else:
-            rule = KeepBackgroundKV(layers, active, store, outside)
+            rule = KeepBackgroundKV(layers, active, recorded, outside)
         latents = _sample(pipe, backbone, x, trajectory, sigmas, options, rule, outside, prompt, k_a, k_b, riding,
                           callback, key)
         paste = (original, paste_mask([rect for _, _, rect in placed], picture.size, original.size,
