@@ -35,8 +35,10 @@ head_dim; measured with `LiveBytes` on CPU for several configs and sizes: `pytho
 - UNet: B·s·max over decoder levels of (the skip connections still held + 24·C·HW at an attention level, the GEGLU
   feed-forward of its transformer block; 3·(C_in)·HW + C·HW at a resnet-only level).
 - gradient calls (edit): FLUX/SD3 keep 25 (fp32) / 29 (half) B·(N+T)·D·s per block up to the last guided block, + the
-  guided layers' attention matrices (B·heads·(N+T)² in fp32 and in the model's dtype); UNet keeps 21·C·HW per layer
-  (resnet or transformer block) at every level, + the cross-attention maps.
+  guided layers' attention matrices (B·heads·(N+T)² in fp32 and in the model's dtype; with checkpointing one block
+  is recomputed at a time and its matrices' backward peaks at 25 / 21 bytes per element); UNet keeps 25·C·HW (fp32)
+  / 29·C·HW (half) per layer (resnet or transformer block) at every level, + the cross-attention maps. These
+  constants are counts at the peak op measured with LiveBytes (the no-grad ones follow from the layer code).
 - attention matrices built by a rule (no gradient): B·heads·Nq·Nk·(s + 4 + 4) in half precision (the logits, their
   fp32 copy, the softmax), 8 bytes in fp32.
 
@@ -175,7 +177,6 @@ def meta_pipeline(model, dtype: torch.dtype | None = None):
     `config_folder`): nothing is downloaded or allocated. Tokenizers are left out. `dtype`: the weights' dtype
     (None: bfloat16 for SD3/FLUX, float16 for UNet models, as they are usually run)."""
     import diffusers
-    import transformers
     folder = config_folder(model)
     index = json.loads((folder / "model_index.json").read_text())
     pipeline_class = getattr(diffusers, index["_class_name"], None)
@@ -328,17 +329,19 @@ def attention_matrix(batch: int, heads: int, nq: int, nk: int, s: int, kept: boo
 
 def transformer_grad(model, g: Geometry, batch: int, blocks: int, checkpointing: bool) -> int:
     """Edit's gradient call on SD3/FLUX: blocks up to the last guided one keep their activations and the guided
-    layers their joint attention matrices, the last one at its peak (its logits and fp32 copy still alive); with
-    checkpointing, every block keeps only its input and one block at a time is recomputed with its matrices."""
+    layers their joint attention matrices, the last one at its forward peak (its logits and fp32 copy still alive).
+    With checkpointing every block keeps only its input; the peak is the backward of one recomputed block, whose
+    matrices and their gradients (the full-size gradients of the probabilities' slices, the softmax backward) take
+    25 bytes per element in fp32, 21 in half precision (measured, benchmarks/memory.py --validate)."""
     heads, d = _heads_dim(model)
     tokens = _image_tokens(g) + g.text_tokens
     unit = batch * tokens * d * g.s
     per_block, transient = (25, 5) if g.s == 4 else (29, 10)
-    kept = attention_matrix(batch, heads, tokens, tokens, g.s, kept=True)
-    last = batch * heads * tokens * tokens * (2 * g.s + 8 if g.s != 4 else 8)  # kept + the logits (and fp32 copy)
+    elements = batch * heads * tokens * tokens
     if checkpointing:
-        return unit * (blocks + per_block + transient) + last
-    return unit * (per_block * blocks + transient) + (blocks - 1) * kept + last
+        return unit * (blocks + per_block + transient) + elements * (25 if g.s == 4 else 21)
+    kept = attention_matrix(batch, heads, tokens, tokens, g.s, kept=True)
+    return unit * (per_block * blocks + transient) + (blocks - 1) * kept + elements * (2 * g.s + 8 if g.s != 4 else 8)
 
 
 def _unet_levels(model, g: Geometry):
@@ -371,21 +374,23 @@ def unet_call(model, g: Geometry, batch: int) -> int:
 
 
 def unet_grad(model, g: Geometry, batch: int, blocks: int = 0, checkpointing: bool = False) -> int:
-    """Edit's gradient call on a UNet: 21·C·HW per resnet or transformer block (encoder: layers_per_block per level,
-    decoder: one more) + the cross-attention maps of every attn2 layer (kept: fp32 softmax + probabilities)."""
+    """Edit's gradient call on a UNet: 25·C·HW (fp32; 29 in half precision) per resnet or transformer block (encoder:
+    layers_per_block per level, decoder: one more), with the guidance rule's explicit cross-attention (measured,
+    benchmarks/memory.py --validate), + the cross-attention maps of every attn2 layer (kept: fp32 softmax and
+    probabilities)."""
     depth = model.config.get("transformer_layers_per_block", 1)
     total = 0
     for i, (channels, positions, attention, lpb) in enumerate(_unet_levels(model, g)):
         blocks_here = 1 + ((depth if isinstance(depth, int) else depth[i]) if attention else 0)
-        total += 21 * (2 * lpb + 1) * channels * positions * blocks_here
+        total += (25 if g.s == 4 else 29) * (2 * lpb + 1) * channels * positions * blocks_here
     maps = sum(attention_matrix(batch, heads, tokens, g.text_tokens, g.s, kept=True)
-               for _, heads, tokens in unet_attention(model, g, "attn2"))
+               for _, heads, tokens, _ in unet_attention(model, g, "attn2"))
     return batch * g.s * total + maps
 
 
-def unet_attention(model, g: Geometry, kind: str = "attn1", names=None) -> list[tuple[str, int, int]]:
-    """(layer, heads, query tokens) of the UNet's attention layers of `kind` (or of `names`): down_blocks.i run at
-    level i, up_blocks.j at level L-1-j, the mid block at the deepest level."""
+def unet_attention(model, g: Geometry, kind: str = "attn1", names=None) -> list[tuple[str, int, int, int]]:
+    """(layer, heads, query tokens, inner width) of the UNet's attention layers of `kind` (or of `names`):
+    down_blocks.i run at level i, up_blocks.j at level L-1-j, the mid block at the deepest level."""
     modules = dict(model.named_modules())
     levels = _unet_levels(model, g)
     deepest = len(levels) - 1
@@ -393,19 +398,16 @@ def unet_attention(model, g: Geometry, kind: str = "attn1", names=None) -> list[
     for name in names if names is not None else attention_layers(model, kind):
         part, index = name.split(".")[:2]
         level = int(index) if part == "down_blocks" else deepest - int(index) if part == "up_blocks" else deepest
-        out.append((name, modules[name].heads, levels[level][1]))
+        out.append((name, modules[name].heads, levels[level][1], modules[name].to_q.out_features))
     return out
 
 
-def unet_inner(model, name: str) -> int:
-    return dict(model.named_modules())[name].to_q.out_features
-
-
-def joint_attention(model, g: Geometry) -> list[tuple[str, int, int]]:
-    heads, _ = _heads_dim(model)
+def joint_attention(model, g: Geometry) -> list[tuple[str, int, int, int]]:
+    """(layer, heads, image tokens, inner width) of every joint-attention layer of an SD3/FLUX transformer."""
+    heads, d = _heads_dim(model)
     names = joint_attention_layers(model, "double") + (joint_attention_layers(model, "single")
                                                        if hasattr(model, "single_transformer_blocks") else [])
-    return [(name, heads, _image_tokens(g)) for name in names]
+    return [(name, heads, _image_tokens(g), d) for name in names]
 
 
 FAMILIES = {
@@ -493,8 +495,8 @@ def _flops(model, family: Family, g: Geometry, batch: int) -> float:
             level = {"down_blocks": index, "up_blocks": len(levels) - 1 - index}.get(name, len(levels) - 1)
             level = 0 if name in ("conv_in", "conv_out", "conv_norm_out") else level
             total += 2 * sum(p.numel() for p in block.parameters()) * levels[level][1]
-    for layer, heads, tokens in family.attention_layers(model, g):
-        total += 4 * tokens * tokens * unet_inner(model, layer)
+    for _, _, tokens, inner in family.attention_layers(model, g):
+        total += 4 * tokens * tokens * inner
     return batch * total
 
 
@@ -532,8 +534,7 @@ def _translate(pipe, family, model, g, prompts, options):
         channels = model.config.block_out_channels[::-1][level]
         # the inversion never evaluates the top timestep: the first step's source rides in its call, k - 1 keys
         features = (k_feature - 1) * channels * levels[len(levels) - 1 - level][1] * g.s
-        qk = (k_attention - 1) * 2 * g.s * sum(tokens * unet_inner(model, name)
-                                               for name, _, tokens in unet_attention(model, g, names=layers))
+        qk = (k_attention - 1) * 2 * g.s * sum(tokens * inner for _, _, tokens, inner in unet_attention(model, g, names=layers))
         calls = [Call("inversion", 1, steps), Call("sampling", 2 * prompts + 1, steps, injected=k_feature)]
         return calls, Stores({"features": features, "qk": qk}, keys=k_feature - 1)
     steps, keys = 8, 1
@@ -553,10 +554,10 @@ def _compose(pipe, family, model, g, objects, options):
     steps, k_a = 20, 7
     if family.name == "unet":
         layers = unet_attention(model, g, "attn1")
-        qk = (k_a - 1) * 2 * (1 + objects) * g.s * sum(tokens * unet_inner(model, name) for name, _, tokens in layers)
+        qk = (k_a - 1) * 2 * (1 + objects) * g.s * sum(tokens * inner for _, _, tokens, inner in layers)
         first = 2 + 1 + objects
         matrix = max(max(attention_matrix(first, heads, tokens, tokens, g.s), (2 * first + 4) * heads * tokens ** 2 * g.s)
-                     for _, heads, tokens in layers)
+                     for _, heads, tokens, _ in layers)
         calls = [Call("inversion", 1 + objects, steps), Call("sampling", first, steps, extra=matrix, injected=k_a)]
         return calls, Stores({"qk": qk}, keys=k_a - 1)
     _, d = _heads_dim(model)
@@ -571,7 +572,7 @@ def _edit(pipe, family, model, g, images, options):
     the whole UNet; SD3/FLUX: up to the last guided block, every double/joint block) and a second call."""
     steps = 50
     if family.name == "unet":
-        maps = sum(heads * tokens * g.text_tokens * g.s for _, heads, tokens in unet_attention(model, g, "attn2"))
+        maps = sum(heads * tokens * g.text_tokens * g.s for _, heads, tokens, _ in unet_attention(model, g, "attn2"))
         grad, share, second = family.grad(model, g, 3 * images), 1.0, 2 * images
     else:
         heads, _ = _heads_dim(model)
@@ -731,7 +732,7 @@ class Plan:
             lines.append(f"{trial.measure.name:<{column}}{gb(trial.peak):>11}  {gb(trial.peak + RESERVE):>10}  {fits:<4}  "
                          f"{trial.slowdown:>7.2f}x  {trial.at}{mark}")
         lines += ["", f"chosen: {self.measure.name}: peak {gb(self.peak)} at {self.chosen.at}, predicted slowdown "
-                      f"{self.slowdown:.2f}x vs resident.", f"step by step under it (weights + activations + stores):"]
+                      f"{self.slowdown:.2f}x vs resident.", "step by step under it (weights + activations + stores):"]
         column = max(len(row[0]) for row in self.chosen.steps) + 2
         lines += [f"  {name:<{column}}{gb(w):>11} +{gb(a):>10} +{gb(s):>10} = {gb(w + a + s)}"
                   for name, w, a, s in self.chosen.steps]
@@ -833,13 +834,15 @@ def plan(pipe, method: str = "invert", size=None, budget="24GB", batch: int | No
     trials, backend = [], "bitsandbytes" if device == "cuda" else "torchao"
     quantized = tuple(key for key in components if _quantize_target(pipe, key))
     ladder = [(q, off) for q in (None, "int8") + (("nf4",) if device == "cuda" else ()) for off in (None, "model", "group")]
+    variants = {options: _steps(pipe, family, method, g, count, dict(options)) for options in _method_options(method, family)}
+    grouped = {key: _groups(module, GROUP_BLOCKS.get(type(module).__name__, ()))
+               for key, module in components.items() if key != "vae"}
     for quantize, offload in ladder:
-        for options in _method_options(method, family):
-            measure = Measure(offload, quantize, options)
-            steps, stores = _steps(pipe, family, method, g, count, dict(options))
-            trials.append(_evaluate(pipe, family, measure, steps, stores, components, weights, quantized, backend, g,
-                                    device))
-    steps, stores = _steps(pipe, family, method, g, count, {})
+        sizes = _quantized_sizes(components, weights, quantized, quantize, backend)
+        for options, (steps, stores) in variants.items():
+            trials.append(_evaluate(pipe, family, Measure(offload, quantize, options), steps, stores, sizes, weights,
+                                    grouped, quantized, backend, g, device))
+    steps, stores = variants[()]
     named = {step.name: step for step in steps}  # a step that runs twice (text encoders) is one row
     parts += [(f"activations: {step.name}", step.work, f"{step.calls} call(s)" if step.calls > 1 else "")
               for step in named.values()]
@@ -881,9 +884,12 @@ def _steps(pipe, family, method, g, count, options) -> tuple[list[Step], Stores]
     steps = []
     if inputs:
         steps.append(Step(f"VAE encode (batch {inputs})", "vae", inputs * height * width * 5 * channels[0] * g.vae_s))
-    if method == "personalize":
-        encoder = IMAGE_ENCODERS["flux" if family.name == "flux" else model.config.cross_attention_dim]
-        work = 2 * count * 257 * g.s * (4 * encoder["hidden_size"] + 3 * encoder["intermediate_size"])
+    if method == "personalize":  # the loaded image encoder's config, else the default adapter's
+        loaded = getattr(pipe, "image_encoder", None)
+        encoder = loaded.config.to_dict() if loaded is not None else \
+            IMAGE_ENCODERS["flux" if family.name == "flux" else model.config.cross_attention_dim]
+        tokens = (encoder["image_size"] // encoder["patch_size"]) ** 2 + 1
+        work = 2 * count * tokens * g.s * (4 * encoder["hidden_size"] + 3 * encoder["intermediate_size"])
         steps.append(Step(f"image encoder (batch {2 * count})", "image_encoder", work))
     steps += text_steps(1, "text")
     if method == "edit":
@@ -899,13 +905,23 @@ def _steps(pipe, family, method, g, count, options) -> tuple[list[Step], Stores]
     return steps, stores
 
 
-def _evaluate(pipe, family, measure, steps, stores, components, weights, quantized, backend, g, device) -> Trial:
-    """Peak and slowdown of one measure (module docstring)."""
-    kind = None if measure.quantize is None else "nf4" if measure.quantize == "nf4" else \
-        "int8-bnb" if backend == "bitsandbytes" else "int8-torchao"
-    sizes = dict(weights)
-    for key in quantized if kind else ():
-        sizes[key] = quantized_bytes(components[key], kind)
+def _quant_kind(quantize, backend) -> str | None:
+    if quantize is None:
+        return None
+    return "nf4" if quantize == "nf4" else "int8-bnb" if backend == "bitsandbytes" else "int8-torchao"
+
+
+def _quantized_sizes(components, weights, quantized, quantize, backend) -> dict:
+    """Component -> bytes on the device under `quantize` (module docstring)."""
+    kind = _quant_kind(quantize, backend)
+    return {key: quantized_bytes(components[key], kind) if kind and key in quantized else size
+            for key, size in weights.items()}
+
+
+def _evaluate(pipe, family, measure, steps, stores, sizes, weights, grouped, quantized, backend, g, device) -> Trial:
+    """Peak and slowdown of one measure (module docstring); `sizes`: the components' bytes under its quantization,
+    `grouped`: (bytes outside any block, largest block) of the group-offloaded components."""
+    kind = _quant_kind(measure.quantize, backend)
     on_cpu = dict(measure.options).get("store") == "cpu"
     movable = {k: v for k, v in stores.sizes.items() if k != "trajectory"} if on_cpu else {}
     moved_store = sum(movable.values())  # on the GPU: the key in use and the next one being copied back
@@ -913,8 +929,6 @@ def _evaluate(pipe, family, measure, steps, stores, components, weights, quantiz
     streams = 2 if device == "cuda" else 1
     chain = [c for c in (type(pipe).model_cpu_offload_seq or "").split("->") if c in sizes]
     adapter = sizes.get("ip_adapter", 0)  # lives in the denoiser's attention processors
-    grouped = {key: _groups(components[key], GROUP_BLOCKS.get(type(components[key]).__name__, ()))
-               for key in components if key != "vae"}
     flops_rate = GPU_FLOPS / (4 if g.s == 4 else 1)
     slow = QUANT_COMPUTE[kind] if kind and family.denoiser in quantized else 1.0
     resident, moved, peak, at, rows = set(), 0, 0, "", []
