@@ -40,8 +40,8 @@ def cell(model, method, budget) -> str:
     try:
         plan = memory.plan(model, method, budget=budget)
     except ParameterError as error:
-        if getattr(error, "plan", None) is None:
-            return "—"
+        if getattr(error, "plan", None) is None:  # the method does not run on this family
+            return "— (" + str(error).split(" (")[0].replace(f"{method} ", "") + ")"
         smallest = error.plan.chosen
         return f"does not fit: needs {memory.gb(smallest.peak + memory.RESERVE)} ({smallest.measure.name})"
     return f"{plan.measure.name}: {memory.gb(plan.peak)}, {plan.slowdown:.2f}x"
@@ -311,7 +311,12 @@ def gpu_runs(make_pipe, size, device, budgets, methods=memory.METHODS):
             if not fits_device:
                 print(f"| {method} | {label} | {plan.measure.name}: predicted {memory.gb(plan.peak)} > device | | | | | |")
                 continue
-            peak, seconds = measure(make_pipe, method, size, chosen, device)
+            try:
+                peak, seconds = measure(make_pipe, method, size, chosen, device)
+            except Exception as error:  # noqa: BLE001 — one failed run is a row, not the end of the table
+                print(f"| {method} | {label} | {plan.measure.name} | {plan.peak / 1e9:.3f} | failed: "
+                      f"{type(error).__name__}: {str(error)[:120]} | | | |")
+                continue
             predicted = plan.peak if device == "cuda" else max(a + s for _, _, a, s in plan.chosen.steps)
             seconds0 = seconds if chosen is None else seconds0
             relative = "" if seconds0 is None else f"{seconds / seconds0:.2f}x"
