@@ -196,6 +196,30 @@ def validate_gradient_calls() -> list[float]:
             predicted = memory.transformer_grad(model, g, 3, len(layers), checkpointing)
             ratios.append(_row(f"FLUX edit gradient call, 3 double blocks guided{', checkpointing' if checkpointing else ''}"
                                f", {8 * side}², batch 3, {tag}", _live(run), predicted))
+        model = _sd3(4).to(dtype)
+        layers = joint_attention_layers(model, "double")
+        for side in (32, 64):
+            guide, stop = ImageToTextGuidance(layers), StopAfter(layers[-1][: -len(".attn")])
+            controller = Controller()
+            controller.add(guide)
+            controller.add(stop)
+            hidden = torch.randn(3, 16, side, side, dtype=dtype, requires_grad=True)
+            inputs = dict(hidden_states=hidden, encoder_hidden_states=torch.randn(3, 96, 64, dtype=dtype),
+                          pooled_projections=torch.randn(3, 64, dtype=dtype), timestep=torch.ones(3) * 500,
+                          return_dict=False)
+
+            def run():
+                with torch.enable_grad(), controller.installed(model):
+                    controller.set_call(0, 500, [("ref", 1), ("edit", 2)], (side // 2, side // 2))
+                    guide.enabled, stop.armed = True, True
+                    try:
+                        model(**inputs)
+                    except _Stop:
+                        pass
+                    torch.autograd.grad(guide.loss, hidden)
+            g = memory.Geometry((side, side), (8 * side, 8 * side), s, s, 96)
+            ratios.append(_row(f"SD3 edit gradient call, 2 joint blocks guided, {8 * side}², batch 3, {tag}", _live(run),
+                               memory.transformer_grad(model, g, 3, len(layers), False)))
         config = UNETS["SD-like"]
         unet = UNet2DConditionModel(**config, cross_attention_dim=64, layers_per_block=2, norm_num_groups=8,
                                     sample_size=32).to(dtype)

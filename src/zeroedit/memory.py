@@ -1,7 +1,7 @@
 """The memory plan: what a method needs on the GPU, part by part, and the cheapest measures that make it fit.
 
     plan = zeroedit.memory.plan("FLUX.1-dev", "translate", size=1024, budget="24GB")   # configs only, no weights
-    print(plan)                                      # the table; plan.measures, plan.peak, plan.slowdown
+    print(plan)                                      # the table; plan.measure, plan.peak, plan.slowdown, plan.options
     pipe = ze.load("black-forest-labs/FLUX.1-dev", dtype="bfloat16", device="cuda", memory=plan)   # applied
 
 What is predicted (every figure in bytes; 1 GB = 10^9 bytes, 1 GiB = 2^30 bytes; "24GB" and "16GiB" say which):
@@ -63,6 +63,17 @@ longer of the two), otherwise it adds. Quantized matmuls cost `QUANT_COMPUTE` ×
 Families are table entries (`FAMILIES`): the denoiser, the text encoders in call order with their token counts, the
 components group offload and quantization act on, and the per-call activation formula. A new family (FLUX.2,
 Qwen-Image, Z-Image) adds one entry and its formula.
+
+Built-in architectures (`BUILT_IN`, src/zeroedit/assets/architectures/NAME): model_index.json and every component's
+config.json of FLUX.1-dev, FLUX.1-schnell, SD3.5-large, SD3.5-medium, SD3-medium, SDXL-base, SD-2.1-base and SD-1.5,
+written from the values of their published configs (no weights; the parameter counts they build to match the published
+ones: FLUX.1-dev 11.90 B + T5-XXL 4.76 B, SD3.5-large 8.06 B, SDXL 2.57 B, ...), so plans work offline.
+
+Known limits: T5 loaded in float16 keeps its `wo` layers in fp32 (transformers' `_keep_in_fp32_modules`; not counted);
+on CUDA the VAE's mid-block attention (one head of 512) may take a math kernel whose N² matrix is not counted; the
+model-offload simulation follows the methods' current call order (e.g. translate re-encodes its prompts after the
+inversion, which leaves the transformer and T5 both on the GPU under `enable_model_cpu_offload`); the constants of
+the gradient calls are measured on FLUX layouts (SD3 reuses them).
 
 Layers: this module imports errors and control.layers only (loading.load imports it, function-level, for `memory=`);
 entry points (cli, runner) import it.
@@ -166,9 +177,8 @@ def config_folder(model: str) -> Path:
 def _component_config(folder: Path, name: str) -> dict:
     path = folder / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
     if not path.is_file():  # a hub cache holds only what was downloaded
-        cached = _cached_configs(_hub_id(folder)) if (folder / "model_index.json").is_file() else None
         raise ModelError(f"{path} is missing: the configs of every component are needed to plan (download them with "
-                         f"`hf download REPO --include '*.json'`){'' if cached is None else ''}.")
+                         "`hf download REPO --include '*.json'`).")
     return json.loads(path.read_text())
 
 
@@ -296,7 +306,7 @@ class Family:
     text_encoders: tuple[str, ...]  # in the order the backbone runs them
     call: Callable
     grad: Callable
-    attention_layers: Callable  # model -> [(layer name, heads, tokens factor)] of its self/joint attention
+    attention_layers: Callable  # (model, geometry) -> [(layer, heads, query tokens, inner width)] of self/joint attention
 
 
 def _heads_dim(model) -> tuple[int, int]:
@@ -377,7 +387,7 @@ def unet_grad(model, g: Geometry, batch: int, blocks: int = 0, checkpointing: bo
     """Edit's gradient call on a UNet: 25·C·HW (fp32; 29 in half precision) per resnet or transformer block (encoder:
     layers_per_block per level, decoder: one more), with the guidance rule's explicit cross-attention (measured,
     benchmarks/memory.py --validate), + the cross-attention maps of every attn2 layer (kept: fp32 softmax and
-    probabilities)."""
+    probabilities). `blocks` and `checkpointing` (SD3/FLUX options) do not apply."""
     depth = model.config.get("transformer_layers_per_block", 1)
     total = 0
     for i, (channels, positions, attention, lpb) in enumerate(_unet_levels(model, g)):
@@ -506,7 +516,7 @@ def _unet_translate_layers(unet) -> tuple[int, list[str]]:
     n = len(unet.up_blocks[0].resnets)
     if len(unet.config.block_out_channels) == 4:
         return 4 // n, decoder_self_attention_layers(unet)[4 - n:12 - n]
-    return 0, [n for n in decoder_self_attention_layers(unet) if not n.startswith("up_blocks.0.attentions.0.")]
+    return 0, [name for name in decoder_self_attention_layers(unet) if not name.startswith("up_blocks.0.attentions.0.")]
 
 
 @dataclasses.dataclass
@@ -616,15 +626,13 @@ IMAGE_ENCODERS = {  # the reference IP-Adapters' CLIP vision towers (loading.DEF
 
 
 def _adapter_parts(pipe, family) -> dict:
-    """Weights of the image encoder and IP-Adapter personalize needs: exact when the pipeline has them loaded, else
-    those of the default adapter (loading.DEFAULT_IP_ADAPTERS / FLUX_IP_ADAPTER) built on the meta device."""
-    encoder = getattr(pipe, "image_encoder", None)
+    """Weights of the image encoder and IP-Adapter personalize needs when the pipeline has none loaded: those of the
+    default adapter (loading.DEFAULT_IP_ADAPTERS / FLUX_IP_ADAPTER), its encoder built on the meta device. A loaded
+    adapter is already counted: its image encoder is a component, its processors and projection live in the
+    denoiser."""
     model = getattr(pipe, family.denoiser)
-    if encoder is not None:
-        adapter = model.encoder_hid_proj if family.name == "unet" else getattr(model, "encoder_hid_proj", None)
-        processors = {id(p): p for p in model.attn_processors.values() if isinstance(p, torch.nn.Module)}
-        return {"image_encoder": module_bytes(encoder),
-                "ip_adapter": sum(module_bytes(p) for p in processors.values()) + (module_bytes(adapter) if adapter else 0)}
+    if getattr(pipe, "image_encoder", None) is not None:
+        return {}
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     s = _dtype_bytes(model.dtype)
     if family.name == "flux":
@@ -955,6 +963,8 @@ def _evaluate(pipe, family, measure, steps, stores, sizes, weights, grouped, qua
                 step_compute = step.flops * (slow if name == family.denoiser else 1) / flops_rate
                 extra = step.calls * max(0.0, per_call - step_compute) if streams == 2 else step.calls * per_call
                 transfer += extra
+            elif name != "vae":  # a predicted component (the default image encoder): on the GPU whole while it runs
+                on_gpu += sizes.get(name, 0)
         live = store_gpu if step.stores else 0
         total = on_gpu + step.work + live
         rows.append((step.name, on_gpu, step.work, live))
