@@ -211,6 +211,7 @@ def run_plan(args) -> int:
     target = args.model
     if args.model in TINY_MODELS + TINY_FLOW_MODELS + ("toy", "toy-flow"):  # built in-process, small
         target = load(args.model, dtype=args.dtype, ip_adapter=(args.method == "personalize") or None)
+        target.zeroedit_architecture = args.model  # the name the plan prints
     try:
         print(plan(target, args.method, size=size, budget=args.memory, batch=args.batch, dtype=dtype,
                    device=args.device))
