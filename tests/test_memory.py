@@ -178,18 +178,23 @@ def test_what_needs_cuda_is_refused_on_cpu():
 
 
 def test_memory_flag_applies_a_plan_and_keeps_the_output(tmp_path):
-    """`--memory` below the resident peak: the run is offloaded, its image equals the resident run's, and the
-    sidecar records the plan."""
+    """`--memory` below the resident peak: the run is offloaded (hooks on its pipeline), its image equals the resident
+    run's, and the sidecar records the plan."""
     image = tmp_path / "in.png"
     _image().save(image)
-    resident = memory.plan(ze.load("tiny"), "translate", budget="100GB", device="cpu").trials[0]
-    tight = str(resident.peak + memory.RESERVE - 1)
+    plan = memory.plan(ze.load("tiny"), "translate", budget="100GB", device="cpu")
+    on_gpu = min(t.peak for t in plan.trials if t.measure.offload is None and t.measure.quantize is None)
+    tight = str(on_gpu + memory.RESERVE - 1)  # below every resident variant: the weights must be offloaded
     base = ["translate", "--model", "tiny", "--image", str(image), "--prompt", "a dog", "--steps", "3", "--device", "cpu",
             "--quiet", "--seed", "1"]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert main(base + ["--out", str(tmp_path / "b"), "--memory", tight]) == 0
     sidecar = json.loads((tmp_path / "b" / "translate.json").read_text())
     assert sidecar["memory"]["measures"] != "resident" and sidecar["memory"]["budget_bytes"] == int(tight)
+    from zeroedit import runner
+    planned = [pipe for key, pipe in runner._PIPES.items() if key[-1] is not None]  # the run's cached pipeline
+    assert planned and planned[0].zeroedit_memory_plan.measure.offload == "model"
+    assert hasattr(planned[0].unet, "_hf_hook") and hasattr(planned[0].text_encoder, "_hf_hook")
     a = np.asarray(Image.open(tmp_path / "a" / "translate.png"), dtype=int)
     b = np.asarray(Image.open(tmp_path / "b" / "translate.png"), dtype=int)
     assert np.abs(a - b).max() <= 1

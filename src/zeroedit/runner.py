@@ -438,6 +438,9 @@ def with_plan_options(method: str, values: dict, plan) -> dict:
     if plan is None:
         return values
     accepted = parameters(method)
+    for key in set(plan.options) - set(accepted):
+        logging.getLogger(__name__).warning("the memory plan asks for %s=%r, which %s does not take: it runs without "
+                                            "it, so its peak may exceed the plan's.", key, plan.options[key], method)
     return {**{k: v for k, v in plan.options.items() if k in accepted and k not in values}, **values}
 
 
