@@ -832,24 +832,11 @@ def plan(pipe, method: str = "invert", size=None, budget="24GB", batch: int | No
     g, size = _geometry(pipe, family, size, s)
     count = batch or 1
     components = {key: module for key, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
-    weights = {key: module_bytes(module, dtype) for key, module in components.items()}
-    parts = [(f"weights: {key}", weights[key], f"{sum(p.numel() for p in module.parameters()) / 1e9:.2f} B params, "
-              f"{str(dtype or module.dtype).replace('torch.', '')}") for key, module in components.items()]
-    if method == "personalize":
-        for key, size_bytes in _adapter_parts(pipe, family).items():
-            weights[key.split(" ")[0]] = size_bytes
-            parts.append((f"weights: {key}", size_bytes, "image encoder + IP-Adapter of the default adapter"))
-    trials, backend = [], "bitsandbytes" if device == "cuda" else "torchao"
+    weights, parts = _weights(pipe, family, method, components, dtype)
+    backend = "bitsandbytes" if device == "cuda" else "torchao"
     quantized = tuple(key for key in components if _quantize_target(pipe, key))
-    ladder = [(q, off) for q in (None, "int8") + (("nf4",) if device == "cuda" else ()) for off in (None, "model", "group")]
     variants = {options: _steps(pipe, family, method, g, count, dict(options)) for options in _method_options(method, family)}
-    grouped = {key: _groups(module, GROUP_BLOCKS.get(type(module).__name__, ()))
-               for key, module in components.items() if key != "vae"}
-    for quantize, offload in ladder:
-        sizes = _quantized_sizes(components, weights, quantized, quantize, backend)
-        for options, (steps, stores) in variants.items():
-            trials.append(_evaluate(pipe, family, Measure(offload, quantize, options), steps, stores, sizes, weights,
-                                    grouped, quantized, backend, g, device))
+    trials = _trials(pipe, family, variants, components, weights, quantized, backend, g, device)
     steps, stores = variants[()]
     named = {step.name: step for step in steps}  # a step that runs twice (text encoders) is one row
     parts += [(f"activations: {step.name}", step.work, f"{step.calls} call(s)" if step.calls > 1 else "")
@@ -868,6 +855,33 @@ def plan(pipe, method: str = "invert", size=None, budget="24GB", batch: int | No
         error.plan = result
         raise error
     return result
+
+
+def _weights(pipe, family, method, components, dtype) -> tuple[dict, list]:
+    """Bytes per component (in `dtype` where given) and their table rows; personalize adds the default adapter's
+    image encoder and IP-Adapter when none is loaded."""
+    weights = {key: module_bytes(module, dtype) for key, module in components.items()}
+    parts = [(f"weights: {key}", weights[key], f"{sum(p.numel() for p in module.parameters()) / 1e9:.2f} B params, "
+              f"{str(dtype or module.dtype).replace('torch.', '')}") for key, module in components.items()]
+    if method == "personalize":
+        for key, size_bytes in _adapter_parts(pipe, family).items():
+            weights[key.split(" ")[0]] = size_bytes
+            parts.append((f"weights: {key}", size_bytes, "image encoder + IP-Adapter of the default adapter"))
+    return weights, parts
+
+
+def _trials(pipe, family, variants, components, weights, quantized, backend, g, device) -> list[Trial]:
+    """Every measure in the order of the ladder (module docstring), each with the method's option variants."""
+    ladder = [(q, off) for q in (None, "int8") + (("nf4",) if device == "cuda" else ()) for off in (None, "model", "group")]
+    grouped = {key: _groups(module, GROUP_BLOCKS.get(type(module).__name__, ()))
+               for key, module in components.items() if key != "vae"}
+    trials = []
+    for quantize, offload in ladder:
+        sizes = _quantized_sizes(components, weights, quantized, quantize, backend)
+        for options, (steps, stores) in variants.items():
+            trials.append(_evaluate(pipe, family, Measure(offload, quantize, options), steps, stores, sizes, weights,
+                                    grouped, quantized, backend, g, device))
+    return trials
 
 
 def _steps(pipe, family, method, g, count, options) -> tuple[list[Step], Stores]:
