@@ -260,6 +260,37 @@ def flux_dev_random(device="cpu"):
     return pipe
 
 
+def _share(module: torch.nn.Module, host: torch.nn.Module):
+    """Give a meta-device `module` the parameters and buffers of `host` (the same architecture) without copying:
+    each run gets its own modules (hooks, offload state, quantized weights stay with it) on the same host tensors."""
+    tensors = list(host.named_parameters(remove_duplicate=False)) + list(host.named_buffers(remove_duplicate=False))
+    for name, tensor in tensors:
+        owner, _, leaf = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        if leaf in sub._parameters:
+            sub._parameters[leaf] = torch.nn.Parameter(tensor.detach(), requires_grad=False)
+        else:
+            sub._buffers[leaf] = tensor
+
+
+def shared_pipelines(host, configs):
+    """make_pipe(method) for gpu_runs: a fresh FluxPipeline built from `configs` on `host`'s weights and tokenizers;
+    personalize's gets a random FLUX IP-Adapter of the right widths (compose refuses IP-Adapter processors)."""
+    from zeroedit.tiny_ip import add_tiny_flux_ip_adapter
+
+    def make_pipe(method):
+        pipe = memory.meta_pipeline(configs, dtype=host.transformer.dtype)
+        pipe.register_modules(tokenizer=host.tokenizer, tokenizer_2=host.tokenizer_2)
+        for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+            _share(getattr(pipe, name), getattr(host, name))
+        if method == "personalize":
+            add_tiny_flux_ip_adapter(pipe)
+            pipe.to(dtype=host.transformer.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    return make_pipe
+
+
 def _inputs(size):
     from PIL import Image
     asset = Path(ze.__file__).parent / "assets"
@@ -322,8 +353,10 @@ def gpu_runs(make_pipe, size, device, budgets, methods=memory.METHODS):
             continue
         rows = [("device", None, resident)]
         for budget in budgets:
-            if budget == "tight":  # just below the resident peak: the plan must take a measure
-                budget = resident.chosen.peak + memory.RESERVE - 1
+            if budget in ("tight", "tighter"):  # just below the resident (tighter: and model offload's) peaks
+                skipped = [None] if budget == "tight" else [None, "model"]
+                budget = min(t.peak for t in resident.trials if t.measure.offload in skipped
+                             and t.measure.quantize is None) + memory.RESERVE - 1
             try:
                 rows.append((budget, memory.plan(base, method, size=size, budget=budget, device=kind), None))
             except ParameterError as error:
@@ -363,24 +396,13 @@ def main():
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --tiny")
         print(f"{torch.cuda.get_device_name()}, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}")
-        host = flux_dev_random("cpu")
-        state = {name: getattr(host, name).state_dict() for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
-
-        def make_pipe(method):  # a fresh pipeline on the same CPU weights (a run's hooks and offload state stay with it)
-            pipe = memory.meta_pipeline("FLUX.1-dev")
-            pipe.register_modules(tokenizer=host.tokenizer, tokenizer_2=host.tokenizer_2)
-            for name, sd in state.items():
-                getattr(pipe, name).load_state_dict(sd, assign=True)
-            if method == "personalize":  # an IP-Adapter only where it is used (FLUX compose refuses its processors)
-                from zeroedit.tiny_ip import add_tiny_flux_ip_adapter
-                add_tiny_flux_ip_adapter(pipe)
-                pipe.to(dtype=torch.bfloat16)
-            pipe.set_progress_bar_config(disable=True)
-            return pipe
-        gpu_runs(make_pipe, 1024, "cuda", ("24GB", "16GB"), args.methods)
+        gpu_runs(shared_pipelines(flux_dev_random("cpu"), "FLUX.1-dev"), 1024, "cuda", ("24GB", "16GB"), args.methods)
     elif args.tiny:
-        gpu_runs(lambda method: ze.load("tiny-flux", ip_adapter=method == "personalize" or None), 128, "cpu",
-                 ("tight",), args.methods)
+        import tempfile
+        host = ze.load("tiny-flux")
+        with tempfile.TemporaryDirectory() as configs:
+            host.save_pretrained(configs)
+            gpu_runs(shared_pipelines(host, configs), 128, "cpu", ("tight",), args.methods)
     else:
         tables()
 
