@@ -103,7 +103,8 @@ def run_method_command(args) -> int:
     model = args.model or config.get("model") or DEFAULT_MODELS[args.command]
     out = runner.check_out_folder(args.out or config.get("out") or "out")
     device, dtype, quiet = _run_options(args, config)
-    sidecar = run_method(args.command, values, model, out, device=device, dtype=dtype, quiet=quiet)
+    memory = args.memory or config.get("memory")
+    sidecar = run_method(args.command, values, model, out, device=device, dtype=dtype, quiet=quiet, memory=memory)
     if not quiet:
         stats = sidecar["stats"]
         print(f"{args.command}: wrote {', '.join(str(out / o) for o in sidecar['outputs'])} "
@@ -184,12 +185,64 @@ def _method_command(method: str):
         p = sub.add_parser(method, help=(function.__doc__ or "").strip().splitlines()[0])
         _add_method_flags(p, function)
         _common_flags(p)
+        _memory_flag(p)
         p.set_defaults(func=run_method_command)
     return build
 
 
 for _method in runner.METHODS:
     command(_method_command(_method))
+
+
+def _memory_flag(parser: argparse.ArgumentParser):
+    parser.add_argument("--memory", default=None, help="The GPU memory you have, e.g. 24GB (10^9 bytes) or 16GiB "
+                        "(2^30 bytes): zeroedit plans this run's memory and applies the cheapest measures that fit "
+                        "(offloading, 8-/4-bit weights); see `zeroedit plan`. Default: none, everything stays on the device.")
+
+
+def run_plan(args) -> int:
+    from .loading import TINY_FLOW_MODELS, TINY_MODELS, load, resolve_dtype
+    from .memory import plan
+    if args.method not in runner.METHODS:
+        raise UserError(f"--method {args.method!r}: use one of {', '.join(runner.METHODS)}.")
+    size = None if args.size is None else int(args.size) if "x" not in args.size else tuple(
+        int(v) for v in args.size.split("x"))
+    dtype = resolve_dtype(args.dtype)
+    target = args.model
+    if args.model in TINY_MODELS + TINY_FLOW_MODELS + ("toy", "toy-flow"):  # built in-process, small
+        target = load(args.model, dtype=args.dtype, ip_adapter=(args.method == "personalize") or None)
+        target.zeroedit_architecture = args.model  # the name the plan prints
+    try:
+        print(plan(target, args.method, size=size, budget=args.memory, batch=args.batch, dtype=dtype,
+                   device=args.device))
+    except ZeroEditError as error:
+        if getattr(error, "plan", None) is not None:
+            print(error.plan)
+        raise
+    return 0
+
+
+@command
+def _plan_command(sub):
+    p = sub.add_parser("plan", help="Print the memory plan of a method on a model without loading its weights: bytes "
+                                    "part by part and the cheapest measures that fit your GPU.")
+    p.add_argument("--model", required=True, help="A local diffusers folder, a hub id in your Hugging Face cache "
+                   "(only its config files are read), a built-in architecture (FLUX.1-dev, FLUX.1-schnell, "
+                   "SD3.5-large, SD3.5-medium, SD3-medium, SDXL-base, SD-2.1-base, SD-1.5) or tiny, tiny-xl, tiny-sd3, "
+                   "tiny-flux, toy, toy-flow.")
+    p.add_argument("--method", default="translate", help="The method to plan for: compose, translate, edit, "
+                   "personalize or invert. Default: translate.")
+    p.add_argument("--size", default=None, help="The working size: a long side in px (a square image, e.g. 1024) or "
+                   "WIDTHxHEIGHT. Default: the model's native size.")
+    p.add_argument("--memory", default="24GB", help="Your GPU's memory: 24GB (10^9 bytes), 16GiB (2^30 bytes) or a "
+                   "number of bytes. Default: 24GB.")
+    p.add_argument("--batch", type=int, default=None, help="Prompts (translate), objects (compose, personalize) or "
+                   "images (invert, edit), 1 to 64. Default: 1.")
+    p.add_argument("--dtype", default=None, help="The weights' dtype: float16, bfloat16 or float32. Default: "
+                   "bfloat16 for SD3/FLUX, float16 for UNet models (the model's own for tiny/toy models).")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="What the plan is for: cuda (CUDA "
+                   "streams, bitsandbytes 8-/4-bit) or cpu (no streams, torchao int8). Default: cuda.")
+    p.set_defaults(func=run_plan)
 
 
 @command

@@ -169,7 +169,19 @@ def default_ip_adapter(pipe) -> dict:
     return DEFAULT_IP_ADAPTERS[width]
 
 
-def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
+def fetch_configs(model: str) -> str:
+    """The folder of a model's configs: a local folder as is; a hub id's *.json files (from the cache, or fetched)."""
+    if os.path.isdir(model):
+        return model
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(model, allow_patterns=["*.json"])
+    except Exception as error:  # offline and not cached, unknown or gated repo
+        raise ModelError(f"could not fetch the configs of {model!r} to plan its memory ({type(error).__name__}); "
+                         "pass a local folder.") from None
+
+
+def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0, memory=None):
     """Return a standard diffusers pipeline.
 
     model: "tiny" / "tiny-xl" / "tiny-sd3" / "tiny-flux" (offline random weights built from `seed`), "toy"
@@ -182,12 +194,20 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
     (`FLUX_IP_ADAPTER`); a dict gives the arguments
     of diffusers' `pipe.load_ip_adapter` (e.g. {"pretrained_model_name_or_path_or_dict": "h94/IP-Adapter",
     "subfolder": "sdxl_models", "weight_name": "ip-adapter_plus_sdxl_vit-h.safetensors"}).
+    memory: what fits on your GPU (zeroedit.memory): a budget ("24GB" = 24·10^9 bytes, "16GiB" = 16·2^30) planned
+    for `invert` (the plain denoising loop) at the native size, or a `zeroedit.memory.Plan` (e.g. plan(model,
+    "compose", budget="24GB") for a method's own stores); its quantization is set at from_pretrained time, its
+    offloading after loading on `device`; the plan is kept as `pipe.zeroedit_memory_plan`.
     """
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)
     if not isinstance(model, str) and not isinstance(model, os.PathLike):
         raise ModelError(f"model must be a name, hub id or folder (a string), got {type(model).__name__}.")
     model = os.fspath(model)
+    chosen = None
+    if memory is not None:
+        from .memory import check_memory
+        check_memory(memory, device)
     if model in TINY_FAMILIES:
         if ip_adapter:
             raise ParameterError(f"ip_adapter: {model} has no IP-Adapter; personalize on FLUX.2 takes reference images "
@@ -219,6 +239,12 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         # a component saved as null (e.g. SD3 without T5) must be passed as None explicitly
         kwargs.update({name: None for name, entry in index.items() if isinstance(entry, list) and entry == [None, None]})
+        if memory is not None:  # quantization is chosen before the weights load
+            from .memory import quantization_config, resolve
+            chosen = resolve(memory, fetch_configs(model), dtype=kwargs["dtype"], device=device)
+            quantization = quantization_config(chosen, torch_dtype)
+            if quantization is not None:
+                kwargs["quantization_config"] = quantization
         try:
             pipe = pipeline_class.from_pretrained(model, **kwargs)
         except OSError as error:
@@ -228,6 +254,12 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
             add_toy_ip_adapter(pipe)
         elif ip_adapter:
             pipe.load_ip_adapter(**(ip_adapter if isinstance(ip_adapter, dict) else default_ip_adapter(pipe)))
+    if memory is not None:
+        from .memory import apply, resolve
+        if chosen is None:  # built in-process (tiny models): planned on the pipeline itself, quantized after loading
+            pipe = pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+            chosen = resolve(memory, pipe, dtype=torch_dtype, device=device)
+        return apply(pipe, chosen, device)
     if torch_dtype is not None or device is not None:
         pipe = pipe.to(device=device, dtype=torch_dtype)
     return pipe

@@ -38,7 +38,7 @@ PATH_ARGS = IMAGE_ARGS | {"mip_weights", "sentences"}
 BOX_ARGS = {"region", "mask"}  # a box "x0,y0,x1,y1" (or four numbers), a mask image or a phrase
 PHRASE_ARGS = {"reference_mask", "region", "mask"}  # "auto" or words naming an object reach the API unchanged
 SKIPPED = {"pipe", "callback_on_step_end", "captioner", "output_type", "callback"}
-RUN_KEYS = {"model", "out", "quiet", "device", "dtype", "method", "id"}  # config keys that are not API arguments
+RUN_KEYS = {"model", "out", "quiet", "device", "dtype", "method", "id", "memory"}  # config keys that are not API arguments
 SEPARATOR = "~"  # NAME~i.png for the i-th of several images; never part of a name
 _STALE_TMP = re.compile(r"^\..+\.tmp\d+$")  # write_atomically's temporary files
 CONFIG_VALUES = 10_000  # most values (list items, keys, leaves) a config may hold once YAML aliases are expanded
@@ -249,11 +249,13 @@ def read_config(path: str) -> tuple[dict, Path]:
                         "(*name) are expanded, or a value that contains itself: write the values out.")
     if not isinstance(data, dict):
         raise UserError(f"config file {shorten(path)} must hold a mapping of argument names to values.")
-    if "args" in data and "method" in data:  # a sidecar
+    if "args" in data and "method" in data:  # a sidecar (with its memory budget, when a plan was applied)
         if not isinstance(data["args"], dict):
             raise UserError(f"config file {shorten(path)}: a sidecar's \"args\" must be a mapping of argument names "
                             "to values.")
-        data = dict(data["args"], model=data.get("model"))
+        memory = data.get("memory")
+        budget = memory.get("budget_bytes") if isinstance(memory, dict) else None
+        data = dict(data["args"], model=data.get("model"), **({"memory": budget} if budget else {}))
     config = {str(k).replace("-", "_"): v for k, v in data.items()}
     if "quiet" in config and not isinstance(config["quiet"], bool):
         raise UserError(f"config file {shorten(path)}: quiet must be true or false, got {shorten(config['quiet'])}.")
@@ -341,23 +343,54 @@ _PIPES: dict = {}
 _PIPES_LOCK = threading.Lock()
 
 
-def load_pipeline(model: str, method: str, device=None, dtype=None, quiet: bool = True):
-    """Load (once per process) the model for a method; personalize gets an IP-Adapter. Thread-safe."""
+def load_pipeline(model: str, method: str, device=None, dtype=None, quiet: bool = True, memory=None, values=None):
+    """Load (once per process) the model for a method; personalize gets an IP-Adapter. Thread-safe.
+    memory: a GPU budget ("24GB"): the memory plan of this method at the run's size and batch (`values`) is applied
+    (zeroedit.memory)."""
     import torch
 
     from .loading import load
     ip = method == "personalize"  # the model family's reference adapter (loading.DEFAULT_IP_ADAPTERS), or tiny/toy's own
-    key = (model, ip, device, dtype)
+    planned = None if memory is None else (method, memory, repr(plan_shape(method, values or {})))
+    key = (model, ip, device, dtype, planned)
     with _PIPES_LOCK:
         if key not in _PIPES:
             if len(_PIPES) >= 2:
                 _PIPES.clear()
             device = device or ("cuda" if torch.cuda.is_available() else None)
             dtype = dtype or ("float16" if device == "cuda" else None)
-            _PIPES[key] = load(model, dtype=dtype, device=device, ip_adapter=ip or None)
+            if memory is not None:
+                memory = memory_plan(model, method, values or {}, memory, device, dtype, ip)
+            _PIPES[key] = load(model, dtype=dtype, device=device, ip_adapter=ip or None, memory=memory)
         pipe = _PIPES[key]
     pipe.set_progress_bar_config(disable=quiet)
     return pipe
+
+
+def plan_shape(method: str, values: dict) -> tuple:
+    """(size, batch) a method's run plans for: its `size`, and its prompts (translate), objects (compose,
+    personalize) or images (invert)."""
+    counted = {"translate": "prompt", "compose": "reference", "personalize": "references", "invert": "image"}.get(method)
+    value = values.get(counted)
+    batch = len(value) if isinstance(value, (list, tuple, dict)) and value else None
+    return values.get("size"), batch
+
+
+def memory_plan(model: str, method: str, values: dict, budget, device, dtype, ip: bool):
+    """The memory plan of `method` on `model` at the run's size and batch (zeroedit.memory.plan): from the configs of a
+    folder or hub id (fetched, no weights); the built-in tiny and toy models are built in-process and planned on."""
+    import torch
+
+    from .loading import TINY_FLOW_MODELS, TINY_MODELS, fetch_configs, load, resolve_dtype
+    from .memory import check_memory, resolve
+    check_memory(budget, device)
+    torch_dtype = resolve_dtype(dtype)
+    if model in TINY_MODELS + TINY_FLOW_MODELS + ("toy", "toy-flow"):
+        target = load(model, dtype=dtype, ip_adapter=ip or None)
+    else:
+        target, torch_dtype = fetch_configs(model), torch_dtype or torch.float32  # load's default dtype
+    size, batch = plan_shape(method, values)
+    return resolve(budget, target, method, size, torch_dtype, device, batch)
 
 
 def versions() -> dict:
@@ -427,9 +460,11 @@ def execute(method: str, values: dict, pipe, callback=None):
     return result, result.stats.to_dict()
 
 
-def save(images, stats: dict, method: str, values: dict, model: str, out: Path, name: str | None = None) -> dict:
+def save(images, stats: dict, method: str, values: dict, model: str, out: Path, name: str | None = None,
+         memory: dict | None = None) -> dict:
     """Write `images` and the sidecar NAME.json into `out` atomically; paths inside `out` are recorded relative
-    to it (the folder can be moved or downloaded as a whole). Return the sidecar."""
+    to it (the folder can be moved or downloaded as a whole). `memory`: the applied memory plan (Plan.to_dict()),
+    recorded as "memory". Return the sidecar."""
     out, name = Path(out), name or method
     outputs = output_names(name, len(images))
     for file, image in zip(outputs, images):
@@ -441,16 +476,33 @@ def save(images, stats: dict, method: str, values: dict, model: str, out: Path, 
         return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path
     sidecar = {"method": method, "model": model, "args": jsonable(map_paths(values, relative)),
                "seed": values.get("seed"), "versions": versions(), "stats": jsonable(stats), "outputs": outputs}
+    if memory is not None:
+        sidecar["memory"] = jsonable(memory)
     write_atomically(out / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
     return sidecar
 
 
 def run_method(method: str, values: dict, model: str, out: Path, name: str | None = None, device=None, dtype=None,
-               quiet: bool = True, callback=None) -> dict:
-    """Load the model (cached), run one method, write its images and sidecar; return the sidecar."""
-    pipe = load_pipeline(model, method, device, dtype, quiet)
+               quiet: bool = True, callback=None, memory=None) -> dict:
+    """Load the model (cached; `memory`: a GPU budget, planned for this run), run one method, write its images and
+    sidecar; return the sidecar."""
+    pipe = load_pipeline(model, method, device, dtype, quiet, memory, values)
+    plan = getattr(pipe, "zeroedit_memory_plan", None)
+    values = with_plan_options(method, values, plan)
     result, stats = execute(method, values, pipe, callback)
-    return save(result.images, stats, method, values, model, out, name)
+    return save(result.images, stats, method, values, model, out, name, None if plan is None else plan.to_dict())
+
+
+def with_plan_options(method: str, values: dict, plan) -> dict:
+    """`values` plus the method options a memory plan asks for (store="cpu", checkpointing=True) that the method
+    takes and the run does not set."""
+    if plan is None:
+        return values
+    accepted = parameters(method)
+    for key in set(plan.options) - set(accepted):
+        logging.getLogger(__name__).warning("the memory plan asks for %s=%r, which %s does not take: it runs without "
+                                            "it, so its peak may exceed the plan's.", key, plan.options[key], method)
+    return {**{k: v for k, v in plan.options.items() if k in accepted and k not in values}, **values}
 
 
 # ----------------------------------------------------------------------------------------- jobs
