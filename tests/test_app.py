@@ -187,7 +187,7 @@ def test_stop_cancels_and_the_pipeline_comes_back_restored(phase, steps, app_url
     stopped, with every other output empty; the processors are as before, the app goes on."""
     client = Client(app_url, verbose=False)  # its own session: Stop stops only this session's run
     client.predict("tiny", handle_file(str(inputs / "cat.png")), "ddim", "", 2, 2, api_name="/invert")
-    pipe = runner._PIPES[("tiny", False, None, None)]
+    pipe = runner._PIPES[("tiny", False, None, None, None)]
     before = processors_snapshot(pipe)
     job = client.submit("tiny", handle_file(str(inputs / "cat.png")), "a dog", "", steps, 7.5, 0, False, "", None,
                         0.8, 0.5, "memory", False, api_name="/translate")  # `steps` inversion + sampling steps
@@ -339,7 +339,7 @@ def test_stop_on_a_flow_model(app_url, inputs):
     processors and hooks are as before."""
     client = Client(app_url, verbose=False)
     client.predict("tiny-flux", handle_file(str(inputs / "cat.png")), None, "", 2, 2, api_name="/invert")
-    pipe = runner._PIPES[("tiny-flux", False, None, None)]
+    pipe = runner._PIPES[("tiny-flux", False, None, None, None)]
     before = processors_snapshot(pipe)
     job = client.submit("tiny-flux", handle_file(str(inputs / "cat.png")), "a dog", "", 400, "", 0, False, "", "",
                         "", "", "memory", False, api_name="/translate")
