@@ -34,7 +34,7 @@ from torch._dynamo.utils import counters
 
 import zeroedit as ze
 from zeroedit import devices
-from zeroedit.backbones import Backbone, FlowBackbone
+from zeroedit.backbones import Backbone, FlowBackbone, backbone_for
 from zeroedit.backbones.vae import vae_in
 from zeroedit.control import Store
 from zeroedit.errors import ParameterError, UnsupportedFeature
@@ -181,7 +181,7 @@ def _warm(pipe):
     """transformers 5 installs its output-capturing forward hooks on a text encoder's first call that asks for
     hidden states (SD3's CLIP encoders), and keeps them: one encoding first, so the snapshot is taken after them."""
     if getattr(pipe, "transformer", None) is not None:
-        FlowBackbone(pipe).encode_prompt("")
+        backbone_for(pipe).encode_prompt("")
 
 
 _RESIDENT: dict = {}
@@ -208,6 +208,29 @@ def test_method_under_memory_feature(feature, family, method):
     assert devices.state(pipe) == before
     reference = METHODS[method](_twin(pipe, family, method)) if rounded else _resident(family, method)
     torch.testing.assert_close(out, reference, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("feature", ["model_offload", "group_block", "layerwise_fp8", "torchao_int8"])
+@pytest.mark.parametrize("family", ["tiny-flux2", "tiny-qwen-image", "tiny-z-image"])
+def test_later_families_under_memory_features(feature, family):
+    """FLUX.2, Qwen-Image and Z-Image: translate (values injected at every step; their blocks' features are refused on
+    FLUX.2 and Z-Image) and compose under model offload, group offloading, float8 storage and torchao int8 equal
+    their resident runs (the same rounded weights where stored rounded) and leave the pipeline as given."""
+    enable, rounded, tolerance = FEATURES[feature]
+
+    def run(pipe):
+        translated = ze.translate(pipe, A, "a dog", steps=3, attention_steps=1.0, output_type="latent").latents
+        return [translated, _compose(pipe)]
+
+    pipe = _load(family, "translate")
+    enable(pipe)
+    _warm(pipe)
+    before = devices.state(pipe)
+    out = run(pipe)
+    assert devices.state(pipe) == before
+    twin = _twin(pipe, family, "translate") if rounded else _load(family, "translate")
+    for ours, theirs in zip(out, run(twin)):
+        torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=tolerance)
 
 
 def test_quantization_error():
