@@ -279,3 +279,15 @@ def test_flow_bad_input_is_refused_before_any_model_work(tiny_flux_pipe, call, k
         for handle in handles:
             handle.remove()
     assert calls == [] and processors_snapshot(tiny_flux_pipe) == before
+
+
+def test_methods_on_a_flux_pipeline_with_an_ip_adapter_loaded(flux_ip_pipe, tiny_flux_pipe):
+    """A FLUX pipeline that carries an IP-Adapter (loaded for personalize) runs every other method as without it:
+    the adapter's layers get no image tokens (their term is zero), and diffusers' processor does not fail on None."""
+    image, reference = make_image(0), make_image(1, (64, 64))
+    runs = [lambda p: ze.translate(p, image, "a dog", output_type="latent").latents,
+            lambda p: ze.compose(p, image, reference, (32, 32, 96, 96), prompt="a cat", steps=4, seed=0,
+                                 output_type="latent").latents,
+            lambda p: ze.invert(p, image, steps=3).latents]
+    for run in runs:
+        assert torch.equal(run(flux_ip_pipe), run(tiny_flux_pipe))

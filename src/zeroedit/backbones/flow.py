@@ -351,6 +351,7 @@ class FlowBackbone(LatentCodec):
                                    "(FLUX.2 does).")
         batch, _, h, w = latents.shape
         if self.is_flux:
+            attention_kwargs = self._without_image_prompt(attention_kwargs)
             hidden = pack(latents.to(self.dtype))
             ids = image_ids(h // 2, w // 2, self.device, cond.embeds.dtype)
             txt_ids = torch.zeros(cond.embeds.shape[1], 3, device=self.device, dtype=cond.embeds.dtype)
@@ -358,6 +359,17 @@ class FlowBackbone(LatentCodec):
                                           txt_ids, self._guidance_tensor(guidance, batch), attention_kwargs)
         return _transformer_forward, (self.transformer, latents.to(self.dtype), cond.embeds, cond.pooled,
                                       self.model_time(sigma), None, None, None, attention_kwargs)
+
+    def _without_image_prompt(self, attention_kwargs):
+        """A FLUX transformer with an IP-Adapter loaded, called without image embeddings (every method but
+        personalize): its IP layers get no image tokens (`ip_hidden_states=[]`), so their image-attention term is
+        zero — the transformer computes exactly what it computes without the adapter (diffusers' processor fails on
+        None)."""
+        if getattr(self.transformer, "encoder_hid_proj", None) is None:
+            return attention_kwargs
+        if attention_kwargs and ("ip_adapter_image_embeds" in attention_kwargs or "ip_hidden_states" in attention_kwargs):
+            return attention_kwargs
+        return {**(attention_kwargs or {}), "ip_hidden_states": []}
 
     def _velocity(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The forward's output as a spatial velocity (B, C, h, w)."""

@@ -66,7 +66,7 @@ class ControlledJointAttnProcessor:
         """FluxIPAdapterAttnProcessor's image-attention term: Σ_adapters scale · SDPA(image queries (before RoPE),
         to_k_ip(c), to_v_ip(c)), (B, N, dim), added by the block after its feed-forward (not through to_out)."""
         q, proc = ctx.ip_query, self.original
-        out = 0
+        out = q.new_zeros(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])  # no image tokens: no term
         for states, scale, to_k, to_v in zip(ip_hidden_states, proc.scale, proc.to_k_ip, proc.to_v_ip):
             key, value = _heads(to_k(states).flatten(1, -2), q.shape[1]), _heads(to_v(states).flatten(1, -2), q.shape[1])
             term = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype))
