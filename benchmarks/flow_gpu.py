@@ -92,7 +92,8 @@ def build_flux2_sized(variant: str = "klein-4b", device: str = "cuda", dtype=tor
     from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
                            Flux2Transformer2DModel)
     from zeroedit.tiny_flow import FLUX_DEV_SCHEDULER
-    from zeroedit.tiny_flux2 import _mistral3, _qwen3, flux2_transformer_config, tiny_mistral_tokenizer, tiny_qwen_tokenizer
+    from zeroedit.tiny import tiny_qwen3_tokenizer
+    from zeroedit.tiny_flux2 import _mistral3, _qwen3, flux2_transformer_config, tiny_mistral_tokenizer
     config = {**flux2_transformer_config(real=True, variant=variant), **overrides}
 
     def build():
@@ -107,7 +108,7 @@ def build_flux2_sized(variant: str = "klein-4b", device: str = "cuda", dtype=tor
                              tokenizer=tiny_mistral_tokenizer(512), transformer=transformer)
     else:
         pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
-                                  tokenizer=tiny_qwen_tokenizer(512), transformer=transformer)
+                                  tokenizer=tiny_qwen3_tokenizer(512), transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -117,16 +118,17 @@ def build_zimage_sized(device: str = "cuda", dtype=torch.bfloat16, **overrides):
     `overrides` change the transformer config (e.g. n_layers=1, dim=64 to check the builder on a CPU)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
-    from zeroedit.tiny_zimage import ZIMAGE_TURBO_SCHEDULER, tiny_qwen_tokenizer, zimage_transformer_config
+    from zeroedit.tiny import tiny_qwen3_tokenizer
+    from zeroedit.tiny_zimage import ZIMAGE_TURBO_SCHEDULER, zimage_transformer_config
     config = {**zimage_transformer_config(real=True), **overrides}
-    tokenizer = tiny_qwen_tokenizer()
+    tokenizer = tiny_qwen3_tokenizer()
 
     def build():
         with torch.device(device):
             width = config["cap_feat_dim"]
             text = Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
                                num_hidden_layers=2, num_attention_heads=width // 128,
-                               num_key_value_heads=max(1, width // 256), head_dim=128, pad_token_id=len(tokenizer) - 3)
+                               num_key_value_heads=max(1, width // 256), head_dim=128, pad_token_id=256)
             return ZImageTransformer2DModel(**config), AutoencoderKL(**FLUX_VAE), Qwen3Model(text)
     transformer, vae, text_encoder = _sized(build, dtype)
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_TURBO_SCHEDULER), vae=vae,

@@ -32,6 +32,31 @@ def _byte_symbols() -> list[str]:
     return [chr(by_byte[b]) for b in range(256)]
 
 
+def byte_vocab(specials=()) -> dict:
+    """The 256 byte symbols (ids 0…255), then `specials` (256…): a byte-level BPE vocabulary without merges."""
+    vocab = {symbol: i for i, symbol in enumerate(_byte_symbols())}
+    vocab.update({token: 256 + i for i, token in enumerate(specials)})
+    return vocab
+
+
+QWEN3_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+QWEN3_CHAT_TEMPLATE = (  # Qwen3's chat template, reduced to what Flux2KleinPipeline and ZImagePipeline use: user
+    # messages, the generation prompt, and the empty think block Qwen3 writes when enable_thinking is false
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}")
+
+
+def tiny_qwen3_tokenizer(max_length: int = 512):
+    """A Qwen2 byte-level BPE tokenizer (fast, no merges: one token per byte) with Qwen3's chat markers as special
+    tokens and the reduced chat template above: the text encoders of FLUX.2 [klein] and Z-Image. The first special,
+    <|endoftext|>, is id 256 (the pad token of the tiny Qwen3 models)."""
+    from transformers import Qwen2TokenizerFast
+    return Qwen2TokenizerFast(vocab=byte_vocab(QWEN3_SPECIALS), merges=[], model_max_length=max_length,
+                              chat_template=QWEN3_CHAT_TEMPLATE, additional_special_tokens=list(QWEN3_SPECIALS[1:]))
+
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A CLIP BPE tokenizer with a locally written vocabulary (no merges: one token per character)."""
     symbols = _byte_symbols()

@@ -30,19 +30,13 @@ import torch
 from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
                        Flux2Transformer2DModel)
 
-from .tiny import TINY_SIZE, _byte_symbols
+from .tiny import QWEN3_SPECIALS, TINY_SIZE, byte_vocab, tiny_qwen3_tokenizer
 from .tiny_flow import FLUX_DEV_SCHEDULER
 
 TEXT_LENGTH = 64
 DEV_TEXT_LENGTH = 256
 TEXT_WIDTH = 16  # the tiny text encoders' hidden size; the transformer reads 3 stacked layers: 48
 VARIANTS = ("klein", "klein-distilled", "dev")
-QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
-QWEN_TEMPLATE = (  # Qwen3's chat template, reduced to what Flux2KleinPipeline uses
-    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}")
 MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
                     "[IMG_BREAK]", "[IMG_END]")
 MISTRAL_TEMPLATE = (  # Mistral Small 3.x's chat template, reduced to text blocks (what Flux2Pipeline sends)
@@ -77,18 +71,6 @@ def flux2_transformer_config(real: bool = True, variant: str = "klein-4b") -> di
                 mlp_ratio=3.0, axes_dims_rope=(2, 2, 2, 2), rope_theta=2000, guidance_embeds=variant == "dev")
 
 
-def _byte_vocab(specials) -> dict:
-    vocab = {symbol: i for i, symbol in enumerate(_byte_symbols())}
-    vocab.update({token: 256 + i for i, token in enumerate(specials)})
-    return vocab
-
-
-def tiny_qwen_tokenizer(max_length: int = TEXT_LENGTH):
-    """A Qwen2 byte-level BPE tokenizer (no merges) with Qwen's chat markers and a reduced chat template."""
-    from transformers import Qwen2TokenizerFast
-    return Qwen2TokenizerFast(vocab=_byte_vocab(QWEN_SPECIALS), merges=[], model_max_length=max_length,
-                              chat_template=QWEN_TEMPLATE, additional_special_tokens=list(QWEN_SPECIALS[1:]))
-
 
 def tiny_mistral_tokenizer(max_length: int = DEV_TEXT_LENGTH):
     """A byte-level BPE tokenizer (no merges) with Mistral's chat markers and a reduced chat template, in place of
@@ -96,7 +78,7 @@ def tiny_mistral_tokenizer(max_length: int = DEV_TEXT_LENGTH):
     which a tokenizer has with the same arguments. model_max_length 256: the system message alone is 180 tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    backend = Tokenizer(models.BPE(vocab=_byte_vocab(MISTRAL_SPECIALS), merges=[]))
+    backend = Tokenizer(models.BPE(vocab=byte_vocab(MISTRAL_SPECIALS), merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
@@ -116,7 +98,7 @@ def _vae(seed: int) -> AutoencoderKLFlux2:
 def _qwen3(width: int = TEXT_WIDTH, head_dim: int = 8):
     """A Qwen3ForCausalLM of 28 layers (the pipeline reads hidden states 9, 18, 27), 2 heads, `width` wide."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    config = Qwen3Config(vocab_size=256 + len(QWEN_SPECIALS), hidden_size=width, intermediate_size=32,
+    config = Qwen3Config(vocab_size=256 + len(QWEN3_SPECIALS), hidden_size=width, intermediate_size=32,
                          num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim,
                          max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=256)
     return Qwen3ForCausalLM(config)
@@ -150,7 +132,7 @@ def build_tiny_flux2(seed: int = 0, variant: str = "klein"):
         pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_mistral_tokenizer(),
                              transformer=transformer)
     else:
-        pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_qwen_tokenizer(),
+        pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_qwen3_tokenizer(TEXT_LENGTH),
                                   transformer=transformer, is_distilled=variant == "klein-distilled")
     pipe.set_progress_bar_config(disable=True)
     return pipe

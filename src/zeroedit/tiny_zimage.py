@@ -7,11 +7,8 @@ Built in-process, deterministically from a seed, never touching the network; the
   channels, caption width 32 = the text encoder's hidden size.
 - text encoder: a 3-layer Qwen3Model (hidden 32, 4 query / 2 key-value heads × 8) built from a config; the
   pipeline reads its hidden_states[-2].
-- tokenizer: a Qwen2Tokenizer (byte-level BPE) whose vocabulary is written here: the 256 byte-level symbols (no
-  merges: one token per byte) and the special tokens <|endoftext|> (pad), <|im_start|>, <|im_end|>; its chat
-  template is a minimal Jinja one that gives Qwen3's structure for what ZImagePipeline asks
-  (`<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n`, and Qwen3's empty think block only when
-  enable_thinking is false); model_max_length 512 (ZImagePipeline's max_sequence_length).
+- tokenizer: tiny.py's Qwen3 tokenizer (byte-level BPE without merges, Qwen's chat markers, a reduced Qwen3 chat
+  template, shared with tiny FLUX.2 [klein]); model_max_length 512 (ZImagePipeline's max_sequence_length).
 - VAE: tiny_flow's ×8 AutoencoderKL with 16 latent channels and FLUX.1's scaling/shift factors (Z-Image uses
   FLUX.1's VAE).
 - scheduler: FlowMatchEulerDiscreteScheduler(shift=3.0), static shift, as Z-Image-Turbo's scheduler config (shift
@@ -22,36 +19,20 @@ from __future__ import annotations
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers import Qwen3Config, Qwen3Model
 
-from .tiny import _byte_symbols
+from .tiny import tiny_qwen3_tokenizer
 from .tiny_flow import FLUX_VAE, _vae
 
 TEXT_WIDTH = 32
 ZIMAGE_TURBO_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-# Qwen3's chat template reduced to what ZImagePipeline uses: user messages, the generation prompt, and the empty
-# think block that Qwen3 writes when enable_thinking is false.
-QWEN3_CHAT_TEMPLATE = (
-    r"{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    r"{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
-    r"{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
-    r"{%- endif %}")
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
-
-def tiny_qwen_tokenizer(chat_template: str = QWEN3_CHAT_TEMPLATE, max_length: int = 512) -> Qwen2Tokenizer:
-    """A Qwen2 byte-level BPE tokenizer with a locally written vocabulary (see module docstring)."""
-    vocab = {symbol: i for i, symbol in enumerate(_byte_symbols())}
-    for token in QWEN_SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    return Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length, chat_template=chat_template,
-                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]))
 
 
 def _qwen3(vocab_size: int) -> Qwen3Model:
     config = Qwen3Config(vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-                         pad_token_id=vocab_size - len(QWEN_SPECIAL_TOKENS))
+                         pad_token_id=256)  # <|endoftext|>
     return Qwen3Model(config)
 
 
@@ -72,7 +53,7 @@ def zimage_transformer_config(real: bool = False) -> dict:
 
 def build_tiny_z_image(seed: int = 0) -> ZImagePipeline:
     """Random-weight tiny Z-Image-shaped pipeline (see module docstring)."""
-    tokenizer = tiny_qwen_tokenizer()
+    tokenizer = tiny_qwen3_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = ZImageTransformer2DModel(**zimage_transformer_config())
