@@ -410,6 +410,8 @@ PHASE_RUNS = [  # (model, method, config): each method's inversion and sampling,
     ("tiny-flux", "translate", dict(steps=3)), ("tiny-flux", "translate", dict(steps=3, preset="reference")),
     ("tiny-flux", "compose", dict(steps=3)), ("tiny-flux", "edit", dict(steps=3)),
     ("tiny-flux", "invert", dict(steps=3, method="fireflow")),
+    ("tiny-flux2", "translate", dict(steps=3)), ("tiny-flux2", "personalize", dict(steps=3)),
+    ("tiny-qwen-image", "compose", dict(steps=3)), ("tiny-z-image", "edit", dict(steps=3)),
 ]
 
 

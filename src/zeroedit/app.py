@@ -67,7 +67,7 @@ from .images import load_image, load_mask  # noqa: E402
 from .invert import METHODS as INVERSIONS  # noqa: E402
 
 logger = logging.getLogger(__name__)
-MODELS = ("toy", "tiny", "tiny-xl", "toy-flow", "tiny-sd3", "tiny-flux")
+MODELS = ("toy", "tiny", "tiny-xl", "toy-flow", "tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-z-image")
 MAX_REFERENCES = 3
 CONCURRENCY = "model"  # every run event shares one queue slot: one model, one run at a time
 MAX_RUNS = 100  # run folders kept (the newest)
@@ -704,7 +704,8 @@ class App:
                         "METHOD.json`.")
             model = gr.Dropdown(list(dict.fromkeys([self.model, *MODELS])), value=self.model, allow_custom_value=True,
                                 label="model", info="toy (trained on coloured shapes, offline), tiny / tiny-xl "
-                                "(random weights, for tests), toy-flow / tiny-sd3 / tiny-flux (SD3/FLUX layouts), "
+                                "(random weights, for tests), toy-flow / tiny-sd3 / tiny-flux / tiny-flux2 / "
+                                "tiny-qwen-image / tiny-z-image (SD3, FLUX.1, FLUX.2, Qwen-Image, Z-Image layouts), "
                                 "a hub id or a local folder")
             with gr.Tab("compose", id="compose", elem_id="compose-tab"):
                 self._compose_tab(model)

@@ -119,6 +119,27 @@ def _pipeline_class(index: dict):
     return diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
 
 
+# Pipelines whose personalize needs no adapter (their transformers take reference images) or has none to load:
+# `load_pipeline` loads them for personalize without an IP-Adapter, and the method says what runs.
+NO_ADAPTER_PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline", "QwenImagePipeline", "QwenImageEditPlusPipeline",
+                        "ZImagePipeline", "ChromaPipeline")
+
+
+def takes_ip_adapter(model: str) -> bool:
+    """Whether `ze.load(model, ip_adapter=True)` is what personalize needs: False for the later families (FLUX.2 and
+    Qwen-Image-Edit-Plus take reference images natively; Qwen-Image, Z-Image and Chroma have no adapter), read from
+    the name of a built-in model or a folder's / cached hub id's model_index.json; True otherwise (a model that
+    cannot be read is left to `load` to report)."""
+    if model in TINY_FAMILIES:
+        return False
+    if model in TINY_MODELS + TINY_FLOW_MODELS or model in ("toy", "toy-flow"):
+        return True
+    try:
+        return _model_index(model).get("_class_name") not in NO_ADAPTER_PIPELINES
+    except ModelError:
+        return True
+
+
 def is_sdxl(pipe) -> bool:
     """True for SDXL-style pipelines (two text encoders and text_time conditioning)."""
     return getattr(pipe, "text_encoder_2", None) is not None
@@ -210,8 +231,9 @@ def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: in
         check_memory(memory, device)
     if model in TINY_FAMILIES:
         if ip_adapter:
-            raise ParameterError(f"ip_adapter: {model} has no IP-Adapter; personalize on FLUX.2 takes reference images "
-                                 "natively (no adapter to load).")
+            raise ParameterError(f"ip_adapter: {model} has no IP-Adapter to load; personalize on FLUX.2 (and "
+                                 "Qwen-Image-Edit-Plus) takes reference images natively, Qwen-Image and Z-Image have "
+                                 "no way in for them.")
         module, builder = TINY_FAMILIES[model]
         pipe = getattr(importlib.import_module(module), builder)(seed)
     elif model in TINY_FLOW_MODELS:

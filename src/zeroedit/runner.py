@@ -349,8 +349,10 @@ def load_pipeline(model: str, method: str, device=None, dtype=None, quiet: bool 
     (zeroedit.memory)."""
     import torch
 
-    from .loading import load
-    ip = method == "personalize"  # the model family's reference adapter (loading.DEFAULT_IP_ADAPTERS), or tiny/toy's own
+    from .loading import load, takes_ip_adapter
+    # personalize: the model family's reference adapter (loading.DEFAULT_IP_ADAPTERS) or tiny/toy's own; none on the
+    # families that take reference images natively or have no adapter (the method says what runs)
+    ip = method == "personalize" and takes_ip_adapter(model)
     planned = None if memory is None else (method, memory, repr(plan_shape(method, values or {})))
     key = (model, ip, device, dtype, planned)
     with _PIPES_LOCK:
