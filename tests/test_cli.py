@@ -261,3 +261,85 @@ def test_no_import_cycle_through_the_entry_points():
             if isinstance(node, ast.ImportFrom):
                 names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
                 assert not (names & entry and node.level >= 1), (file.name, ast.dump(node))
+
+
+# ----------------------------------------------------------------------------------------- issue 26: help
+def _parsers():
+    """(name, parser) of the main parser and every subcommand's."""
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0]
+    return [("zeroedit", parser)] + list(commands.choices.items())
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1, "[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_every_flag_has_a_whole_sentence_help():
+    """Every flag, positional and subcommand has a help text: a whole sentence (ends with a full stop, balanced
+    parentheses), none of the old docstring fragments; every --help renders."""
+    seen = set()
+    for name, parser in _parsers():
+        assert parser.format_help().startswith("usage: "), name
+        actions = list(parser._actions)
+        actions += [a for action in parser._actions for a in getattr(action, "_choices_actions", [])]
+        for action in actions:
+            text = " ".join((action.help or "").split())
+            where = (name, action.dest)
+            assert text.endswith(".") and _balanced(text), where
+            assert "(API:" not in text and "(None:" not in text and "%" not in text, where
+            seen.add(where)
+    assert ("translate", "layers") in seen and ("batch", "jobs") in seen and ("eval", "results") in seen
+    assert len(seen) > 150
+
+
+def test_method_flags_mirror_the_api():
+    """Each method's flags are its API parameters, in order; on/off switches are exactly the bool parameters;
+    each help names the parameter's plain default; --model names the command's default model."""
+    from zeroedit import cli_flags, loading, runner
+    from zeroedit.metrics.published import COLUMNS
+    helps = dict(_parsers())
+    for method in runner.METHODS:
+        params = runner.parameters(method)
+        assert list(cli_flags.METHOD_FLAGS[method]) == list(params), method
+        switches = {n for n, p in params.items() if isinstance(p.default, bool)}
+        assert switches == {n for n in params if n in cli.SWITCHES}, method
+        for name, param in params.items():
+            default = param.default
+            if isinstance(default, (int, float, str)) and not isinstance(default, bool) and default != "":
+                assert f"default: {default}" in cli_flags.METHOD_FLAGS[method][name], (method, name, default)
+    for command, model in runner.DEFAULT_MODELS.items():
+        assert model in cli_flags.model_help(command)
+        assert model in " ".join(helps[command].format_help().replace("-\n", "-").split()).replace("- ", "-")
+    assert cli_flags.OFFLINE_MODELS == loading.OFFLINE_MODELS and cli_flags.BENCHMARKS == tuple(COLUMNS)
+
+
+def test_help_imports_no_torch():
+    """`zeroedit --help` and every `zeroedit COMMAND --help` answer without importing torch, diffusers,
+    transformers or gradio; `ze.invert` stays the function once its submodule is imported."""
+    commands = [name for name, _ in _parsers()[1:]]
+    script = f"""
+import json, runpy, sys
+heavy = ("torch", "diffusers", "transformers", "gradio")
+report = {{}}
+for argv in [["--help"]] + [[c, "--help"] for c in {commands!r}]:
+    sys.argv = ["zeroedit", *argv]
+    try:
+        runpy.run_module("zeroedit.cli", run_name="__main__")
+    except SystemExit as done:
+        report[" ".join(argv)] = [done.code, sorted(m for m in heavy if m in sys.modules)]
+import zeroedit as ze
+from zeroedit.invert import METHODS
+report["invert"] = [callable(ze.invert) and ze.invert.__module__ == "zeroedit.invert", len(METHODS)]
+print(json.dumps(report))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert len(report) == len(commands) + 2 and report.pop("invert") == [True, 5]
+    assert all(value == [0, []] for value in report.values()), report
