@@ -126,8 +126,18 @@ def test_internal_error_exits_1(capsys, monkeypatch):
 
 
 def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
+    """The CLI user is told --model DIR (not the API's load('DIR')), the README's `hf download`, and every offline
+    model; the API user gets the same advice worded for Python, as a typed error."""
     code, err = run(["invert", "--image", str(ASSETS / "cat.png")], capsys)  # default: the paper's hub model
-    assert code == 2 and "folder" in err.lower(), err
+    assert code == 2 and len([line for line in err.splitlines() if line.startswith("zeroedit")]) == 1, err
+    assert "--model DIR" in err and "load(" not in err and "hf download stabilityai/stable-diffusion-2-1-base" in err
+    assert all(name in err for name in ("tiny", "tiny-xl", "toy", "toy-flow", "tiny-sd3", "tiny-flux")), err
+    import zeroedit as ze
+    from zeroedit.errors import ModelError, ModelNotFound
+    with pytest.raises(ModelNotFound) as raised:
+        ze.load("no-such-owner/no-such-model")
+    assert isinstance(raised.value, ModelError) and raised.value.model == "no-such-owner/no-such-model"
+    assert "load('DIR')" in str(raised.value) and "--model" not in str(raised.value)
 
 
 def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import runner
 from .cli_flags import (APP, BATCH, BATCH_MODEL, BENCHMARKS, COMMON, DEMO_MODEL, DIRECTION, EVAL, METHOD_FLAGS, OUT,
                         SUMMARIES, model_help)
-from .errors import ZeroEditError
+from .errors import ModelNotFound, ZeroEditError
 # The runner's names, re-exported: `zeroedit.cli.asset`, `cli.resolve_arguments`, ... keep working.
 from .runner import (DEFAULT_MODELS, IMAGE_ARGS, SKIPPED, UserError, asset, flag, load_pipeline, method_function,  # noqa: F401
                      parse_value, read_config, resolve_arguments, run_method, versions, write_atomically)
@@ -283,6 +283,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except ModelNotFound as error:  # the library's message says load('DIR'); here a folder is given as --model DIR
+        from .loading import not_found_message
+        return _user_error(not_found_message(error.model, error.reason, how="--model {}"))
     except (ZeroEditError, FileNotFoundError) as error:
         return _user_error(str(error) or type(error).__name__)
     except KeyboardInterrupt:

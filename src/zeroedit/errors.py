@@ -32,3 +32,17 @@ class CheckpointError(ZeroEditError):
 class UnsupportedModel(ModelError):
     """The method does not run on this kind of model (e.g. a UNet-only method on an SD3/FLUX pipeline); the
     message says which methods do."""
+
+
+class ModelNotFound(ModelError):
+    """A model that is neither a local folder nor reachable on the Hugging Face Hub (offline, unknown or gated
+    repository). `model` names it and `reason` says why, so an entry point can word how its own users pass a
+    downloaded folder instead (zeroedit.loading.not_found_message: `load('DIR')`, or `--model DIR` on the
+    command line)."""
+
+    def __init__(self, message: str, model: str = "", reason: str = ""):
+        super().__init__(message, model, reason)
+        self.model, self.reason = model, reason
+
+    def __str__(self):
+        return self.args[0]

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .errors import ModelError, ParameterError
+from .errors import ModelError, ModelNotFound, ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ TINY_FLOW_MODELS = ("tiny-sd3", "tiny-flux")
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
 TOY_FLOW_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy_flow")  # scripts/train_toy_flow.py
 TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
+OFFLINE_MODELS = TINY_MODELS + ("toy", "toy-flow") + TINY_FLOW_MODELS  # built in code or shipped: no download
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
@@ -53,8 +54,18 @@ def check_device(device) -> torch.device | None:
     return device
 
 
+def not_found_message(model: str, reason: str, how: str = "load({!r})") -> str:
+    """What to do about a model that is not a folder and cannot be fetched from the Hub: download it on a
+    connected machine and pass the folder, or use a model that needs no download. `how` words passing a model
+    for the reader: `load({!r})` in Python, `--model {}` on the command line."""
+    return (f"could not fetch {model!r} from the Hugging Face Hub ({reason}). If you are offline, download it on a "
+            f"connected machine (`hf download {model} --local-dir DIR`) and pass the local folder: "
+            f"{how.format('DIR')}. These models need no download: {', '.join(OFFLINE_MODELS)} "
+            f"(e.g. {how.format('toy')}).")
+
+
 def _model_index(model: str) -> dict:
-    """model_index.json of a local folder or a hub repository (raises ModelError offline)."""
+    """model_index.json of a local folder or a hub repository (raises ModelNotFound offline)."""
     if os.path.isdir(model):
         path = os.path.join(model, "model_index.json")
         if not os.path.isfile(path):
@@ -68,11 +79,8 @@ def _model_index(model: str) -> dict:
         try:
             path = hf_hub_download(model, "model_index.json")
         except Exception as error:  # offline, unknown repo, gated repo, ...
-            raise ModelError(
-                f"could not fetch {model!r} from the Hugging Face Hub ({type(error).__name__}). If you are offline, "
-                "download the model on a connected machine (`huggingface-cli download "
-                f"{model} --local-dir DIR`) and pass the local folder: load('DIR'). Offline tests can use "
-                "load('tiny') or load('tiny-xl').") from None
+            reason = type(error).__name__
+            raise ModelNotFound(not_found_message(model, reason), model, reason) from None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
