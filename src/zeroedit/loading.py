@@ -6,6 +6,7 @@ Safetensors only, no safety checker, never `trust_remote_code`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,6 +152,27 @@ def default_ip_adapter(pipe) -> dict:
     return DEFAULT_IP_ADAPTERS[width]
 
 
+class _EmptyFp32Notice(logging.Filter):
+    """diffusers 0.42's `ModelMixin.to()` warns "There are modules in ... that should be kept in float32: []" on
+    every dtype cast, also when that list is empty (`fp32_modules = ... or []`, then `is not None`), and
+    `load_ip_adapter` casts the UNet: every personalize load printed it. Only the empty-list notice is dropped."""
+
+    def filter(self, record):
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_empty_fp32_notice():
+    """Drop `_EmptyFp32Notice`'s message from diffusers' model logger while loading (a decorator of `load`)."""
+    notice, modeling = _EmptyFp32Notice(), logging.getLogger("diffusers.models.modeling_utils")
+    modeling.addFilter(notice)
+    try:
+        yield
+    finally:
+        modeling.removeFilter(notice)
+
+
+@_without_empty_fp32_notice()
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0):
     """Return a standard diffusers pipeline.
 
