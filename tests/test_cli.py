@@ -125,7 +125,7 @@ def test_internal_error_exits_1(capsys, monkeypatch):
     assert code == 1 and "internal error" in err and "Traceback" not in err
 
 
-def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
+def test_offline_hub_model_says_how_to_use_a_local_folder(capsys, tmp_path):
     """The CLI user is told --model DIR (not the API's load('DIR')), the README's `hf download`, and every offline
     model; the API user gets the same advice worded for Python, as a typed error."""
     code, err = run(["invert", "--image", str(ASSETS / "cat.png")], capsys)  # default: the paper's hub model
@@ -138,18 +138,37 @@ def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
         ze.load("no-such-owner/no-such-model")
     assert isinstance(raised.value, ModelError) and raised.value.model == "no-such-owner/no-such-model"
     assert "load('DIR')" in str(raised.value) and "--model" not in str(raised.value)
+    code, err = run(["demo", "--model", "no-such-owner/no-such-model", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 2 and "--model DIR" in err and not (tmp_path / "demo").exists(), err  # before any run
 
 
 def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys, monkeypatch):
     from zeroedit import demo
+    import torch
     monkeypatch.setattr(demo, "TOY_STEPS", 4)  # the gallery's shape does not depend on the steps
+    threads = torch.get_num_threads()
     code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
+    assert torch.get_num_threads() == threads  # the toy demo runs on one thread, then restores torch's count
     page = (tmp_path / "index.html").read_text()
     for name in ("invert", "compose", "translate", "edit", "personalize"):
         assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.json").is_file()
         assert f'src="{name}.png"' in page
-    assert "steps" in page and "inputs/cat.png" in page
+    assert "steps" in page and "inputs/cat.png" in page and "CPU time (1 torch thread(s)" in page
+    assert str(tmp_path) not in page and str(ASSETS) not in page  # inputs named inside the demo folder
+    sidecar = json.loads((tmp_path / "invert.json").read_text())
+    assert sidecar["args"]["image"] == "inputs/cat.png" and (tmp_path / "inputs" / "cat.png").is_file()
+    assert json.loads((tmp_path / "edit.json").read_text())["args"]["direction"] == "inputs/red2blue.safetensors"
+
+
+def test_demo_with_a_failed_run_exits_3(tmp_path, capsys, monkeypatch):
+    """A run that fails is shown in the gallery with its error, and the demo exits 3 (as a batch does)."""
+    from zeroedit import demo
+    monkeypatch.setattr(demo, "toy_jobs", lambda out, steps: [
+        {"method": "invert", "id": "invert", "image": "inputs/missing.png", "steps": 2}])
+    code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 3, err
+    assert 'class="err"' in (tmp_path / "index.html").read_text() and not (tmp_path / "invert.png").exists()
 
 
 # ----------------------------------------------------------------------------------------- issue 15 §2

@@ -11,7 +11,7 @@ The parser is built from static data (cli_flags: every flag's help sentence), so
     zeroedit translate --config out/translate.json  # a sidecar reproduces its run bit for bit
 
 Every run writes its images and a JSON sidecar (every resolved argument, the seed, the model, versions and
-stats). Exit codes: 0 success; 2 user error (one line, no traceback); 1 internal failure; 3 (batch) some
+stats). Exit codes: 0 success; 2 user error (one line, no traceback); 1 internal failure; 3 (batch, demo) some
 jobs failed.
 """
 from __future__ import annotations
@@ -136,8 +136,8 @@ def run_direction(args) -> int:
 def run_demo(args) -> int:
     from .demo import demo
     out = runner.check_out_folder(args.out or "demo-out")
-    demo(out, model=args.model, quiet=bool(args.quiet))
-    return 0
+    records = demo(out, model=args.model, quiet=bool(args.quiet))
+    return 3 if any(record["status"] != "ok" for record in records) else 0
 
 
 def run_batch(args) -> int:
