@@ -193,7 +193,7 @@ METHOD_FLAGS = {
 COMMON = {
     "config": ("A YAML or JSON file with the same keys as the flags, or a sidecar .json of an earlier run (which "
                "reproduces it); flags given here win."),
-    "quiet": "No progress bars and no summary line; off by default.",
+    "quiet": "No progress bars while the method runs and no summary line; off by default.",
     "device": "Where to run: cpu, cuda, cuda:1, mps, ...; default: cuda when available, else cpu.",
     "dtype": "float16, bfloat16 or float32; default: float16 on cuda, else float32.",
 }
