@@ -174,7 +174,7 @@ class _Parser(argparse.ArgumentParser):
         self.add_argument("-h", "--help", action="help", help="Show this help and exit.")
 
     def error(self, message):  # one line, exit 2 (argparse prints usage too)
-        raise UserError(f"{message} (see zeroedit {self.prog.split()[-1] if ' ' in self.prog else ''} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 COMMANDS: list = []  # one function (subparsers) -> None per subcommand, in --help order; add yours with @command
