@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 import zeroedit as ze  # noqa: E402
+# `import zeroedit` loads no torch; load torch and diffusers here, once, so that import-time notices of their
+# dependencies (e.g. a torchao built for another torch) are printed at collection, not in a test's captured stderr.
+from diffusers import StableDiffusionPipeline  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

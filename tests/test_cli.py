@@ -125,21 +125,50 @@ def test_internal_error_exits_1(capsys, monkeypatch):
     assert code == 1 and "internal error" in err and "Traceback" not in err
 
 
-def test_offline_hub_model_says_how_to_use_a_local_folder(capsys):
+def test_offline_hub_model_says_how_to_use_a_local_folder(capsys, tmp_path):
+    """The CLI user is told --model DIR (not the API's load('DIR')), the README's `hf download`, and every offline
+    model; the API user gets the same advice worded for Python, as a typed error."""
     code, err = run(["invert", "--image", str(ASSETS / "cat.png")], capsys)  # default: the paper's hub model
-    assert code == 2 and "folder" in err.lower(), err
+    assert code == 2 and len([line for line in err.splitlines() if line.startswith("zeroedit")]) == 1, err
+    assert "--model DIR" in err and "load(" not in err and "hf download stabilityai/stable-diffusion-2-1-base" in err
+    assert all(name in err for name in ("tiny", "tiny-xl", "toy", "toy-flow", "tiny-sd3", "tiny-flux")), err
+    import zeroedit as ze
+    from zeroedit.errors import ModelError, ModelNotFound
+    with pytest.raises(ModelNotFound) as raised:
+        ze.load("no-such-owner/no-such-model")
+    assert isinstance(raised.value, ModelError) and raised.value.model == "no-such-owner/no-such-model"
+    assert "load('DIR')" in str(raised.value) and "--model" not in str(raised.value)
+    code, err = run(["demo", "--model", "no-such-owner/no-such-model", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 2 and "--model DIR" in err and not (tmp_path / "demo").exists(), err  # before any run
 
 
 def test_demo_writes_every_method_and_a_gallery(tmp_path, capsys, monkeypatch):
     from zeroedit import demo
+    import torch
     monkeypatch.setattr(demo, "TOY_STEPS", 4)  # the gallery's shape does not depend on the steps
+    threads = torch.get_num_threads()
     code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
+    assert torch.get_num_threads() == threads  # the toy demo runs on one thread, then restores torch's count
     page = (tmp_path / "index.html").read_text()
     for name in ("invert", "compose", "translate", "edit", "personalize"):
         assert (tmp_path / f"{name}.png").is_file() and (tmp_path / f"{name}.json").is_file()
         assert f'src="{name}.png"' in page
-    assert "steps" in page and "inputs/cat.png" in page
+    assert "steps" in page and "inputs/cat.png" in page and "CPU time (1 torch thread(s)" in page
+    assert str(tmp_path) not in page and str(ASSETS) not in page  # inputs named inside the demo folder
+    sidecar = json.loads((tmp_path / "invert.json").read_text())
+    assert sidecar["args"]["image"] == "inputs/cat.png" and (tmp_path / "inputs" / "cat.png").is_file()
+    assert json.loads((tmp_path / "edit.json").read_text())["args"]["direction"] == "inputs/red2blue.safetensors"
+
+
+def test_demo_with_a_failed_run_exits_3(tmp_path, capsys, monkeypatch):
+    """A run that fails is shown in the gallery with its error, and the demo exits 3 (as a batch does)."""
+    from zeroedit import demo
+    monkeypatch.setattr(demo, "toy_jobs", lambda out, steps: [
+        {"method": "invert", "id": "invert", "image": "inputs/missing.png", "steps": 2}])
+    code, err = run(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 3, err
+    assert 'class="err"' in (tmp_path / "index.html").read_text() and not (tmp_path / "invert.png").exists()
 
 
 # ----------------------------------------------------------------------------------------- issue 15 §2
@@ -261,3 +290,111 @@ def test_no_import_cycle_through_the_entry_points():
             if isinstance(node, ast.ImportFrom):
                 names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
                 assert not (names & entry and node.level >= 1), (file.name, ast.dump(node))
+
+
+# ----------------------------------------------------------------------------------------- issue 26: help
+def _parsers():
+    """(name, parser) of the main parser and every subcommand's."""
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0]
+    return [("zeroedit", parser)] + list(commands.choices.items())
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1, "[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_every_flag_has_a_whole_sentence_help():
+    """Every flag, positional and subcommand has a help text: a whole sentence (ends with a full stop, balanced
+    parentheses), none of the old docstring fragments; every --help renders."""
+    seen = set()
+    for name, parser in _parsers():
+        assert parser.format_help().startswith("usage: "), name
+        actions = list(parser._actions)
+        actions += [a for action in parser._actions for a in getattr(action, "_choices_actions", [])]
+        for action in actions:
+            text = " ".join((action.help or "").split())
+            where = (name, action.dest)
+            assert text.endswith(".") and _balanced(text), where
+            assert "(API:" not in text and "(None:" not in text and "%" not in text, where
+            seen.add(where)
+    assert ("translate", "layers") in seen and ("batch", "jobs") in seen and ("eval", "results") in seen
+    assert len(seen) > 150
+
+
+def test_method_flags_mirror_the_api():
+    """Each method's flags are its API parameters, in order; on/off switches are exactly the bool parameters;
+    each help names the parameter's plain default; --model names the command's default model."""
+    from zeroedit import cli_flags, loading, runner
+    from zeroedit.metrics.published import COLUMNS
+    helps = dict(_parsers())
+    for method in runner.METHODS:
+        params = runner.parameters(method)
+        assert list(cli_flags.METHOD_FLAGS[method]) == list(params), method
+        switches = {n for n, p in params.items() if isinstance(p.default, bool)}
+        assert switches == {n for n in params if n in cli.SWITCHES}, method
+        for name, param in params.items():
+            default = param.default
+            if isinstance(default, (int, float, str)) and not isinstance(default, bool) and default != "":
+                assert f"default: {default}" in cli_flags.METHOD_FLAGS[method][name], (method, name, default)
+    for command, model in runner.DEFAULT_MODELS.items():
+        assert model in cli_flags.model_help(command)
+        assert model in " ".join(helps[command].format_help().replace("-\n", "-").split()).replace("- ", "-")
+    assert cli_flags.OFFLINE_MODELS == loading.OFFLINE_MODELS and cli_flags.BENCHMARKS == tuple(COLUMNS)
+
+
+def test_help_imports_no_torch():
+    """`zeroedit --help` and every `zeroedit COMMAND --help` answer without importing torch, diffusers,
+    transformers or gradio; `ze.invert` stays the function once its submodule is imported."""
+    commands = [name for name, _ in _parsers()[1:]]
+    script = f"""
+import json, runpy, sys
+heavy = ("torch", "diffusers", "transformers", "gradio")
+report = {{}}
+for argv in [["--help"]] + [[c, "--help"] for c in {commands!r}]:
+    sys.argv = ["zeroedit", *argv]
+    try:
+        runpy.run_module("zeroedit.cli", run_name="__main__")
+    except SystemExit as done:
+        report[" ".join(argv)] = [done.code, sorted(m for m in heavy if m in sys.modules)]
+import zeroedit as ze
+from zeroedit.invert import METHODS
+report["invert"] = [callable(ze.invert) and ze.invert.__module__ == "zeroedit.invert", len(METHODS)]
+print(json.dumps(report))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert len(report) == len(commands) + 2 and report.pop("invert") == [True, 5]
+    assert all(value == [0, []] for value in report.values()), report
+
+
+def test_personalize_load_prints_no_empty_float32_notice():
+    """diffusers' "modules ... should be kept in float32: []" notice (an empty list, on every dtype cast) is gone
+    from loading an IP-Adapter; the same cast outside `load` still shows it, so the check can fail."""
+    import logging
+
+    import torch
+
+    import zeroedit as ze
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+    handler = Keep()
+    modeling = logging.getLogger("diffusers.models.modeling_utils")
+    modeling.addHandler(handler)
+    try:
+        pipe = ze.load("tiny", ip_adapter=True)
+        assert not [r for r in records if "kept in float32" in r.getMessage()]
+        pipe.unet.to(dtype=torch.float32)
+        assert [r for r in records if "should be kept in float32: []" in r.getMessage()]
+        assert not [f for f in modeling.filters if "Fp32" in type(f).__name__]  # load removes its filter
+    finally:
+        modeling.removeHandler(handler)

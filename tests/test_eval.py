@@ -196,7 +196,7 @@ def test_toy_world_end_to_end(tmp_path):
 def test_arguments_match_the_module_api():
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "a", "b", "--benchmark", "toy", "--label", "x", "y"])
-    assert args.func is evaluation.run and args.results == ["a", "b"] and args.label == ["x", "y"]
+    assert args.func is cli.run_eval and args.results == ["a", "b"] and args.label == ["x", "y"]
     read = {"results", "benchmark", "data", "out", "metrics", "label", "clip_model", "dino_model", "lpips_net",
             "lpips_weights", "allow_download", "device", "quiet"}  # what run, _check and Models read
     assert read <= set(vars(args)) and args.metrics is None and args.allow_download is False

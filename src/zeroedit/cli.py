@@ -1,6 +1,9 @@
 """The `zeroedit` command line: one subcommand per method (flags mirror the API one to one), `invert`,
-`direction`, `demo`, `batch` and `app`
-(new subcommands: a function decorated with `@command`). Every subcommand goes through `runner`.
+`direction`, `demo`, `batch`, `app` and `eval`. Every subcommand goes through `runner`. A new subcommand is one
+function decorated with `@command` that adds its parser with `subcommand(sub, name, summary)`.
+
+The parser is built from static data (cli_flags: every flag's help sentence), so `zeroedit --help` and
+`zeroedit COMMAND --help` import no torch; a command imports what it needs when it runs.
 
     zeroedit compose --background bg.png --reference obj.png --reference-mask mask.png --region 40,30,100,90 \\
         --prompt "an oil painting of a ball" --model tiny --out out/
@@ -8,20 +11,21 @@
     zeroedit translate --config out/translate.json  # a sidecar reproduces its run bit for bit
 
 Every run writes its images and a JSON sidecar (every resolved argument, the seed, the model, versions and
-stats). Exit codes: 0 success; 2 user error (one line, no traceback); 1 internal failure; 3 (batch) some
+stats). Exit codes: 0 success; 2 user error (one line, no traceback); 1 internal failure; 3 (batch, demo) some
 jobs failed.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import re
 import sys
 from pathlib import Path
 
 from . import runner
-from .errors import ZeroEditError
+from .cli_flags import (APP, BATCH, BATCH_MODEL, BENCHMARKS, COMMON, DEMO_MODEL, DIRECTION, EVAL, MEMORY, METHOD_FLAGS,
+                        OUT, PLAN, SUMMARIES, model_help)
+from .errors import ModelNotFound, ZeroEditError
 # The runner's names, re-exported: `zeroedit.cli.asset`, `cli.resolve_arguments`, ... keep working.
 from .runner import (DEFAULT_MODELS, IMAGE_ARGS, SKIPPED, UserError, asset, flag, load_pipeline, method_function,  # noqa: F401
                      parse_value, read_config, resolve_arguments, run_method, versions, write_atomically)
@@ -29,14 +33,9 @@ from .runner import (DEFAULT_MODELS, IMAGE_ARGS, SKIPPED, UserError, asset, flag
 # Text flags: several words after one of them are refused (an unquoted `--prompt a red cat` is never three prompts).
 TEXT_FLAGS = ("prompt", "source_prompt", "negative_prompt", "caption", "source", "target")
 MANY = ("prompt", "references", "reference", "reference_mask", "region", "regions")  # flags that take several values
+SWITCHES = ("compile", "allow_large", "checkpointing")  # on/off flags: the API parameters whose default is a bool
 SEVERAL_PROMPTS = ('several prompts (translate): quote each and give them after one --prompt, '
                    '--prompt "a bronze horse" "a lego horse", or repeat --prompt "..." --prompt "..."')
-
-
-def _doc_of(function, name: str) -> str:
-    """The docstring's sentence about argument `name` ("name: text" or "name (...): text"), if any."""
-    match = re.search(rf"(?:^|[\s,;.(])`?{re.escape(name)}`?(?: \([^)]*\))?:\s*([^\n]+)", function.__doc__ or "")
-    return match.group(1).strip().rstrip(".").replace("%", "%%") + " " if match else ""
 
 
 class _Text(argparse.Action):
@@ -60,33 +59,37 @@ class _Text(argparse.Action):
         setattr(namespace, self.dest, (previous or []) + list(values))
 
 
-def _add_method_flags(parser: argparse.ArgumentParser, function):
-    for name, param in inspect.signature(function).parameters.items():
-        if name in SKIPPED:
-            continue
-        default = "" if param.default is inspect.Parameter.empty else f", default {param.default!r}"
-        help_text = _doc_of(function, name) + f"(API: {name}{default})".replace("%", "%%")
-        if isinstance(param.default, bool):  # an on/off switch, e.g. --compile (a config may give a dict)
-            parser.add_argument(flag(name), dest=name, action="store_true", default=None,
-                                help=_doc_of(function, name) + f"(API: {name}=True)")
+class _Formatter(argparse.HelpFormatter):
+    """--help shows a text flag as one TEXT (it takes several words only to refuse them with a hint), translate's
+    --prompt as TEXT [TEXT ...]."""
+
+    def _format_args(self, action, default_metavar):
+        if isinstance(action, _Text):
+            return "TEXT [TEXT ...]" if action.many else "TEXT"
+        return super()._format_args(action, default_metavar)
+
+
+def _add_method_flags(parser: argparse.ArgumentParser, method: str):
+    """One flag per API parameter of the method (cli_flags.METHOD_FLAGS), in the API's order."""
+    for name, text in METHOD_FLAGS[method].items():
+        if name in SWITCHES:  # e.g. --compile (a config may give a dict)
+            parser.add_argument(flag(name), dest=name, action="store_true", default=None, help=text)
         elif name in TEXT_FLAGS:
-            many = name == "prompt" and function.__name__ == "translate"
-            parser.add_argument(flag(name), dest=name, action=_Text, many=many, default=None,
-                                help=help_text + (f". {SEVERAL_PROMPTS}" if many else ""))
+            parser.add_argument(flag(name), dest=name, action=_Text, many=name == "prompt" and method == "translate",
+                                default=None, help=text)
         else:
-            many = name in MANY or (name == "image" and function.__name__ == "invert")
-            parser.add_argument(flag(name), dest=name, nargs="+" if many else None, default=None,
-                                help=help_text + (". A box: x0,y0,x1,y1 or four numbers (negative values allowed)"
-                                                  if name == "region" else ""))
+            many = name in MANY or (name == "image" and method == "invert")
+            parser.add_argument(flag(name), dest=name, nargs="+" if many else None, default=None, help=text)
 
 
-def _common_flags(parser: argparse.ArgumentParser, out_default="out"):
-    parser.add_argument("--config", help="YAML or JSON file with the same keys as the flags (or a sidecar)")
-    parser.add_argument("--model", help="hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy / toy-flow")
-    parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars or summary")
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32")
+def _common_flags(parser: argparse.ArgumentParser, command: str, out: str):
+    """--config, --model, --out, --quiet, --device and --dtype of a command that runs one model."""
+    parser.add_argument("--config", help=COMMON["config"])
+    parser.add_argument("--model", help=model_help(command))
+    parser.add_argument("--out", default=None, help=out)
+    parser.add_argument("--quiet", action="store_true", default=None, help=COMMON["quiet"])
+    parser.add_argument("--device", default=None, help=COMMON["device"])
+    parser.add_argument("--dtype", default=None, help=COMMON["dtype"])
 
 
 def _run_options(args, config: dict) -> tuple[str | None, str | None, bool]:
@@ -134,16 +137,14 @@ def run_direction(args) -> int:
 def run_demo(args) -> int:
     from .demo import demo
     out = runner.check_out_folder(args.out or "demo-out")
-    _, _, quiet = _run_options(args, {})
-    demo(out, model=args.model, quiet=quiet)
-    return 0
+    records = demo(out, model=args.model, quiet=bool(args.quiet))
+    return 3 if any(record["status"] != "ok" for record in records) else 0
 
 
 def run_batch(args) -> int:
     from .batch import run_batch as batch
     out = runner.check_out_folder(args.out or "batch-out")
-    _, _, quiet = _run_options(args, {})
-    failed = batch(Path(args.jobs), out, model=args.model, quiet=quiet, max_batch=args.max_batch)
+    failed = batch(Path(args.jobs), out, model=args.model, quiet=bool(args.quiet), max_batch=args.max_batch)
     return 3 if failed else 0
 
 
@@ -157,6 +158,11 @@ def run_app(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from .eval import run
+    return run(args)
+
+
 # ----------------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     # A value that starts with "-" and a digit is a value, not a flag: `--region -20,-20,40,40`, `--region -20 -5 40
@@ -164,11 +170,12 @@ class _Parser(argparse.ArgumentParser):
     NUMBERS = re.compile(r"^-(\d+\.?\d*|\.\d+)([, ]+-?(\d+\.?\d*|\.\d+))*$")
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"formatter_class": _Formatter, **kwargs, "add_help": False})
         self._negative_number_matcher = self.NUMBERS
+        self.add_argument("-h", "--help", action="help", help="Show this help and exit.")
 
     def error(self, message):  # one line, exit 2 (argparse prints usage too)
-        raise UserError(f"{message} (see zeroedit {self.prog.split()[-1] if ' ' in self.prog else ''} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 COMMANDS: list = []  # one function (subparsers) -> None per subcommand, in --help order; add yours with @command
@@ -179,25 +186,24 @@ def command(build):
     return build
 
 
+def subcommand(sub, name: str, summary: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand's parser; its one-line summary (cli_flags.SUMMARIES by default) heads its --help too."""
+    summary = summary or SUMMARIES[name]
+    return sub.add_parser(name, help=summary, description=summary)
+
+
 def _method_command(method: str):
     def build(sub):
-        function = method_function(method)
-        p = sub.add_parser(method, help=(function.__doc__ or "").strip().splitlines()[0])
-        _add_method_flags(p, function)
-        _common_flags(p)
-        _memory_flag(p)
-        p.set_defaults(func=run_method_command)
+        parser = subcommand(sub, method)
+        _add_method_flags(parser, method)
+        _common_flags(parser, method, OUT["method"])
+        parser.add_argument("--memory", default=None, help=MEMORY)
+        parser.set_defaults(func=run_method_command)
     return build
 
 
 for _method in runner.METHODS:
     command(_method_command(_method))
-
-
-def _memory_flag(parser: argparse.ArgumentParser):
-    parser.add_argument("--memory", default=None, help="The GPU memory you have, e.g. 24GB (10^9 bytes) or 16GiB "
-                        "(2^30 bytes): zeroedit plans this run's memory and applies the cheapest measures that fit "
-                        "(offloading, 8-/4-bit weights); see `zeroedit plan`. Default: none, everything stays on the device.")
 
 
 def run_plan(args) -> int:
@@ -224,83 +230,89 @@ def run_plan(args) -> int:
 
 @command
 def _plan_command(sub):
-    p = sub.add_parser("plan", help="Print the memory plan of a method on a model without loading its weights: bytes "
-                                    "part by part and the cheapest measures that fit your GPU.")
-    p.add_argument("--model", required=True, help="A local diffusers folder, a hub id in your Hugging Face cache "
-                   "(only its config files are read), a built-in architecture (FLUX.1-dev, FLUX.1-schnell, "
-                   "SD3.5-large, SD3.5-medium, SD3-medium, SDXL-base, SD-2.1-base, SD-1.5) or tiny, tiny-xl, tiny-sd3, "
-                   "tiny-flux, toy, toy-flow.")
-    p.add_argument("--method", default="translate", help="The method to plan for: compose, translate, edit, "
-                   "personalize or invert. Default: translate.")
-    p.add_argument("--size", default=None, help="The working size: a long side in px (a square image, e.g. 1024) or "
-                   "WIDTHxHEIGHT. Default: the model's native size.")
-    p.add_argument("--memory", default="24GB", help="Your GPU's memory: 24GB (10^9 bytes), 16GiB (2^30 bytes) or a "
-                   "number of bytes. Default: 24GB.")
-    p.add_argument("--batch", type=int, default=None, help="Prompts (translate), objects (compose, personalize) or "
-                   "images (invert, edit), 1 to 64. Default: 1.")
-    p.add_argument("--dtype", default=None, help="The weights' dtype: float16, bfloat16 or float32. Default: "
-                   "bfloat16 for SD3/FLUX, float16 for UNet models (the model's own for tiny/toy models).")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="What the plan is for: cuda (CUDA "
-                   "streams, bitsandbytes 8-/4-bit) or cpu (no streams, torchao int8). Default: cuda.")
+    p = subcommand(sub, "plan")
+    p.add_argument("--model", required=True, help=PLAN["model"])
+    p.add_argument("--method", default="translate", help=PLAN["method"])
+    p.add_argument("--size", default=None, help=PLAN["size"])
+    p.add_argument("--memory", default="24GB", help=PLAN["memory"])
+    p.add_argument("--batch", type=int, default=None, help=PLAN["batch"])
+    p.add_argument("--dtype", default=None, help=PLAN["dtype"])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help=PLAN["device"])
     p.set_defaults(func=run_plan)
 
 
 @command
 def _direction_command(sub):
-    d = sub.add_parser("direction", help="build and save an edit direction (pix2pix-zero)")
-    d.add_argument("--source")
-    d.add_argument("--target")
-    d.add_argument("--sentences", help="a text file, one sentence per line with {} for the concept")
-    _common_flags(d, "SOURCE2TARGET.safetensors")
+    d = subcommand(sub, "direction")
+    for name, text in DIRECTION.items():
+        d.add_argument(flag(name), help=text)
+    _common_flags(d, "direction", OUT["direction"])
     d.set_defaults(func=run_direction)
 
 
 @command
 def _demo_command(sub):
-    demo = sub.add_parser("demo", help="run every method on the bundled samples (offline) and write a gallery")
-    _common_flags(demo, "demo-out")
+    demo = subcommand(sub, "demo")
+    demo.add_argument("--model", help=DEMO_MODEL)
+    demo.add_argument("--out", default=None, help=OUT["demo"])
+    demo.add_argument("--quiet", action="store_true", default=None, help=COMMON["quiet"])
     demo.set_defaults(func=run_demo)
 
 
 @command
 def _batch_command(sub):
-    batch = sub.add_parser("batch", help="run a JSONL file of jobs (resumable; accelerate launch for many GPUs)")
-    batch.add_argument("jobs")
-    batch.add_argument("--max-batch", type=int, default=1, help="run up to N compatible jobs (same method, model, "
-                       "size, steps and flags) as one sampling batch (default 1: one job at a time)")
-    _common_flags(batch, "batch-out")
+    batch = subcommand(sub, "batch")
+    batch.add_argument("jobs", help=BATCH["jobs"])
+    batch.add_argument("--max-batch", type=int, default=1, help=BATCH["max_batch"])
+    batch.add_argument("--model", help=BATCH_MODEL)
+    batch.add_argument("--out", default=None, help=OUT["batch"])
+    batch.add_argument("--quiet", action="store_true", default=None, help=COMMON["quiet"])
     batch.set_defaults(func=run_batch)
 
 
 @command
 def _app_command(sub):
-    app = sub.add_parser("app", help="a web app (Gradio) with one tab per method; toy model offline by default")
-    app.add_argument("--model", default=None, help="the model the app starts with (default toy; a picker in the "
-                     "app switches): hub id, local folder, or tiny / tiny-xl / tiny-sd3 / tiny-flux / toy / toy-flow")
-    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                     "only; 0.0.0.0 lets other machines reach it)")
-    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    app.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    app.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    app.add_argument("--dtype", default=None, help="float16, bfloat16 or float32")
+    app = subcommand(sub, "app")
+    app.add_argument("--model", default=None, help=APP["model"])
+    app.add_argument("--host", default="127.0.0.1", help=APP["host"])
+    app.add_argument("--port", type=int, default=7860, help=APP["port"])
+    app.add_argument("--share", action="store_true", help=APP["share"])
+    app.add_argument("--device", default=None, help=COMMON["device"])
+    app.add_argument("--dtype", default=None, help=COMMON["dtype"])
     app.set_defaults(func=run_app)
 
 
 @command
 def _eval_command(sub):
-    from . import eval as evaluation  # zeroedit eval: the papers' metrics on a finished batch
-    scoring = sub.add_parser("eval", help="score a finished batch by a paper's protocol (PIE-Bench, TF-ICON, MIP)")
-    evaluation.add_arguments(scoring)
-    scoring.set_defaults(func=evaluation.run)
+    scoring = subcommand(sub, "eval")
+    scoring.add_argument("results", nargs="+", help=EVAL["results"])
+    scoring.add_argument("--benchmark", required=True, choices=BENCHMARKS, help=EVAL["benchmark"])
+    for name in ("data", "out", "metrics"):
+        scoring.add_argument(flag(name), help=EVAL[name])
+    scoring.add_argument("--label", nargs="+", help=EVAL["label"])
+    for name in ("clip_model", "dino_model"):
+        scoring.add_argument(flag(name), help=EVAL[name])
+    scoring.add_argument("--lpips-net", choices=("vgg", "squeeze"), help=EVAL["lpips_net"])
+    scoring.add_argument("--lpips-weights", help=EVAL["lpips_weights"])
+    scoring.add_argument("--allow-download", action="store_true", help=EVAL["allow_download"])
+    scoring.add_argument("--device", default=None, help=EVAL["device"])
+    scoring.add_argument("--quiet", action="store_true", help=EVAL["quiet"])
+    scoring.set_defaults(func=run_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zeroedit", description="Training-free diffusion editing (TF-ICON, Plug-and-Play, "
                                                   "pix2pix-zero, MIP-Adapter) on current diffusers.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                                title="commands", help="Run zeroedit COMMAND --help for its flags.")
     for build in COMMANDS:
         build(sub)
     return parser
+
+
+def _user_error(message: str) -> int:
+    print(f"zeroedit: error: {message.splitlines()[0] if message else 'bad input'}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:
@@ -308,9 +320,11 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except ModelNotFound as error:  # the library's message says load('DIR'); here a folder is given as --model DIR
+        from .loading import not_found_message
+        return _user_error(not_found_message(error.model, error.reason, how="--model {}"))
     except (ZeroEditError, FileNotFoundError) as error:
-        print(f"zeroedit: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
-        return 2
+        return _user_error(str(error) or type(error).__name__)
     except KeyboardInterrupt:
         print("zeroedit: interrupted", file=sys.stderr)
         return 130

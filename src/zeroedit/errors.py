@@ -75,3 +75,17 @@ class UnsupportedModel(ModelError):
 class UnsupportedFeature(ModelError):
     """The pipeline uses a diffusers feature the method cannot run under (e.g. a cache that skips blocks); the
     message names it and how to switch it off."""
+
+
+class ModelNotFound(ModelError):
+    """A model that is neither a local folder nor reachable on the Hugging Face Hub (offline, unknown or gated
+    repository). `model` names it and `reason` says why, so an entry point can word how its own users pass a
+    downloaded folder instead (zeroedit.loading.not_found_message: `load('DIR')`, or `--model DIR` on the
+    command line)."""
+
+    def __init__(self, message: str, model: str = "", reason: str = ""):
+        super().__init__(message, model, reason)
+        self.model, self.reason = model, reason
+
+    def __str__(self):
+        return self.args[0]

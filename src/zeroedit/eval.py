@@ -38,26 +38,9 @@ from .images import load_image, load_mask
 from .runner import read_text
 
 logger = logging.getLogger(__name__)
-BENCHMARKS = ("piebench", "tficon", "mip", "toy")
 NEEDS = {"structure_distance": "dino", "lpips": "lpips", "clip_whole": "clip", "clip_edited": "clip",
          "lpips_bg": "lpips", "lpips_fg": "lpips", "clip_image": "clip", "clip_text": "clip",
          "clip_t": "clip", "clip_i": "clip", "dino": "dino"}
-
-
-def add_arguments(parser):
-    parser.add_argument("results", nargs="+", help="batch output folder(s) holding results.jsonl")
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    parser.add_argument("--data", help="piebench/toy: the mapping_file.json of the data set")
-    parser.add_argument("--out", help="folder for eval.csv/.md/.html (default: RESULTS_DIR/eval)")
-    parser.add_argument("--metrics", help="comma-separated subset of the benchmark's metrics (default: all)")
-    parser.add_argument("--label", nargs="+", help="one row name per RESULTS_DIR (default: folder names)")
-    parser.add_argument("--clip-model", help="CLIP model id/folder instead of the protocol's")
-    parser.add_argument("--dino-model", help="DINO ViT model id/folder instead of the protocol's")
-    parser.add_argument("--lpips-net", choices=("vgg", "squeeze"), help="LPIPS trunk instead of the protocol's")
-    parser.add_argument("--lpips-weights", help="folder with the LPIPS trunk + heads .pth files")
-    parser.add_argument("--allow-download", action="store_true", help="let transformers download missing models")
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 # ----------------------------------------------------------------------------------------- inputs

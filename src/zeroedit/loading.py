@@ -6,6 +6,7 @@ Safetensors only, no safety checker, never `trust_remote_code`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import torch
 
 from .devices import compute_dtype, execution_device
-from .errors import ModelError, ParameterError
+from .errors import ModelError, ModelNotFound, ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ TINY_FAMILIES = {"tiny-flux2": ("zeroedit.tiny_flux2", "build_tiny_flux2"),
 TOY_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy")
 TOY_FLOW_MODEL = os.path.join(os.path.dirname(__file__), "assets", "toy_flow")  # scripts/train_toy_flow.py
 TOY_IP_WEIGHTS = "ip-adapter_toy.safetensors"
+OFFLINE_MODELS = TINY_MODELS + ("toy", "toy-flow") + TINY_FLOW_MODELS + tuple(TINY_FAMILIES)  # no download
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
@@ -59,8 +61,18 @@ def check_device(device) -> torch.device | None:
     return device
 
 
+def not_found_message(model: str, reason: str, how: str = "load({!r})") -> str:
+    """What to do about a model that is not a folder and cannot be fetched from the Hub: download it on a
+    connected machine and pass the folder, or use a model that needs no download. `how` words passing a model
+    for the reader: `load({!r})` in Python, `--model {}` on the command line."""
+    return (f"could not fetch {model!r} from the Hugging Face Hub ({reason}). If you are offline, download it on a "
+            f"connected machine (`hf download {model} --local-dir DIR`) and pass the local folder: "
+            f"{how.format('DIR')}. These models need no download: {', '.join(OFFLINE_MODELS)} "
+            f"(e.g. {how.format('toy')}).")
+
+
 def _model_index(model: str) -> dict:
-    """model_index.json of a local folder or a hub repository (raises ModelError offline)."""
+    """model_index.json of a local folder or a hub repository (raises ModelNotFound offline)."""
     if os.path.isdir(model):
         path = os.path.join(model, "model_index.json")
         if not os.path.isfile(path):
@@ -74,11 +86,8 @@ def _model_index(model: str) -> dict:
         try:
             path = hf_hub_download(model, "model_index.json")
         except Exception as error:  # offline, unknown repo, gated repo, ...
-            raise ModelError(
-                f"could not fetch {model!r} from the Hugging Face Hub ({type(error).__name__}). If you are offline, "
-                "download the model on a connected machine (`huggingface-cli download "
-                f"{model} --local-dir DIR`) and pass the local folder: load('DIR'). Offline tests can use "
-                "load('tiny') or load('tiny-xl').") from None
+            reason = type(error).__name__
+            raise ModelNotFound(not_found_message(model, reason), model, reason) from None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -132,7 +141,7 @@ def takes_ip_adapter(model: str) -> bool:
     cannot be read is left to `load` to report)."""
     if model in TINY_FAMILIES:
         return False
-    if model in TINY_MODELS + TINY_FLOW_MODELS or model in ("toy", "toy-flow"):
+    if model in OFFLINE_MODELS:
         return True
     try:
         return _model_index(model).get("_class_name") not in NO_ADAPTER_PIPELINES
@@ -202,6 +211,27 @@ def fetch_configs(model: str) -> str:
                          "pass a local folder.") from None
 
 
+class _EmptyFp32Notice(logging.Filter):
+    """diffusers 0.42's `ModelMixin.to()` warns "There are modules in ... that should be kept in float32: []" on
+    every dtype cast, also when that list is empty (`fp32_modules = ... or []`, then `is not None`), and
+    `load_ip_adapter` casts the UNet: every personalize load printed it. Only the empty-list notice is dropped."""
+
+    def filter(self, record):
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_empty_fp32_notice():
+    """Drop `_EmptyFp32Notice`'s message from diffusers' model logger while loading (a decorator of `load`)."""
+    notice, modeling = _EmptyFp32Notice(), logging.getLogger("diffusers.models.modeling_utils")
+    modeling.addFilter(notice)
+    try:
+        yield
+    finally:
+        modeling.removeFilter(notice)
+
+
+@_without_empty_fp32_notice()
 def load(model: str = "tiny", dtype=None, device=None, ip_adapter=None, seed: int = 0, memory=None):
     """Return a standard diffusers pipeline.
 
