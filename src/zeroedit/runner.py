@@ -44,16 +44,30 @@ _STALE_TMP = re.compile(r"^\..+\.tmp\d+$")  # write_atomically's temporary files
 CONFIG_VALUES = 10_000  # most values (list items, keys, leaves) a config may hold once YAML aliases are expanded
 
 
-class _NoTorchvisionNotice(logging.Filter):
-    """transformers >= 5.25 warns on stderr that its image processors fall back to PIL without torchvision;
-    zeroedit never uses torchvision (it does not work beside torch 2.13 here), so the entry points drop that
-    one notice: a user error stays one line."""
+class _Notices(logging.Filter):
+    """Drops third-party notices that say nothing to a zeroedit user, so that a user error stays one line (the entry
+    points install it; the library leaves logging to its caller): `NOTICES`."""
+
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
 
     def filter(self, record):
-        return "requires torchvision (not installed)" not in record.getMessage()
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
 
 
-logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+NOTICES = {  # logger -> message fragments dropped
+    # transformers >= 5.25: its image processors fall back to PIL without torchvision (zeroedit never uses it)
+    "transformers.utils.import_utils": ("requires torchvision (not installed)",),
+    # torchao (the quant extra) beside a torch its compiled kernels were not built for: its CUDA-only kernels and
+    # the checkpoint classes diffusers looks for are missing; zeroedit's int8 path does not use them
+    "torchao": ("Failed to load", "Skipping import of cpp extensions"),
+    "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+for _logger, _fragments in NOTICES.items():
+    logging.getLogger(_logger).addFilter(_Notices(_fragments))
 
 
 class UserError(ParameterError):
