@@ -245,13 +245,29 @@ def test_zeroedit_app_command(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(zapp, "serve", lambda **kwargs: calls.append(kwargs))
     assert cli.main(["app"]) == 0
-    assert calls[-1] == dict(model=None, host="127.0.0.1", port=7860, share=False, device=None, dtype=None)
-    assert cli.main(["app", "--model", "tiny", "--host", "0.0.0.0", "--port", "8080", "--share"]) == 0
+    assert calls[-1] == dict(model=None, host="127.0.0.1", port=7860, share=False, device=None, dtype=None,
+                             memory=None)
+    assert cli.main(["app", "--model", "tiny", "--host", "0.0.0.0", "--port", "8080", "--share", "--memory",
+                     "24GB"]) == 0
     assert calls[-1]["model"] == "tiny" and calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 8080
-    assert calls[-1]["share"] is True
+    assert calls[-1]["share"] is True and calls[-1]["memory"] == "24GB"
+    assert cli.main(["app", "--memory", "lots"]) == 2 and len(calls) == 2  # refused before anything starts
     if not __import__("torch").cuda.is_available():
         assert cli.main(["app", "--device", "cuda"]) == 2 and len(calls) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_memory_budget_plans_the_apps_runs(inputs):
+    """`zeroedit app --memory 100GB`: each run loads its model under the memory plan of its method, recorded in the
+    run's sidecar."""
+    app = zapp.App("tiny", memory="100GB")
+    try:
+        status, gallery, stats, files = app.invert("tiny", str(inputs / "cat.png"), "ddim", "", 2, 2, progress=None)
+        sidecar = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text())
+        assert len(gallery) == 1 and sidecar["memory"]["method"] == "invert"
+        assert sidecar["memory"]["budget_bytes"] == 100 * 10**9
+    finally:
+        app.close()
 
 
 def form_defaults(api_name: str) -> list:

@@ -214,3 +214,21 @@ def test_records_are_flushed_per_job_and_synced_in_batches(tmp_path, monkeypatch
 def test_a_results_file_with_a_damaged_line_is_still_read(tmp_path):
     (tmp_path / batch.RESULTS).write_bytes(b'{"id": "a", "status": "ok"}\n{"id": "b\xe9\n{"id": "c", "status": "ok"}\n')
     assert sorted(batch.read_records(tmp_path)) == ["a", "c"]
+
+
+def test_a_memory_budget_plans_every_job_and_a_job_may_name_its_own(tmp_path):
+    """`zeroedit batch --memory`: each job's model is loaded under the memory plan of its method (recorded in its
+    sidecar); a job's own "memory" key wins; a budget that is not a size stops the batch before any model loads."""
+    shutil.copy(runner.asset("cat.png"), tmp_path / "cat.png")
+    jobs = [{"method": "invert", "id": "planned", "image": "cat.png", "steps": 2, "model": "tiny"},
+            {"method": "translate", "id": "own", "image": "cat.png", "prompt": "a dog", "steps": 2, "model": "tiny",
+             "memory": "2GB"}]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(job) + "\n" for job in jobs))
+    assert batch.run_batch(path, tmp_path / "out", memory="100GB") == 0
+    planned = json.loads((tmp_path / "out" / "planned.json").read_text())["memory"]
+    own = json.loads((tmp_path / "out" / "own.json").read_text())["memory"]
+    assert planned["method"] == "invert" and planned["budget_bytes"] == 100 * 10**9
+    assert own["method"] == "translate" and own["budget_bytes"] == 2 * 10**9
+    code = cli.main(["batch", str(path), "--out", str(tmp_path / "bad"), "--memory", "lots"])
+    assert code == 2 and not (tmp_path / "bad" / "results.jsonl").exists()

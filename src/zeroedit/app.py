@@ -437,8 +437,8 @@ class App:
     per tab; `blocks()` lays them out."""
 
     def __init__(self, model: str | None = None, device=None, dtype=None, workdir: str | None = None,
-                 max_runs: int = MAX_RUNS, max_bytes: int = MAX_BYTES):
-        self.model, self.device, self.dtype = model or "toy", device, dtype
+                 max_runs: int = MAX_RUNS, max_bytes: int = MAX_BYTES, memory=None):
+        self.model, self.device, self.dtype, self.memory = model or "toy", device, dtype, memory
         self.max_runs, self.max_bytes = max_runs, max_bytes
         self.owned = workdir is None  # a workdir the app made is removed on close and at exit
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="zeroedit-app-"))
@@ -530,7 +530,9 @@ class App:
             with self.lock, _Peak() as peak:
                 if progress is not None:
                     progress(0, desc=f"loading {model}")
-                pipe = runner.load_pipeline(model, method, self.device, self.dtype)
+                pipe = runner.load_pipeline(model, method, self.device, self.dtype, True, self.memory, values)
+                plan = getattr(pipe, "zeroedit_memory_plan", None)  # `memory=`: the plan applied on loading
+                values = runner.with_plan_options(method, values, plan)
                 tracker.plan(*_phases(method, values, pipe))
                 with _before_model_calls(check_pipe(pipe), tracker.on_call):
                     result, stats = runner.execute(method, values, pipe, tracker.on_step)
@@ -538,7 +540,8 @@ class App:
         finally:
             if self.flags.get(key) is flag:
                 del self.flags[key]
-        sidecar = runner.save(result.images, stats, method, values, model, folder)
+        sidecar = runner.save(result.images, stats, method, values, model, folder,
+                              memory=None if plan is None else plan.to_dict())
         return result, sidecar, extras, peak
 
     @staticmethod
@@ -899,9 +902,10 @@ class App:
 
 
 def build(model: str | None = None, device=None, dtype=None, workdir: str | None = None, max_runs: int = MAX_RUNS,
-          max_bytes: int = MAX_BYTES) -> tuple[gr.Blocks, App]:
-    """The Blocks app (queued: one run at a time on the model) and its state."""
-    app = App(model, device, dtype, workdir, max_runs, max_bytes)
+          max_bytes: int = MAX_BYTES, memory=None) -> tuple[gr.Blocks, App]:
+    """The Blocks app (queued: one run at a time on the model) and its state; `memory`: a GPU budget ("24GB")
+    planned for each run's method and size (zeroedit.memory)."""
+    app = App(model, device, dtype, workdir, max_runs, max_bytes, memory)
     demo = app.blocks()
     demo.queue(default_concurrency_limit=1)
     return demo, app
@@ -909,10 +913,10 @@ def build(model: str | None = None, device=None, dtype=None, workdir: str | None
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, device=None,
           dtype=None, block: bool = True, workdir: str | None = None, max_runs: int = MAX_RUNS,
-          max_bytes: int = MAX_BYTES):
+          max_bytes: int = MAX_BYTES, memory=None):
     """Start the app (`zeroedit app`); block=False returns the running Blocks (tests close it), its state as
     `demo.zeroedit`. Blocking, the workdir the app made is removed when the server stops (else at exit)."""
-    demo, app = build(model, device, dtype, workdir, max_runs, max_bytes)
+    demo, app = build(model, device, dtype, workdir, max_runs, max_bytes, memory)
     demo.zeroedit = app
     demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.workdir)],
                 prevent_thread_lock=True, quiet=True)

@@ -152,18 +152,19 @@ def plan(todo: list[dict], base: Path, model: str | None, max_batch: int) -> tup
     return chunks, failed
 
 
-def run_group(group: list[dict], base: Path, out: Path, model: str | None, device=None) -> list[dict]:
+def run_group(group: list[dict], base: Path, out: Path, model: str | None, device=None, memory=None) -> list[dict]:
     """Run compatible jobs as one JobSession (one sampling batch); one record per job, in group order."""
     from .jobs import JobSession
-    method, _, job_model = job_arguments(group[0], base, model)
-    try:
-        pipe = runner.load_pipeline(job_model, method, device, None, True)  # once, before the jobs' threads start
+    method, values, job_model = job_arguments(group[0], base, model)
+    memory = group[0].get("memory") or memory
+    try:  # once, before the jobs' threads start
+        pipe = runner.load_pipeline(job_model, method, device, None, True, memory, values)
     except Exception:  # noqa: BLE001 — e.g. a missing model: every job gets its own error record, as unbatched
-        return [run_job(job, base, out, model, device) for job in group]
+        return [run_job(job, base, out, model, device, memory=memory) for job in group]
     if getattr(pipe, "unet", None) is None:  # SD3/FLUX: no job batching on transformers yet, one job after another
-        return [run_job(job, base, out, model, device) for job in group]
+        return [run_job(job, base, out, model, device, memory=memory) for job in group]
     session = JobSession(pipe.unet)
-    outcomes = session.run([lambda job=job: run_job(job, base, out, model, device) for job in group])
+    outcomes = session.run([lambda job=job: run_job(job, base, out, model, device, memory=memory) for job in group])
     for _, error in outcomes:
         if error is not None:
             raise error  # only KeyboardInterrupt/SystemExit get here: run_job turns the rest into records
@@ -234,10 +235,15 @@ def check_max_batch(max_batch) -> int:
     return max_batch
 
 
-def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool = True, max_batch: int = 1) -> int:
+def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool = True, max_batch: int = 1,
+              memory=None) -> int:
     """Run every unfinished job of `jobs_path` into `out`, up to `max_batch` compatible jobs per sampling
-    batch; return the number of failed jobs (all records)."""
+    batch; return the number of failed jobs (all records). `memory`: a GPU budget ("24GB") planned per model and
+    method (zeroedit.memory), unless a job names its own ("memory" key)."""
     max_batch = check_max_batch(max_batch)
+    if memory is not None:
+        from .memory import check_memory
+        check_memory(memory)
     jobs_path, out = Path(jobs_path), Path(out)
     jobs = read_jobs(jobs_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,12 +272,13 @@ def run_batch(jobs_path: Path, out: Path, model: str | None = None, quiet: bool 
             records.add(*(dict(record, process=rank) for record in refused))
         if max_batch == 1:
             for job in tqdm(todo, desc=f"batch[{rank}]", disable=quiet):
-                records.add(dict(run_job(job, base, out, model, device, quiet=True), process=rank))
+                records.add(dict(run_job(job, base, out, model, device, quiet=True, memory=memory), process=rank))
         else:
             groups, failed = plan(todo, base, model, max_batch)
             records.add(*(dict(record, process=rank) for record in failed))
             for group in tqdm(groups, desc=f"batch[{rank}] groups", disable=quiet):
-                records.add(*(dict(record, process=rank) for record in run_group(group, base, out, model, device)))
+                records.add(*(dict(record, process=rank) for record in run_group(group, base, out, model, device,
+                                                                                  memory)))
     if state is not None:
         state.wait_for_everyone()
     failed = 0

@@ -144,7 +144,8 @@ def run_demo(args) -> int:
 def run_batch(args) -> int:
     from .batch import run_batch as batch
     out = runner.check_out_folder(args.out or "batch-out")
-    failed = batch(Path(args.jobs), out, model=args.model, quiet=bool(args.quiet), max_batch=args.max_batch)
+    failed = batch(Path(args.jobs), out, model=args.model, quiet=bool(args.quiet), max_batch=args.max_batch,
+                   memory=args.memory)
     return 3 if failed else 0
 
 
@@ -154,7 +155,11 @@ def run_app(args) -> int:
     except ImportError as error:
         raise UserError(f"the app needs gradio ({error}): pip install 'zeroedit[app]'.") from None
     runner.check_device(args.device, args.dtype)
-    serve(model=args.model, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype)
+    if args.memory is not None:
+        from .memory import check_memory
+        check_memory(args.memory, args.device)
+    serve(model=args.model, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype,
+          memory=args.memory)
     return 0
 
 
@@ -267,6 +272,7 @@ def _batch_command(sub):
     batch.add_argument("--model", help=BATCH_MODEL)
     batch.add_argument("--out", default=None, help=OUT["batch"])
     batch.add_argument("--quiet", action="store_true", default=None, help=COMMON["quiet"])
+    batch.add_argument("--memory", default=None, help=MEMORY + " A job's own \"memory\" key wins.")
     batch.set_defaults(func=run_batch)
 
 
@@ -279,6 +285,7 @@ def _app_command(sub):
     app.add_argument("--share", action="store_true", help=APP["share"])
     app.add_argument("--device", default=None, help=COMMON["device"])
     app.add_argument("--dtype", default=None, help=COMMON["dtype"])
+    app.add_argument("--memory", default=None, help=MEMORY)
     app.set_defaults(func=run_app)
 
 

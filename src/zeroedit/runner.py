@@ -529,7 +529,7 @@ def job_arguments(job: dict, base: Path, model: str | None) -> tuple[str, dict, 
     method = job.get("method")
     if method not in METHODS:
         raise UserError(f"unknown method {shorten(method)}; use one of {', '.join(METHODS)}.")
-    config = {k: v for k, v in job.items() if k not in ("method", "id", "model")}
+    config = {k: v for k, v in job.items() if k not in ("method", "id", "model", "memory")}
     values = resolve_arguments(method, {}, config, base)
     return method, values, job.get("model") or model or DEFAULT_MODELS[method]
 
@@ -549,11 +549,14 @@ def guarded(job: dict, work) -> dict:
     return record
 
 
-def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True) -> dict:
-    """Run one job into `out` (its outputs named by its id); return its record {"id", "status", ...}."""
+def run_job(job: dict, base: Path, out: Path, model: str | None, device=None, quiet: bool = True,
+            memory=None) -> dict:
+    """Run one job into `out` (its outputs named by its id); return its record {"id", "status", ...}. `memory`: the
+    GPU budget of the batch (a job's own "memory" key wins), planned for the job's method and size."""
     def work(record):
         method, values, job_model = job_arguments(job, base, model)
-        sidecar = run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet)
+        sidecar = run_method(method, values, job_model, out, name=job["id"], device=device, quiet=quiet,
+                             memory=job.get("memory") or memory)
         record.update(status="ok", model=job_model, outputs=sidecar["outputs"] + [f"{job['id']}.json"],
                       stats=sidecar["stats"])
     return guarded(job, work)
