@@ -1,4 +1,5 @@
 """Shared fixtures: offline tiny pipelines (built once per session; methods must leave them unchanged)."""
+import contextlib
 import os
 import warnings
 
@@ -73,3 +74,22 @@ def processors_snapshot(pipe):
     procs = {name: id(proc) for name, proc in attn_processors(model).items()}
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     return procs, hooks
+
+
+MODEL_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae", "image_encoder")
+
+
+@contextlib.contextmanager
+def no_model_work(pipe):
+    """Inside the block no model of `pipe` runs (forward pre-hooks on the denoiser, text encoders, VAE and image
+    encoder count their calls); afterwards its processors and hooks are as before."""
+    before, calls = processors_snapshot(pipe), []
+    modules = [(name, getattr(pipe, name, None)) for name in MODEL_COMPONENTS]
+    handles = [module.register_forward_pre_hook(lambda *a, name=name: calls.append(name))
+               for name, module in modules if module is not None]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [] and processors_snapshot(pipe) == before

@@ -9,7 +9,7 @@ from zeroedit.backbones import Cond, FlowBackbone
 from zeroedit.backbones.flow import pack, unpack
 from zeroedit.errors import CheckpointError, ModelError, ParameterError, UnsupportedModel
 
-from conftest import make_image, processors_snapshot
+from conftest import make_image, no_model_work, processors_snapshot
 
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])
@@ -238,16 +238,6 @@ def test_controlled_flux_ip_adapter_layer_mirrors_diffusers(flux_ip_pipe):
 
 
 # ------------------------------------------------------------------ bad input, on every model component
-def _model_calls(pipe) -> tuple[list, list]:
-    """Forward pre-hooks on every model of the pipeline (transformer, text encoders, VAE, image encoder)."""
-    calls, handles = [], []
-    for name in ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae", "image_encoder"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            handles.append(module.register_forward_pre_hook(lambda *a, name=name: calls.append(name)))
-    return calls, handles
-
-
 def _edit(pipe, **kwargs):
     return ze.edit(pipe, make_image(0), "cat", "dog", steps=2, **kwargs)
 
@@ -270,15 +260,8 @@ FLOW_BAD_INPUTS = [
 @pytest.mark.parametrize("call, kwargs", FLOW_BAD_INPUTS, ids=lambda v: getattr(v, "__name__", None) or str(v)[:40])
 def test_flow_bad_input_is_refused_before_any_model_work(tiny_flux_pipe, call, kwargs):
     """A typed error, and no component of the pipeline (not even a text encoder) has run; processors unchanged."""
-    before = processors_snapshot(tiny_flux_pipe)
-    calls, handles = _model_calls(tiny_flux_pipe)
-    try:
-        with pytest.raises(ParameterError):
-            call(tiny_flux_pipe, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert calls == [] and processors_snapshot(tiny_flux_pipe) == before
+    with no_model_work(tiny_flux_pipe), pytest.raises(ParameterError):
+        call(tiny_flux_pipe, **kwargs)
 
 
 def test_methods_on_a_flux_pipeline_with_an_ip_adapter_loaded(flux_ip_pipe, tiny_flux_pipe):

@@ -18,7 +18,7 @@ from zeroedit.methods.mip import _phrase_span
 from zeroedit.methods.mip_refs import ReferenceRelevance
 from zeroedit.tiny_flux2 import build_tiny_flux2
 
-from conftest import make_image, processors_snapshot
+from conftest import make_image, no_model_work, processors_snapshot
 
 SIZE = (160, 96)  # a non-square input: latents 6 × 10 after the ×16 of VAE and patchify
 
@@ -47,13 +47,6 @@ def _ours(backbone, x, prompt, steps, guidance, refs=None):
         return backbone.guided(backbone.transformer_call(z.expand(len(cond), -1, -1, -1), sigma, cond, guidance,
                                                          references=refs), guidance)
     return euler(velocity, x, backbone.sigmas(steps, x.shape[-2:]))[-1]
-
-
-def _model_calls(pipe):
-    calls = []
-    handles = [getattr(pipe, name).register_forward_pre_hook(lambda *a, name=name: calls.append(name))
-               for name in ("transformer", "text_encoder", "vae")]
-    return calls, handles
 
 
 # ------------------------------------------------------------------ the adapter
@@ -319,15 +312,8 @@ def test_unsupported_combinations_are_refused_before_model_work(klein, variants)
         (ImageError, klein, lambda: ze.personalize(klein, "a cat and a dog", {"cat": ref, "dog": make_image(2, (32, 32))})),
     ]
     for error, pipe, call in cases:
-        before = processors_snapshot(pipe)
-        calls, handles = _model_calls(pipe)
-        try:
-            with pytest.raises(error):
-                call()
-        finally:
-            for handle in handles:
-                handle.remove()
-        assert calls == [] and processors_snapshot(pipe) == before
+        with no_model_work(pipe), pytest.raises(error):
+            call()
     with pytest.raises(ParameterError, match="zeros"):
         backbone_for(klein).exceptional_cond(1, "exceptional")
     with pytest.raises(ParameterError, match="FLUX.2"):

@@ -16,8 +16,7 @@ from zeroedit.errors import ParameterError, UnsupportedModel
 from zeroedit.inversion import euler
 from zeroedit.tiny_flow import build_tiny_flux
 
-from conftest import make_image, processors_snapshot
-from test_flow_methods import _model_calls
+from conftest import make_image, no_model_work, processors_snapshot
 
 
 def tiny_chroma(seed: int = 0) -> ChromaPipeline:
@@ -59,18 +58,6 @@ def _object():
     seg = np.zeros((64, 64), bool)
     seg[16:48, 12:52] = True
     return make_image(1, (64, 64)), seg
-
-
-def _refused_before_model_work(pipe, error, call):
-    before = processors_snapshot(pipe)
-    calls, handles = _model_calls(pipe)
-    try:
-        with pytest.raises(error):
-            call()
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert calls == [] and processors_snapshot(pipe) == before
 
 
 # ------------------------------------------------------------------ the backbones against the pipelines
@@ -193,7 +180,8 @@ def test_kontext_personalize_with_a_flux_ip_adapter():
     (lambda pipe: ze.translate(pipe, make_image(0), "a dog", layers="vital"), ParameterError),
 ], ids=["personalize", "exceptional-prompt", "feature-injection", "vital-layers"])
 def test_chroma_refusals(chroma, call, error):
-    _refused_before_model_work(chroma, error, lambda: call(chroma))
+    with no_model_work(chroma), pytest.raises(error):
+        call(chroma)
 
 
 def test_chroma_layers(chroma):

@@ -16,7 +16,7 @@ from zeroedit.errors import ParameterError, UnsupportedModel
 from zeroedit.inversion import euler
 from zeroedit.tiny_qwenimage import build_tiny_qwen_image, qwen_image_transformer_config
 
-from conftest import make_image, processors_snapshot
+from conftest import make_image, no_model_work, processors_snapshot
 
 SIZE = (160, 96)  # a non-square input; its working size is 128×80 (latent 10×16)
 
@@ -33,13 +33,6 @@ def edit_pipe():
 
 def _noise(seed, h=16, w=12, batch=1):
     return torch.randn(batch, 16, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _model_calls(pipe) -> tuple[list, list]:
-    calls = []
-    handles = [getattr(pipe, name).register_forward_pre_hook(lambda *a, name=name: calls.append(name))
-               for name in ("transformer", "text_encoder", "vae")]
-    return calls, handles
 
 
 # ------------------------------------------------------------------ the tiny model
@@ -217,8 +210,7 @@ def test_invert_default(pipe):
 
 # ------------------------------------------------------------------ personalize
 def test_personalize_on_plain_qwen_image_is_refused_before_any_model_work(pipe):
-    calls, handles = _model_calls(pipe)
-    try:
+    with no_model_work(pipe):
         with pytest.raises(UnsupportedModel, match="QwenImageEditPlusPipeline"):
             ze.personalize(pipe, "a cat", {"cat": make_image(0)})
         with pytest.raises(ParameterError, match="inversion_prompt"):
@@ -228,10 +220,6 @@ def test_personalize_on_plain_qwen_image_is_refused_before_any_model_work(pipe):
             ze.translate(pipe, make_image(0), "a dog", layers="vital")
         with pytest.raises(UnsupportedModel, match="reference"):
             backbone_for(pipe).transformer_call(_noise(0), 0.5, Cond(torch.zeros(1, 3, 64)), references=[_noise(1)])
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert calls == []
     with pytest.raises(ParameterError, match="zeros"):
         backbone_for(pipe).exceptional_cond(1, "exceptional")
 
@@ -288,13 +276,7 @@ def test_personalize_relevance_weights_each_reference(edit_pipe):
     assert processors_snapshot(edit_pipe) == before
     default = ze.personalize(edit_pipe, "a cat", {"cat": cat}, seed=0)
     assert default.stats.unet_calls == 30 and default.images[0].size == (128, 128)
-    calls, handles = _model_calls(edit_pipe)
-    try:
-        for kwargs in (dict(scale=0.0), dict(mip_weights="x.bin"), dict(phrase_encoding="alone"), dict(height=100),
-                       dict(negative_prompt=3)):
-            with pytest.raises(ParameterError):
-                ze.personalize(edit_pipe, "a cat", {"cat": cat}, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert calls == []
+    for kwargs in (dict(scale=0.0), dict(mip_weights="x.bin"), dict(phrase_encoding="alone"), dict(height=100),
+                   dict(negative_prompt=3)):
+        with no_model_work(edit_pipe), pytest.raises(ParameterError):
+            ze.personalize(edit_pipe, "a cat", {"cat": cat}, **kwargs)

@@ -15,8 +15,7 @@ from zeroedit.errors import ParameterError, UnsupportedModel
 from zeroedit.inversion import euler
 from zeroedit.methods.pnp_flow import flowedit_defaults, injection_layers
 
-from conftest import make_image, processors_snapshot
-from test_flow_methods import _model_calls
+from conftest import make_image, no_model_work, processors_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +31,6 @@ def _object():
     seg = np.zeros((64, 64), bool)
     seg[16:48, 12:52] = True
     return make_image(1, (64, 64)), seg
-
-
-def _refused_before_model_work(pipe, error, call):
-    """`call()` raises `error` and no component of the pipeline has run; processors unchanged."""
-    before = processors_snapshot(pipe)
-    calls, handles = _model_calls(pipe)
-    try:
-        with pytest.raises(error):
-            call()
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert calls == [] and processors_snapshot(pipe) == before
 
 
 # ------------------------------------------------------------------ backbone
@@ -265,7 +251,8 @@ def test_invert_and_reconstruct_with_every_solver(pipe, method, calls):
 
 # ------------------------------------------------------------------ refused before any model work
 def test_personalize_is_unsupported(pipe):
-    _refused_before_model_work(pipe, UnsupportedModel, lambda: ze.personalize(pipe, "a cat", {"cat": make_image(1, (64, 64))}))
+    with no_model_work(pipe), pytest.raises(UnsupportedModel):
+        ze.personalize(pipe, "a cat", {"cat": make_image(1, (64, 64))})
     with pytest.raises(UnsupportedModel, match="Omni"):
         ze.personalize(pipe, "a cat", {"cat": make_image(1, (64, 64))})
 
@@ -273,7 +260,8 @@ def test_personalize_is_unsupported(pipe):
 def test_the_omni_pipeline_is_refused(pipe):
     from diffusers import ZImageOmniPipeline
     omni = ZImageOmniPipeline(**pipe.components, siglip=None, siglip_processor=None)
-    _refused_before_model_work(omni, UnsupportedModel, lambda: ze.translate(omni, make_image(0), "a dog"))
+    with no_model_work(omni), pytest.raises(UnsupportedModel):
+        ze.translate(omni, make_image(0), "a dog")
 
 
 @pytest.mark.parametrize("call", [
@@ -283,4 +271,5 @@ def test_the_omni_pipeline_is_refused(pipe):
     lambda pipe: ze.translate(pipe, make_image(0), "a dog", layers="vital"),
 ], ids=["exceptional-prompt", "feature-injection", "vital-layers"])
 def test_unsupported_options_are_refused_before_model_work(pipe, call):
-    _refused_before_model_work(pipe, ParameterError, lambda: call(pipe))
+    with no_model_work(pipe), pytest.raises(ParameterError):
+        call(pipe)
