@@ -93,3 +93,14 @@ def no_model_work(pipe):
         for handle in handles:
             handle.remove()
     assert calls == [] and processors_snapshot(pipe) == before
+
+
+def latents_by_step():
+    """(seen, keep): `keep(name)` is a callback_on_step_end that stores each step's latents in seen[name][step]."""
+    seen = {}
+
+    def keep(name):
+        def callback(pipe, step, timestep, kwargs):
+            seen.setdefault(name, {})[step] = kwargs["latents"].clone()
+        return callback
+    return seen, keep

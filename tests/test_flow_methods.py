@@ -9,7 +9,7 @@ from zeroedit.backbones import Cond, FlowBackbone
 from zeroedit.backbones.flow import pack, unpack
 from zeroedit.errors import CheckpointError, ModelError, ParameterError, UnsupportedModel
 
-from conftest import make_image, no_model_work, processors_snapshot
+from conftest import latents_by_step, make_image, no_model_work, processors_snapshot
 
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])
@@ -55,12 +55,7 @@ def test_compose_background_preserved_and_injection_acts(pipe):
     """Outside the region the latent after each preserved update is the background's inversion latent: the same
     for two prompts; inside it differs. Composite attention (and KV-Edit's background K/V) change the result."""
     ref, seg = _object()
-    seen = {}
-
-    def keep(name):
-        def callback(p, step, timestep, kwargs):
-            seen.setdefault(name, {})[step] = kwargs["latents"].clone()
-        return callback
+    seen, keep = latents_by_step()
 
     common = dict(reference_mask=seg, steps=4, tau_b=1.0, seed=0, output_type="latent")
     box = (64, 64, 128, 128)

@@ -18,7 +18,7 @@ from zeroedit.methods.mip import _phrase_span
 from zeroedit.methods.mip_refs import ReferenceRelevance
 from zeroedit.tiny_flux2 import build_tiny_flux2
 
-from conftest import make_image, no_model_work, processors_snapshot
+from conftest import latents_by_step, make_image, no_model_work, processors_snapshot
 
 SIZE = (160, 96)  # a non-square input: latents 6 × 10 after the ×16 of VAE and patchify
 
@@ -186,12 +186,7 @@ def test_compose_at_defaults_keeps_the_background(klein):
     pixels, original = np.asarray(out.image).astype(int), background.astype(int)
     assert np.array_equal(pixels[:, :16], original[:, :16])  # the untouched background, far from the region
     assert np.abs(pixels[16:80, 112:] - original[16:80, 112:]).max() > 0
-    seen = {}
-
-    def keep(name):
-        def callback(p, step, t, kwargs):
-            seen.setdefault(name, {})[step] = kwargs["latents"].clone()
-        return callback
+    seen, keep = latents_by_step()
 
     common = dict(reference_mask=seg, seed=0, steps=4, tau_b=1.0, output_type="latent")
     a = ze.compose(klein, background, ref, box, prompt="a cat", callback_on_step_end=keep("a"), **common)

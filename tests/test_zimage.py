@@ -15,7 +15,7 @@ from zeroedit.errors import ParameterError, UnsupportedModel
 from zeroedit.inversion import euler
 from zeroedit.methods.pnp_flow import flowedit_defaults, injection_layers
 
-from conftest import make_image, no_model_work, processors_snapshot
+from conftest import latents_by_step, make_image, no_model_work, processors_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +207,7 @@ def test_compose_defaults_background_and_restoration(pipe):
     assert out.stats.unet_calls == 42 and out.stats.unet_evals == 2 * 21 + 2 * 21 + 1
     assert out.image.size == (160, 112) and out.stats.params["inversion_prompt"] == "zeros"
     assert processors_snapshot(pipe) == before
-    seen = {}
-
-    def keep(name):
-        def callback(p, step, timestep, kwargs):
-            seen.setdefault(name, {})[step] = kwargs["latents"].clone()
-        return callback
+    seen, keep = latents_by_step()
 
     common = dict(reference_mask=seg, steps=4, tau_b=1.0, seed=0, output_type="latent")
     box = (64, 64, 128, 128)  # latent rows/cols 8…16 of 16
