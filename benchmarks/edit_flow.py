@@ -96,7 +96,7 @@ def gradient_call(backbone, x, cond, which: str, stop: bool, checkpointing: bool
     guide = ImageToTextGuidance(layers)
     controller = Controller()
     controller.add(guide)
-    stopper = controller.add(StopAfter(layers[-1][: -len(".attn")])) if stop else None
+    stopper = controller.add(StopAfter(layers[-1].rsplit(".", 1)[0])) if stop else None
     tracker = LiveActivations(model)
     pair = x.repeat(2, 1, 1, 1).requires_grad_(True)
     cuda = backbone.device.type == "cuda"
@@ -135,7 +135,7 @@ def run(pipe, size: int = 512, repeats: int = 3, edit_steps: int = 4) -> dict:
         runs = [gradient_call(backbone, x, cond, which, stop, checkpointing) for _ in range(repeats)]
         rows[name] = dict(seconds=statistics.median(r["seconds"] for r in runs), activations=runs[0]["activations"],
                           cuda_peak=runs[0]["cuda_peak"], grad_norm=runs[0]["grad_norm"])
-    image = torch.rand(3, size, size) * 2 - 1
+    image = torch.rand(3, size, size)  # floats in [0, 1]
     ends = {}
     for name, kwargs in {"default": {}, "checkpointing=True": dict(checkpointing=True),
                          "guidance_blocks=1": dict(guidance_blocks=1)}.items():

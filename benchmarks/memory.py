@@ -177,7 +177,7 @@ def validate_gradient_calls() -> list[float]:
         model = _flux(4, blocks=3).to(dtype)
         layers = joint_attention_layers(model, "double")
         for side, checkpointing in ((32, False), (64, False), (32, True), (64, True)):
-            guide, stop = ImageToTextGuidance(layers), StopAfter(layers[-1][: -len(".attn")])
+            guide, stop = ImageToTextGuidance(layers), StopAfter(layers[-1].rsplit(".", 1)[0])
             controller = Controller()
             controller.add(guide)
             controller.add(stop)
@@ -199,7 +199,7 @@ def validate_gradient_calls() -> list[float]:
         model = _sd3(4).to(dtype)
         layers = joint_attention_layers(model, "double")
         for side in (32, 64):
-            guide, stop = ImageToTextGuidance(layers), StopAfter(layers[-1][: -len(".attn")])
+            guide, stop = ImageToTextGuidance(layers), StopAfter(layers[-1].rsplit(".", 1)[0])
             controller = Controller()
             controller.add(guide)
             controller.add(stop)

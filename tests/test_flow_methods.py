@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zeroedit as ze
-from zeroedit.backbones import Cond, FlowBackbone
+from zeroedit.backbones import Cond, FlowBackbone, backbone_for
 from zeroedit.backbones.flow import pack, unpack
 from zeroedit.errors import CheckpointError, ModelError, ParameterError, UnsupportedModel
 
@@ -137,6 +137,41 @@ def test_edit_guidance_checkpointing_and_zero_direction(pipe):
     a = ze.edit(pipe, make_image(0), "cat", "dog", direction=zero, xa_guidance=0.5, **common)
     b = ze.edit(pipe, make_image(0), "cat", "dog", direction=zero, xa_guidance=0.0, **common)
     assert torch.allclose(a.images, b.images, atol=1e-5)
+
+
+@pytest.mark.parametrize("piece", [2 ** 26, 2 ** 12])
+def test_edit_guidance_in_pieces_equals_the_full_matrix(tiny_flux_pipe, monkeypatch, piece):
+    """The guidance loss read piece by piece from q and k (the layers attend with their kernel, no matrix kept)
+    equals CrossAttentionGuidance's on the full joint matrix (explicit logits), and so does its gradient, whatever
+    the piece size."""
+    from zeroedit.control import Controller
+    from zeroedit.methods import pix2pix_zero_flow as flow_edit
+    from zeroedit.methods.pix2pix_zero import CrossAttentionGuidance
+
+    class FullMatrix(CrossAttentionGuidance):
+        stream = "joint"
+
+        def probs(self, ctx, probs):
+            super().probs(ctx, probs[:, :, ctx.split.image, ctx.split.text])
+            return probs
+
+    monkeypatch.setattr(flow_edit, "PIECE_ELEMENTS", piece)
+    backbone = backbone_for(tiny_flux_pipe)
+    layers = flow_edit._blocks(backbone, None)
+    cond = Cond.cat([backbone.encode_prompt("a cat")] * 2 + [backbone.encode_prompt("a dog")])
+    results = []
+    for rule in (FullMatrix(layers), flow_edit.ImageToTextGuidance(layers)):
+        x = torch.randn(3, 16, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        controller = Controller()
+        controller.add(rule)
+        rule.enabled = True
+        controller.set_call(0, 0.5, [("ref", 1), ("edit", 2)], backbone.token_grid((16, 16)))
+        with torch.enable_grad(), controller.installed(tiny_flux_pipe.transformer):
+            backbone.transformer_call(x, 0.5, cond, 1.0)
+        results.append((rule.loss.detach(), torch.autograd.grad(rule.loss, x)[0]))
+    (full_loss, full_grad), (loss, grad) = results
+    assert full_loss > 0 and torch.allclose(loss, full_loss, rtol=1e-5)
+    assert torch.allclose(grad, full_grad, atol=1e-7, rtol=1e-4) and grad.abs().max() > 0
 
 
 def test_edit_subset_of_blocks_and_errors(tiny_flux_pipe, tiny_sd3_pipe):

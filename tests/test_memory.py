@@ -59,16 +59,20 @@ def test_budget_80gb_keeps_flux_resident_and_24gb_offloads(flux_dev):
     assert small.measure.offload is not None and small.slowdown >= 1.0
 
 
-def test_every_method_on_flux_dev_but_edit_fits_16gb(flux_dev):
-    for method in ("compose", "translate", "personalize", "invert"):
-        assert memory.plan(flux_dev, method, size=1024, budget="16GB").peak + memory.RESERVE <= 16 * GB
+def test_every_method_on_flux_dev_fits_24gb_and_16gb(flux_dev):
+    """The issue's bar: every method on FLUX.1-dev at 1024² has a plan within 24 GB and one within 16 GB (edit: its
+    guidance reads the image→text probabilities piece by piece, with checkpointing and group offloading)."""
+    for method in ("compose", "translate", "edit", "personalize", "invert"):
+        for budget in (24, 16):
+            assert memory.plan(flux_dev, method, size=1024, budget=f"{budget}GB").peak + memory.RESERVE <= budget * GB
+    assert dict(memory.plan(flux_dev, "edit", size=1024, budget="16GB").options) == {"checkpointing": True}
 
 
 def test_a_budget_nothing_fits_names_the_smallest_that_does(flux_dev):
     with pytest.raises(ParameterError, match="the smallest budget that fits is") as error:
-        memory.plan(flux_dev, "edit", size=1024, budget="16GB")
+        memory.plan(flux_dev, "edit", size=1024, budget="6GB")
     smallest = error.value.plan.chosen
-    assert smallest.peak + memory.RESERVE > 16 * GB
+    assert smallest.peak + memory.RESERVE > 6 * GB
     assert smallest.measure.name in str(error.value)
     enough = memory.plan(flux_dev, "edit", size=1024, budget=smallest.peak + memory.RESERVE)  # and it does fit
     assert enough.peak + memory.RESERVE <= enough.budget
@@ -88,8 +92,8 @@ def test_bad_arguments_are_refused_before_planning(flux_dev):
 @pytest.mark.parametrize("name", ["tiny", "tiny-xl", "tiny-sd3", "tiny-flux"])
 def test_predicted_stores_equal_the_recorded_ones(name):
     """translate's recorded features and q-k / values (stats.store_bytes) exactly as predicted at the same size; edit's
-    gradient call (stats.store_bytes["guidance"]: everything it keeps for the backward) within 15 % of the predicted
-    activations + maps (SD3 reuses FLUX's constants: over-predicted, never under)."""
+    gradient call (stats.store_bytes["guidance"]: everything it keeps for the backward) within 20 % of the predicted
+    activations + maps on UNet and FLUX layouts (SD3 reuses FLUX's constants: over-predicted, never under)."""
     pipe, size = ze.load(name), 64  # half the native size: the same layers, a quarter of the work
     out = ze.translate(pipe, _image(), "a dog", size=size)
     plan = memory.plan(pipe, "translate", size=size, budget="100GB", device="cpu")
@@ -101,7 +105,7 @@ def test_predicted_stores_equal_the_recorded_ones(name):
         parts = {part: n for part, n, _ in plan.parts}
         kept = parts["store: guidance"] + parts["activations: gradient call (batch 3)"]
         ratio = kept / out.stats.store_bytes["guidance"]
-        assert 1.0 <= ratio <= 1.7 if name == "tiny-sd3" else 0.85 <= ratio <= 1.15
+        assert 1.0 <= ratio <= 2.1 if name == "tiny-sd3" else 0.85 <= ratio <= 1.2
 
 
 def test_flux_call_formula_matches_live_tensor_bytes():
@@ -129,7 +133,7 @@ def test_cli_plan_prints_the_table(capsys):
 
 
 def test_cli_plan_exits_2_when_nothing_fits(capsys):
-    assert main(["plan", "--model", "FLUX.1-dev", "--method", "edit", "--memory", "16GB"]) == 2
+    assert main(["plan", "--model", "FLUX.1-dev", "--method", "edit", "--memory", "6GB"]) == 2
     captured = capsys.readouterr()
     assert "smallest budget that fits" in captured.err and "chosen:" in captured.out  # the smallest plan's table
 

@@ -36,9 +36,10 @@ head_dim; measured with `LiveBytes` on CPU for several configs and sizes: `pytho
 - SD3: B·D·s·(13·N + 3·T) (+ B·D·s·N with SD3.5's dual attention), at the image stream's feed-forward GELU.
 - UNet: B·s·max over decoder levels of (the skip connections still held + 24·C·HW at an attention level, the GEGLU
   feed-forward of its transformer block; 3·(C_in)·HW + C·HW at a resnet-only level).
-- gradient calls (edit): FLUX/SD3 keep 25 (fp32) / 29 (half) B·(N+T)·D·s per block up to the last guided block, + the
-  guided layers' attention matrices (B·heads·(N+T)² in fp32 and in the model's dtype; with checkpointing one block
-  is recomputed at a time and its matrices' backward peaks at 25 / 21 bytes per element); UNet keeps 25·C·HW (fp32)
+- gradient calls (edit): FLUX/SD3 keep 25 (fp32) / 29 (half) B·(N+T)·D·s per block up to the last guided block (with
+  checkpointing one block is recomputed at a time), + one piece of the guidance's logits (at most PIECE_ELEMENTS
+  image queries × keys, 16 bytes per logit at its peak; the attention itself runs the layer's kernel and keeps no
+  matrix); UNet keeps 25·C·HW (fp32)
   / 29·C·HW (half) per layer (resnet or transformer block) at every level, + the cross-attention maps. These
   constants are counts at the peak op measured with LiveBytes (the no-grad ones follow from the layer code).
 - attention matrices built by a rule (no gradient): B·heads·Nq·Nk·(s + 4 + 4) in half precision (the logits, their
@@ -95,6 +96,7 @@ from typing import Callable
 import torch
 
 from .control.layers import attention_layers, decoder_self_attention_layers, joint_attention_layers
+from .control.streams import PIECE_ELEMENTS
 from .errors import ModelError, ParameterError
 
 logger = logging.getLogger(__name__)
@@ -340,20 +342,20 @@ def attention_matrix(batch: int, heads: int, nq: int, nk: int, s: int, kept: boo
 
 
 def transformer_grad(model, g: Geometry, batch: int, blocks: int, checkpointing: bool) -> int:
-    """Edit's gradient call on SD3/FLUX: blocks up to the last guided one keep their activations and the guided
-    layers their joint attention matrices, the last one at its forward peak (its logits and fp32 copy still alive).
-    With checkpointing every block keeps only its input; the peak is the backward of one recomputed block, whose
-    matrices and their gradients (the full-size gradients of the probabilities' slices, the softmax backward) take
-    25 bytes per element in fp32, 21 in half precision (measured, benchmarks/memory.py --validate)."""
+    """Edit's gradient call on SD3/FLUX: blocks up to the last guided one keep their activations (with
+    checkpointing, every block only its input; the peak is the backward of one recomputed block). The guidance
+    reads the image→text probabilities piece by piece (pix2pix_zero_flow.ImageToTextGuidance: at most
+    PIECE_ELEMENTS logits of image queries × keys, each piece recomputed in the backward) and the layers attend with
+    their kernel, so no attention matrix is kept: one piece at a time, 16 bytes per logit at its peak (its fp32
+    logits, exponentials and their gradients; measured, benchmarks/memory.py --validate --gradients)."""
     heads, d = _heads_dim(model)
     tokens = _image_tokens(g) + g.text_tokens
     unit = batch * tokens * d * g.s
     per_block, transient = (25, 5) if g.s == 4 else (29, 10)
-    elements = batch * heads * tokens * tokens
+    piece = min(batch * heads * _image_tokens(g) * tokens, PIECE_ELEMENTS)
     if checkpointing:
-        return unit * (blocks + per_block + transient) + elements * (25 if g.s == 4 else 21)
-    kept = attention_matrix(batch, heads, tokens, tokens, g.s, kept=True)
-    return unit * (per_block * blocks + transient) + (blocks - 1) * kept + elements * (2 * g.s + 8 if g.s != 4 else 8)
+        return unit * (blocks + per_block + transient) + piece * 16
+    return unit * (per_block * blocks + transient) + piece * 16
 
 
 def _unet_levels(model, g: Geometry):
@@ -586,10 +588,9 @@ def _edit(pipe, family, model, g, images, options):
     if family.name == "unet":
         maps = sum(heads * tokens * g.text_tokens * g.s for _, heads, tokens, _ in unet_attention(model, g, "attn2"))
         grad, share, second = family.grad(model, g, 3 * images), 1.0, 2 * images
-    else:
-        heads, _ = _heads_dim(model)
+    else:  # the guidance's maps are pieces recomputed in the backward (transformer_grad), none kept
         blocks = len(joint_attention_layers(model, "double"))
-        maps = blocks * heads * _image_tokens(g) * g.text_tokens * g.s
+        maps = 0
         grad = family.grad(model, g, 3 * images, blocks, bool(options.get("checkpointing")))
         guided = sum(p.numel() for p in model.transformer_blocks.parameters())
         share, second = guided / sum(p.numel() for p in model.parameters()), 3 * images

@@ -104,6 +104,7 @@ class AttnContext(FeatureContext):
     ip_query: Any = None  # joint attention with a FLUX IP-Adapter: the image queries its image attention uses
     ip_output: Any = None  # such a layer's image-attention term (B, N, dim), when a rule computes it (ip_handled)
     logit_scale: float | None = None  # the scale the layer's attention call uses, where the call names it
+    mask: Any = None  # joint attention: the additive logit mask of the layer's call (padded text tokens), or None
 
     @property
     def scale(self) -> float:

@@ -11,6 +11,10 @@ import torch
 
 from ..errors import ParameterError
 
+# Logits a rule that builds its own (e.g. edit's guidance on flow models) computes at once: batch × heads × queries ×
+# keys of one piece of its queries (2^26: 256 MB in float32).
+PIECE_ELEMENTS = 2 ** 26
+
 
 @dataclasses.dataclass
 class Split:
@@ -57,7 +61,9 @@ def apply_rules(rules, ctx, split: Split, q, k, v, attention: Callable, mask=Non
     """Attention over a joint sequence under `rules`: each rule's `qkv`, then — only when a rule needs the matrix —
     explicit logits (× ctx.scale, + the additive `mask`) through its `logits` and `probs`, else
     `attention(q, k, v)` (the layer's own kernel); then each rule's `merge` on the output. Every rule sees the
-    tokens of its `stream`. q, k, v and the result: (B, heads, tokens, head_dim)."""
+    tokens of its `stream`. q, k, v and the result: (B, heads, tokens, head_dim). `ctx.mask` holds `mask` for rules
+    that build logits of their own."""
+    ctx.mask = mask
     for rule in rules:
         where = split.of(rule.stream)
         views = (q[:, :, where], k[:, :, where], v[:, :, where])

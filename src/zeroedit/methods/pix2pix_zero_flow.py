@@ -17,10 +17,12 @@ what differs is the flow ODE, the text spaces and where the attention maps are r
    conditionings (its distilled guidance embedding stays at `guidance_embedding`, 1.0 as the inversion, so the
    reference branch reconstructs); on SD3 the ordinary CFG with the caption as negative (as pix2pix-zero for
    real images).
-Memory and time of the gradient call (benchmarks/edit_flow.py: a FLUX-layout random transformer with 4 double-
-and 8 single-stream blocks at 512², CPU; peak live saved activations / seconds per call): every block guided,
-full forward 827 MB / 23.6 s; double blocks guided, full forward 418 MB / 3.4 s; double blocks, stopped after
-the last (the default) 284 MB / 2.7 s; + checkpointing 3.9 MB / 3.2 s; the first block only 72 MB / 0.56 s.
+The maps are read from q and k piece by piece (`ImageToTextGuidance`): the layers attend with their own kernel and
+no gradient call keeps an attention matrix, so at 1024² on FLUX.1-dev the call fits 16 GB with group offloading and
+checkpointing (zeroedit.memory). Memory of the gradient call (benchmarks/edit_flow.py: a FLUX-layout random
+transformer with 4 double- and 8 single-stream blocks at 512², CPU; peak live saved activations): every block guided,
+full forward 856 MB; double blocks guided, full forward 427 MB; double blocks, stopped after the last (the default)
+293 MB; + checkpointing 3.9 MB; the first block only 74 MB (one piece at this size: kept, not recomputed).
 - the gradient call runs the transformer only up to the last guided block (a control feature rule stops the
   forward there): guidance on the double-stream blocks of FLUX skips every single-stream block in the forward
   and in the backward; the reference branch's velocity comes from the second (no-grad) call instead;
@@ -35,10 +37,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.utils.checkpoint
 
 from .. import directions as edit_directions
 from ..backbones import Cond, backbone_for
 from ..control import Controller, Rule, Store, joint_attention_layers
+from ..control.streams import PIECE_ELEMENTS
 from ..errors import ParameterError
 from ..images import to_tensor
 from ..inversion import euler
@@ -47,16 +51,45 @@ from .common import FLOW_VARIANTS, check_number, check_steps, finish, generator,
 from .pix2pix_zero import CrossAttentionGuidance, _caption, regularize
 
 
+def _image_to_text_loss(q, k, mask, scale: float, text: slice, ref: slice, edit: slice) -> torch.Tensor:
+    """Σ_{queries, text keys} (A_edit − A_ref)², mean over the edit rows and heads, for the image queries `q` (B,
+    heads, n, d): A = the joint softmax's probabilities on the text keys, exp(q·k_t·s − logsumexp_j q·k_j·s) over
+    every key j (+ the layer's additive `mask`)."""
+    logits = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits + mask
+    logits = logits.float()
+    maps = (logits[..., text] - logits.logsumexp(-1, keepdim=True)).exp()
+    return (maps[edit] - maps[ref].detach()).pow(2).sum((-1, -2)).mean()
+
+
 class ImageToTextGuidance(CrossAttentionGuidance):
     """pix2pix-zero's cross-attention loss on the image→text block of joint attention (the joint softmax's
-    probabilities of image queries on text keys)."""
+    probabilities of image queries on text keys), built from q and k for a piece of the image queries at a time
+    (at most PIECE_ELEMENTS logits), each piece recomputed in the backward (torch.utils.checkpoint) when there are
+    several (one piece is kept as it is): neither the forward nor the backward holds the attention matrix (3 × 24 × 4608² logits per block at 1024² on FLUX.1), only
+    one piece of it, and the layer attends with its own kernel (no rule of it needs the matrix). The loss equals the
+    one read off the full matrix (CrossAttentionGuidance.probs), summed piece by piece."""
 
     stream = "joint"
+    needs_logits = False
 
-    def probs(self, ctx, probs):
+    def qkv(self, ctx, q, k, v):
         split = ctx.split
-        super().probs(ctx, probs[:, :, split.image, split.text])
-        return probs
+        mask = ctx.mask[..., split.image, :] if ctx.mask is not None and ctx.mask.shape[-2] > 1 else ctx.mask
+        image = q[:, :, split.image]
+        ref, edit = ctx.branch("ref"), ctx.branch("edit")
+        rows = max(1, PIECE_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2]))
+        for start in range(0, image.shape[2], rows):
+            piece = image[:, :, start:start + rows]
+            piece_mask = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:start + rows, :]
+            args = (piece, k, piece_mask, ctx.scale, split.text, ref, edit)
+            if rows >= image.shape[2]:  # one piece: small enough to keep for the backward
+                term = _image_to_text_loss(*args)
+            else:
+                term = torch.utils.checkpoint.checkpoint(_image_to_text_loss, *args, use_reentrant=False)
+            self.loss = term if self.loss is None else self.loss + term
+        return q, k, v
 
 
 class _Stop(Exception):
