@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import zeroedit as ze
 from zeroedit import batch, cli

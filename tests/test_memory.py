@@ -229,3 +229,9 @@ def test_a_hub_id_is_read_from_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     cached = memory.plan("someone/schnell-copy", "invert", budget="24GB")
     assert cached.weight_bytes() == memory.plan("FLUX.1-schnell", "invert", budget="24GB").weight_bytes()
+
+
+def test_a_family_the_plan_does_not_know_is_named(capsys):
+    """The later families' tiny models are built and refused by name (not looked up on the hub), exit 2."""
+    assert main(["plan", "--model", "tiny-z-image", "--method", "translate", "--memory", "24GB"]) == 2
+    assert "cannot plan for ZImagePipeline" in capsys.readouterr().err

@@ -19,7 +19,6 @@ on 2 shared CPU cores).
 CUDA streams (group offloading with use_stream=True), model offload onto a GPU and pinned CPU stores need CUDA and
 are skipped without it.
 """
-import copy
 import os
 import tempfile
 

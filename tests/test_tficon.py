@@ -7,10 +7,8 @@ import torch
 from PIL import Image
 
 import zeroedit as ze
-from zeroedit.backbones import Backbone
 from zeroedit.control import Controller
 from zeroedit.errors import ImageError, MaskError, ParameterError
-from zeroedit.images import to_tensor
 from zeroedit.methods.tficon import CompositeSelfAttention, latent_masks, place_reference
 
 from conftest import make_image, processors_snapshot

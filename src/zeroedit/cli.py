@@ -212,7 +212,7 @@ for _method in runner.METHODS:
 
 
 def run_plan(args) -> int:
-    from .loading import TINY_FLOW_MODELS, TINY_MODELS, load, resolve_dtype
+    from .loading import OFFLINE_MODELS, load, resolve_dtype, takes_ip_adapter
     from .memory import plan
     if args.method not in runner.METHODS:
         raise UserError(f"--method {args.method!r}: use one of {', '.join(runner.METHODS)}.")
@@ -220,8 +220,9 @@ def run_plan(args) -> int:
         int(v) for v in args.size.split("x"))
     dtype = resolve_dtype(args.dtype)
     target = args.model
-    if args.model in TINY_MODELS + TINY_FLOW_MODELS + ("toy", "toy-flow"):  # built in-process, small
-        target = load(args.model, dtype=args.dtype, ip_adapter=(args.method == "personalize") or None)
+    if args.model in OFFLINE_MODELS:  # built in-process, small
+        ip = args.method == "personalize" and takes_ip_adapter(args.model)
+        target = load(args.model, dtype=args.dtype, ip_adapter=ip or None)
         target.zeroedit_architecture = args.model  # the name the plan prints
     try:
         print(plan(target, args.method, size=size, budget=args.memory, batch=args.batch, dtype=dtype,

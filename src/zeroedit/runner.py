@@ -397,11 +397,11 @@ def memory_plan(model: str, method: str, values: dict, budget, device, dtype, ip
     folder or hub id (fetched, no weights); the built-in tiny and toy models are built in-process and planned on."""
     import torch
 
-    from .loading import TINY_FLOW_MODELS, TINY_MODELS, fetch_configs, load, resolve_dtype
+    from .loading import OFFLINE_MODELS, fetch_configs, load, resolve_dtype
     from .memory import check_memory, resolve
     check_memory(budget, device)
     torch_dtype = resolve_dtype(dtype)
-    if model in TINY_MODELS + TINY_FLOW_MODELS + ("toy", "toy-flow"):
+    if model in OFFLINE_MODELS:
         target = load(model, dtype=dtype, ip_adapter=ip or None)
     else:
         target, torch_dtype = fetch_configs(model), torch_dtype or torch.float32  # load's default dtype
